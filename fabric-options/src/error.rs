@@ -1,0 +1,169 @@
+//! [`OptionError`]: what was wrong with an option, and what is accepted.
+
+use std::fmt;
+
+use crate::suggest::did_you_mean;
+use crate::value::Value;
+
+/// The options of fabric's configuration, as Lightning Fabric names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// `accelerator`
+    Accelerator,
+    /// `strategy`
+    Strategy,
+    /// `devices`
+    Devices,
+    /// `num_nodes`
+    NumNodes,
+    /// `precision`
+    Precision,
+    /// `plugins`
+    Plugins,
+    /// `callbacks`
+    Callbacks,
+    /// `loggers`
+    Loggers,
+}
+
+impl Key {
+    /// Every key, in the order Lightning's constructor lists them.
+    pub const ALL: [Key; 8] = [
+        Key::Accelerator,
+        Key::Strategy,
+        Key::Devices,
+        Key::NumNodes,
+        Key::Precision,
+        Key::Plugins,
+        Key::Callbacks,
+        Key::Loggers,
+    ];
+
+    /// The key's name as written in `#[fabric(...)]` and Lightning.
+    pub fn name(self) -> &'static str {
+        match self {
+            Key::Accelerator => "accelerator",
+            Key::Strategy => "strategy",
+            Key::Devices => "devices",
+            Key::NumNodes => "num_nodes",
+            Key::Precision => "precision",
+            Key::Plugins => "plugins",
+            Key::Callbacks => "callbacks",
+            Key::Loggers => "loggers",
+        }
+    }
+
+    /// The environment variable that overrides this key at run time, as
+    /// set by Lightning's CLI (`LT_ACCELERATOR`, ...), if there is one.
+    pub fn env_var(self) -> Option<&'static str> {
+        match self {
+            Key::Accelerator => Some("LT_ACCELERATOR"),
+            Key::Strategy => Some("LT_STRATEGY"),
+            Key::Devices => Some("LT_DEVICES"),
+            Key::NumNodes => Some("LT_NUM_NODES"),
+            Key::Precision => Some("LT_PRECISION"),
+            Key::Plugins | Key::Callbacks | Key::Loggers => None,
+        }
+    }
+
+    /// Looks a key up by name.
+    pub fn from_name(name: &str) -> Option<Key> {
+        Key::ALL.into_iter().find(|key| key.name() == name)
+    }
+
+    /// An error for a name that is not a key, with a suggestion when the
+    /// name looks like a misspelt key.
+    pub fn unknown(name: &str) -> OptionError {
+        let accepted = Key::ALL.map(Key::name);
+        let list = accepted.map(|k| format!("`{k}`")).join(", ");
+        let message = match did_you_mean(name, accepted) {
+            Some(suggestion) => {
+                format!(
+                    "unknown option `{name}`: did you mean `{suggestion}`? The options are {list}"
+                )
+            }
+            None => format!("unknown option `{name}`; the options are {list}"),
+        };
+        OptionError { key: None, message }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A value that fabric does not accept, or a combination of values that
+/// cannot work. The message says what was wrong and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionError {
+    key: Option<Key>,
+    message: String,
+}
+
+impl OptionError {
+    /// An error about `key` with a complete message.
+    pub fn new(key: Key, message: impl Into<String>) -> Self {
+        OptionError {
+            key: Some(key),
+            message: message.into(),
+        }
+    }
+
+    /// The option the error is about (the macro points at its value), or
+    /// `None` for an unknown option name.
+    pub fn key(&self) -> Option<Key> {
+        self.key
+    }
+
+    /// The message, without the option's name in front.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// "`value` is not a valid `key`", listing what is accepted and
+    /// suggesting the closest accepted name for a misspelt string.
+    pub(crate) fn invalid_name(
+        key: Key,
+        value: &Value,
+        what: &str,
+        accepted: &[&'static str],
+    ) -> Self {
+        let list = accepted
+            .iter()
+            .map(|name| format!("\"{name}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let suggestion = match value {
+            Value::Str(s) => did_you_mean(s, accepted.iter().copied()),
+            _ => None,
+        };
+        let message = match suggestion {
+            Some(suggestion) => format!(
+                "{value} is not a valid {what}: did you mean `{suggestion}`? Accepted values: {list}"
+            ),
+            None => format!("{value} is not a valid {what}; accepted values: {list}"),
+        };
+        OptionError::new(key, message)
+    }
+
+    /// "expected a string, found a list".
+    pub(crate) fn wrong_type(key: Key, value: &Value, expected: &str) -> Self {
+        OptionError::new(
+            key,
+            format!("expected {expected}, found {} ({value})", value.kind()),
+        )
+    }
+}
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.key {
+            Some(key) => write!(f, "invalid `{key}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for OptionError {}
