@@ -1,1 +1,64 @@
-//! tmp
+//! # fabric
+//!
+//! What Lightning Fabric is to PyTorch, for [tch] (the Rust bindings of
+//! libtorch): devices, strategies, precision, loggers and callbacks around a
+//! training loop you write yourself — with the configuration checked by the
+//! compiler when you use the `#[fabric(...)]` attribute.
+//!
+//! ```
+//! use fabric::Fabric;
+//! use tch::{nn, nn::OptimizerConfig};
+//!
+//! # fn main() -> fabric::Result<()> {
+//! let mut fabric = Fabric::builder().accelerator("cpu").precision("64-true").build()?;
+//! let mut vs = nn::VarStore::new(tch::Device::Cpu);
+//! let net = nn::linear(vs.root(), 4, 2, Default::default());
+//! let opt = nn::Adam::default().build(&vs, 1e-3)?;
+//! let (model, _opt) = fabric.setup(&mut vs, net, opt)?;
+//! let out = model.forward(&tch::Tensor::ones([1, 4], (tch::Kind::Float, tch::Device::Cpu)));
+//! assert_eq!(out.kind(), tch::Kind::Double);
+//! # Ok(()) }
+//! ```
+//!
+//! The runtime is organised by the concepts Lightning users name:
+//! accelerators ([`Fabric::device`]), strategies, precision
+//! ([`Fabric::autocast`]), cluster environments ([`ClusterEnvironment`]),
+//! [`data`], [`Logger`]s and [`Callback`]s.
+
+mod accelerator;
+mod builder;
+mod callbacks;
+pub mod data;
+mod device;
+mod environment;
+mod error;
+#[allow(clippy::module_inception)]
+mod fabric;
+mod loggers;
+mod module;
+mod optimizer;
+mod plugins;
+mod precision;
+mod seed;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::private::launch;
+}
+mod private;
+
+pub use builder::FabricBuilder;
+pub use callbacks::Callback;
+pub use device::ToDevice;
+pub use environment::{ClusterEnvironment, SingleProcessEnvironment};
+pub use error::{Error, Result};
+pub use fabric::{Fabric, GradClip};
+// pub use fabric_macros::fabric; // TMP until the macro lands
+pub use loggers::{Logger, LoggerError, Metric};
+pub use module::FabricModule;
+pub use optimizer::FabricOptimizer;
+pub use precision::AutocastGuard;
+
+/// The option types and their parser, shared with `#[fabric(...)]`.
+pub use fabric_options as options;
+pub use fabric_options::{Accelerator, Devices, Precision, Strategy};

@@ -1,0 +1,310 @@
+//! [`DataLoader`]: batches from a data set, in a sampled order, optionally
+//! prepared on a background thread.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread;
+
+use tch::Device;
+
+use super::dataset::Dataset;
+use super::sampler::{RandomSampler, Sampler, SequentialSampler};
+use crate::device::ToDevice;
+use crate::error::{Error, Result};
+use crate::seed;
+
+type Spawner<D> = fn(Arc<D>, Vec<Vec<usize>>, usize) -> Receiver<Result<<D as Dataset>::Batch>>;
+
+/// Draws batches from a [`Dataset`], as PyTorch's `DataLoader`.
+///
+/// - `batch_size` samples per batch (1 by default); the last batch is
+///   smaller unless [`drop_last`](Self::drop_last) drops it.
+/// - [`shuffle`](Self::shuffle) visits the samples in a new order each epoch,
+///   drawn from [`seed`](Self::seed), else from the seed given to
+///   [`Fabric::seed_everything`](crate::Fabric::seed_everything), else from
+///   a seed picked when the loader is made. The same seed gives the same
+///   orders.
+/// - [`sampler`](Self::sampler) replaces the order altogether.
+/// - [`prefetch`](Self::prefetch) prepares the next batches on a background
+///   thread while the current one trains.
+///
+/// Each call to [`iter`](Self::iter) is one epoch; the epoch number advances
+/// after each call, or is set with [`set_epoch`](Self::set_epoch).
+pub struct DataLoader<D: Dataset> {
+    dataset: Arc<D>,
+    batch_size: usize,
+    drop_last: bool,
+    shuffle: bool,
+    seed: Option<u64>,
+    fallback_seed: u64,
+    sampler: Option<Box<dyn Sampler>>,
+    epoch: u64,
+    prefetch: Option<(usize, Spawner<D>)>,
+}
+
+impl<D: Dataset> std::fmt::Debug for DataLoader<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataLoader")
+            .field("samples", &self.dataset.len())
+            .field("batch_size", &self.batch_size)
+            .field("drop_last", &self.drop_last)
+            .field("shuffle", &self.shuffle)
+            .field("seed", &self.seed)
+            .field("custom_sampler", &self.sampler.is_some())
+            .field("epoch", &self.epoch)
+            .field("prefetch", &self.prefetch.map(|(n, _)| n))
+            .finish()
+    }
+}
+
+impl<D: Dataset> DataLoader<D> {
+    /// A loader over `dataset`: batches of 1, in order, no prefetching.
+    pub fn new(dataset: D) -> Self {
+        DataLoader {
+            dataset: Arc::new(dataset),
+            batch_size: 1,
+            drop_last: false,
+            shuffle: false,
+            seed: None,
+            fallback_seed: rand::random(),
+            sampler: None,
+            epoch: 0,
+            prefetch: None,
+        }
+    }
+
+    /// Samples per batch (at least 1; 0 makes iteration yield an error).
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// Whether to drop the last batch when it is smaller than `batch_size`.
+    pub fn drop_last(mut self, drop_last: bool) -> Self {
+        self.drop_last = drop_last;
+        self
+    }
+
+    /// Whether to visit the samples in a new random order each epoch.
+    pub fn shuffle(mut self, shuffle: bool) -> Self {
+        self.shuffle = shuffle;
+        self
+    }
+
+    /// The seed of the shuffled orders.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Visits samples in the order `sampler` gives, instead of in order or
+    /// shuffled.
+    pub fn sampler(mut self, sampler: impl Sampler + 'static) -> Self {
+        self.sampler = Some(Box::new(sampler));
+        self
+    }
+
+    /// Sets the number of the next epoch, which seeds its order.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
+    /// The number of the next epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The data set.
+    pub fn dataset(&self) -> &D {
+        &self.dataset
+    }
+
+    /// The number of batches in an epoch.
+    pub fn len(&self) -> usize {
+        let samples = self.dataset.len();
+        match self.batch_size {
+            0 => 0,
+            b if self.drop_last => samples / b,
+            b => samples.div_ceil(b),
+        }
+    }
+
+    /// Whether an epoch has no batch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn order(&self, epoch: u64) -> Vec<usize> {
+        let len = self.dataset.len();
+        match &self.sampler {
+            Some(sampler) => sampler.indices(len, epoch),
+            None if self.shuffle => {
+                let seed = self.seed.or_else(seed::global_seed).unwrap_or(self.fallback_seed);
+                RandomSampler::new(seed).indices(len, epoch)
+            }
+            None => SequentialSampler.indices(len, epoch),
+        }
+    }
+
+    /// The batches of the next epoch, then advances the epoch number.
+    pub fn iter(&mut self) -> Batches<D> {
+        let epoch = self.epoch;
+        self.epoch += 1;
+        if self.batch_size == 0 {
+            return Batches { state: State::Failed(Some(Error::Data("batch size must be at least 1".into()))) };
+        }
+        let order = self.order(epoch);
+        let mut chunks: Vec<Vec<usize>> = order.chunks(self.batch_size).map(<[usize]>::to_vec).collect();
+        if self.drop_last && chunks.last().is_some_and(|c| c.len() < self.batch_size) {
+            chunks.pop();
+        }
+        let state = match self.prefetch {
+            Some((depth, spawn)) => State::Prefetch(spawn(Arc::clone(&self.dataset), chunks, depth)),
+            None => State::Inline { dataset: Arc::clone(&self.dataset), chunks: chunks.into_iter() },
+        };
+        Batches { state }
+    }
+}
+
+impl<D> DataLoader<D>
+where
+    D: Dataset + Send + Sync + 'static,
+    D::Batch: Send + 'static,
+{
+    /// Prepares up to `depth` batches ahead on a background thread (0 turns
+    /// prefetching off).
+    pub fn prefetch(mut self, depth: usize) -> Self {
+        self.prefetch = (depth > 0).then_some((depth, spawn_prefetch::<D> as Spawner<D>));
+        self
+    }
+}
+
+fn spawn_prefetch<D>(dataset: Arc<D>, chunks: Vec<Vec<usize>>, depth: usize) -> Receiver<Result<D::Batch>>
+where
+    D: Dataset + Send + Sync + 'static,
+    D::Batch: Send + 'static,
+{
+    let (sender, receiver) = sync_channel(depth);
+    thread::spawn(move || {
+        for chunk in chunks {
+            let batch = dataset.get_batch(&chunk);
+            let failed = batch.is_err();
+            // A closed channel means the consumer stopped early: stop too.
+            if sender.send(batch).is_err() || failed {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+enum State<D: Dataset> {
+    Inline { dataset: Arc<D>, chunks: std::vec::IntoIter<Vec<usize>> },
+    Prefetch(Receiver<Result<D::Batch>>),
+    Failed(Option<Error>),
+}
+
+/// The batches of one epoch of a [`DataLoader`]; a batch that cannot be made
+/// is an `Err` item, after which the epoch ends.
+pub struct Batches<D: Dataset> {
+    state: State<D>,
+}
+
+impl<D: Dataset> Iterator for Batches<D> {
+    type Item = Result<D::Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.state {
+            State::Inline { dataset, chunks } => {
+                let batch = dataset.get_batch(&chunks.next()?);
+                if batch.is_err() {
+                    self.state = State::Failed(None);
+                }
+                Some(batch)
+            }
+            State::Prefetch(receiver) => receiver.recv().ok(),
+            State::Failed(error) => error.take().map(Err),
+        }
+    }
+}
+
+impl<D: Dataset> IntoIterator for &mut DataLoader<D> {
+    type Item = Result<D::Batch>;
+    type IntoIter = Batches<D>;
+
+    fn into_iter(self) -> Batches<D> {
+        self.iter()
+    }
+}
+
+/// A [`DataLoader`] set up by [`Fabric::setup_dataloaders`](crate::Fabric::setup_dataloaders):
+/// its batches arrive on the run's device.
+#[derive(Debug)]
+pub struct FabricDataLoader<D: Dataset> {
+    loader: DataLoader<D>,
+    device: Device,
+}
+
+impl<D: Dataset> FabricDataLoader<D>
+where
+    D::Batch: ToDevice,
+{
+    pub(crate) fn new(loader: DataLoader<D>, device: Device) -> Self {
+        FabricDataLoader { loader, device }
+    }
+
+    /// The batches of the next epoch, on the run's device.
+    pub fn iter(&mut self) -> DeviceBatches<D> {
+        DeviceBatches { batches: self.loader.iter(), device: self.device }
+    }
+
+    /// Sets the number of the next epoch, which seeds its order.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.loader.set_epoch(epoch);
+    }
+
+    /// The number of batches in an epoch.
+    pub fn len(&self) -> usize {
+        self.loader.len()
+    }
+
+    /// Whether an epoch has no batch.
+    pub fn is_empty(&self) -> bool {
+        self.loader.is_empty()
+    }
+
+    /// The wrapped loader.
+    pub fn loader(&self) -> &DataLoader<D> {
+        &self.loader
+    }
+}
+
+impl<D: Dataset> IntoIterator for &mut FabricDataLoader<D>
+where
+    D::Batch: ToDevice,
+{
+    type Item = Result<D::Batch>;
+    type IntoIter = DeviceBatches<D>;
+
+    fn into_iter(self) -> DeviceBatches<D> {
+        self.iter()
+    }
+}
+
+/// The batches of one epoch of a [`FabricDataLoader`], on the run's device.
+pub struct DeviceBatches<D: Dataset> {
+    batches: Batches<D>,
+    device: Device,
+}
+
+impl<D: Dataset> Iterator for DeviceBatches<D>
+where
+    D::Batch: ToDevice,
+{
+    type Item = Result<D::Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let device = self.device;
+        self.batches.next().map(|batch| batch.map(|b| b.to_device(device)))
+    }
+}

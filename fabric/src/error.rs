@@ -1,0 +1,113 @@
+//! [`Error`]: everything that can go wrong in fabric, with what to do about it.
+
+use fabric_options::OptionError;
+
+/// fabric's error type. Every message says what was wrong and what is
+/// accepted or available instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An option value that fabric does not accept, or a combination of
+    /// options that cannot work (the same messages as `#[fabric(...)]`).
+    #[error("{0}")]
+    Option(#[from] OptionError),
+
+    /// Several option errors, reported together.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Options(Vec<OptionError>),
+
+    /// An option whose behaviour belongs to a part of fabric that does not
+    /// exist yet.
+    #[error("`{option} = {value}` is not available yet: {reason}")]
+    NotAvailableYet {
+        /// The option, such as `strategy`.
+        option: &'static str,
+        /// The value asked for, such as `"ddp"`.
+        value: String,
+        /// What works today instead.
+        reason: String,
+    },
+
+    /// The accelerator asked for does not exist on this machine.
+    #[error("accelerator \"{requested}\" is not available on this machine: {reason}; available: {available}")]
+    AcceleratorUnavailable {
+        /// The accelerator asked for.
+        requested: String,
+        /// Why it is not available.
+        reason: String,
+        /// The accelerators this machine has, such as `"cpu"`.
+        available: String,
+    },
+
+    /// `devices` selects devices that this machine does not have.
+    #[error("`devices = {requested}` asks for {accelerator} device(s) this machine does not have; present: {present}")]
+    DevicesUnavailable {
+        /// The selection, as written.
+        requested: String,
+        /// The accelerator.
+        accelerator: String,
+        /// What is present, such as `"2 CUDA devices (0, 1)"`.
+        present: String,
+    },
+
+    /// A value from a cluster environment that cannot be used.
+    #[error("cluster environment {environment}: {message}")]
+    ClusterEnvironment {
+        /// The environment's name.
+        environment: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A data set or data loader that cannot produce a batch.
+    #[error("data: {0}")]
+    Data(String),
+
+    /// Gradients holding infinities or NaNs where a finite norm is required.
+    #[error("the total norm of the gradients is {norm}; clipping it would spread non-finite values into every parameter (pass `error_if_nonfinite = false` to clip anyway)")]
+    NonFiniteNorm {
+        /// The norm found.
+        norm: f64,
+    },
+
+    /// A user-supplied argument outside what a method accepts.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// A logger or callback failed.
+    #[error("{what} failed: {source}")]
+    Plugin {
+        /// The logger or callback and the call, such as `logger "csv": log_metrics`.
+        what: String,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+
+    /// An input/output error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What fabric was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `Result` with fabric's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Vec<OptionError>> for Error {
+    fn from(mut errors: Vec<OptionError>) -> Self {
+        if errors.len() == 1 {
+            Error::Option(errors.remove(0))
+        } else {
+            Error::Options(errors)
+        }
+    }
+}

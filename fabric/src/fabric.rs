@@ -1,0 +1,408 @@
+//! [`Fabric`]: the object a training function works through.
+
+use std::fmt::Display;
+
+use fabric_options::Precision;
+use tch::nn::{ModuleT, Optimizer, VarStore};
+use tch::{Device, Kind, Tensor};
+
+use crate::accelerator::ResolvedAccelerator;
+use crate::builder::FabricBuilder;
+use crate::callbacks::{Callback, Callbacks};
+use crate::data::{DataLoader, Dataset, FabricDataLoader};
+use crate::device::ToDevice;
+use crate::environment::ClusterEnvironment;
+use crate::error::{Error, Result};
+use crate::loggers::{Logger, Metric};
+use crate::module::FabricModule;
+use crate::optimizer::FabricOptimizer;
+use crate::precision::{AutocastGuard, RunPrecision};
+use crate::seed;
+use fabric_options::Strategy;
+
+/// How [`Fabric::clip_gradients`] clips, as Lightning's `clip_val` and
+/// `max_norm`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GradClip {
+    /// Scales all gradients together so that their total norm is at most
+    /// `max_norm`.
+    Norm {
+        /// The largest total norm allowed.
+        max_norm: f64,
+        /// The norm's order: 2.0 for Euclidean, `f64::INFINITY` for max.
+        norm_type: f64,
+        /// Whether a non-finite total norm is an error (Lightning's default)
+        /// rather than clipped anyway.
+        error_if_nonfinite: bool,
+    },
+    /// Clamps every gradient element into `[-value, value]`.
+    Value(f64),
+}
+
+impl GradClip {
+    /// Clipping by Euclidean norm, erroring on a non-finite norm.
+    pub fn norm(max_norm: f64) -> Self {
+        GradClip::Norm { max_norm, norm_type: 2.0, error_if_nonfinite: true }
+    }
+
+    /// Clipping by value.
+    pub fn value(value: f64) -> Self {
+        GradClip::Value(value)
+    }
+}
+
+/// The training context: devices, precision, ranks, loggers and callbacks,
+/// as Lightning Fabric's `Fabric`.
+///
+/// Build one with [`Fabric::builder`] or let `#[fabric(...)]` build it.
+///
+/// ```
+/// use fabric::{Fabric, data::{DataLoader, TensorDataset}};
+/// use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
+///
+/// # fn main() -> fabric::Result<()> {
+/// let mut fabric = Fabric::builder().accelerator("cpu").build()?;
+/// fabric.seed_everything(42);
+/// let mut vs = nn::VarStore::new(tch::Device::Cpu);
+/// let net = nn::linear(vs.root(), 3, 1, Default::default());
+/// let opt = nn::Sgd::default().build(&vs, 0.1)?;
+/// let (model, mut opt) = fabric.setup(&mut vs, net, opt)?;
+///
+/// let x = Tensor::randn([64, 3], (Kind::Float, tch::Device::Cpu));
+/// let y = x.sum_dim_intlist(1, true, Kind::Float);
+/// let mut loader = fabric.setup_dataloaders(DataLoader::new(TensorDataset::new((x, y))?).batch_size(16));
+/// for batch in &mut loader {
+///     let (x, y) = batch?;
+///     opt.zero_grad();
+///     let loss = model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+///     fabric.backward(&loss)?;
+///     opt.step();
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Fabric {
+    accelerator: ResolvedAccelerator,
+    device: Device,
+    strategy: Strategy,
+    precision: RunPrecision,
+    environment: Box<dyn ClusterEnvironment>,
+    callbacks: Callbacks,
+    loggers: Vec<Box<dyn Logger>>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Fabric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fabric")
+            .field("accelerator", &self.accelerator)
+            .field("device", &self.device)
+            .field("strategy", &self.strategy)
+            .field("precision", &self.precision.mode())
+            .field("environment", &self.environment.name())
+            .field("global_rank", &self.global_rank())
+            .field("world_size", &self.world_size())
+            .field("callbacks", &self.callbacks.len())
+            .field("loggers", &self.loggers.len())
+            .finish()
+    }
+}
+
+impl Fabric {
+    /// A builder holding Lightning Fabric's defaults: `accelerator = "auto"`,
+    /// `strategy = "auto"`, `devices = "auto"`, `num_nodes = 1`,
+    /// `precision = "32-true"`.
+    pub fn builder() -> FabricBuilder {
+        FabricBuilder::default()
+    }
+
+    /// A `Fabric` with every option at its default.
+    pub fn new() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    pub(crate) fn new_resolved(
+        accelerator: ResolvedAccelerator,
+        device: Device,
+        strategy: Strategy,
+        precision: RunPrecision,
+        environment: Box<dyn ClusterEnvironment>,
+        callbacks: Callbacks,
+        loggers: Vec<Box<dyn Logger>>,
+    ) -> Self {
+        Fabric { accelerator, device, strategy, precision, environment, callbacks, loggers, finished: false }
+    }
+
+    // ---- where and what -------------------------------------------------
+
+    /// The device this process trains on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The accelerator in use, once `"auto"`/`"gpu"` are resolved: `"cpu"`,
+    /// `"cuda"` or `"mps"`.
+    pub fn accelerator(&self) -> &'static str {
+        self.accelerator.name()
+    }
+
+    /// The strategy in use, once `"auto"` is resolved.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The precision in use.
+    pub fn precision(&self) -> Precision {
+        self.precision.mode()
+    }
+
+    /// The dtype parameters and inputs have under this precision.
+    pub fn param_kind(&self) -> Kind {
+        self.precision.kind()
+    }
+
+    /// The name of the cluster environment in use.
+    pub fn environment_name(&self) -> &str {
+        self.environment.name()
+    }
+
+    /// This process's rank among all processes.
+    pub fn global_rank(&self) -> usize {
+        self.environment.global_rank()
+    }
+
+    /// This process's rank on its node.
+    pub fn local_rank(&self) -> usize {
+        self.environment.local_rank()
+    }
+
+    /// This node's rank.
+    pub fn node_rank(&self) -> usize {
+        self.environment.node_rank()
+    }
+
+    /// The number of processes taking part.
+    pub fn world_size(&self) -> usize {
+        self.environment.world_size()
+    }
+
+    /// Whether this is the process with global rank 0, the one that logs,
+    /// prints and writes checkpoints.
+    pub fn is_global_zero(&self) -> bool {
+        self.global_rank() == 0
+    }
+
+    // ---- set-up ---------------------------------------------------------
+
+    /// Moves the variables of `vs` to the run's device and casts them to the
+    /// run's precision, in place (models and optimizers built from `vs` keep
+    /// working), and wraps `module`, the model built on `vs`.
+    pub fn setup_module<M: ModuleT>(&mut self, vs: &mut VarStore, module: M) -> Result<FabricModule<M>> {
+        if vs.device() != self.device {
+            vs.set_device(self.device);
+        }
+        self.precision.convert_module(vs);
+        Ok(FabricModule::new(module, self.precision))
+    }
+
+    /// Wraps an optimizer built on a var store that was (or will be) set up
+    /// with [`setup_module`](Self::setup_module).
+    pub fn setup_optimizer(&mut self, optimizer: Optimizer) -> Result<FabricOptimizer> {
+        Ok(FabricOptimizer::new(optimizer))
+    }
+
+    /// Sets up a model and its optimizer together, as Lightning's
+    /// `model, optimizer = fabric.setup(model, optimizer)`.
+    pub fn setup<M: ModuleT>(
+        &mut self,
+        vs: &mut VarStore,
+        module: M,
+        optimizer: Optimizer,
+    ) -> Result<(FabricModule<M>, FabricOptimizer)> {
+        let module = self.setup_module(vs, module)?;
+        let optimizer = self.setup_optimizer(optimizer)?;
+        Ok((module, optimizer))
+    }
+
+    /// Makes a loader's batches arrive on the run's device.
+    pub fn setup_dataloaders<D>(&self, loader: DataLoader<D>) -> FabricDataLoader<D>
+    where
+        D: Dataset,
+        D::Batch: ToDevice,
+    {
+        FabricDataLoader::new(loader, self.device)
+    }
+
+    /// Moves data (a tensor, or tuples, vectors, options of them) to the
+    /// run's device.
+    pub fn to_device<T: ToDevice>(&self, data: T) -> T {
+        data.to_device(self.device)
+    }
+
+    // ---- training -------------------------------------------------------
+
+    /// Computes the gradients of `loss`, as `loss.backward()` with whatever
+    /// the strategy and precision add.
+    pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        if loss.numel() != 1 {
+            return Err(Error::InvalidArgument(format!(
+                "backward needs a loss with one element, this one has shape {:?}; reduce it first (for example with `.mean(None)`)",
+                loss.size()
+            )));
+        }
+        if !loss.requires_grad() {
+            return Err(Error::InvalidArgument(
+                "the loss does not require a gradient: it was computed without any trainable parameter (or under no_grad)".into(),
+            ));
+        }
+        loss.f_backward()?;
+        Ok(())
+    }
+
+    /// Clips the gradients of the optimizer's parameters. Returns the total
+    /// norm before clipping for [`GradClip::Norm`], `None` for
+    /// [`GradClip::Value`].
+    pub fn clip_gradients(&mut self, optimizer: &FabricOptimizer, clip: GradClip) -> Result<Option<f64>> {
+        let grads: Vec<Tensor> =
+            optimizer.parameters().iter().map(Tensor::grad).filter(Tensor::defined).collect();
+        tch::no_grad(|| match clip {
+            GradClip::Value(value) => {
+                if !(value.is_finite() && value >= 0.0) {
+                    return Err(Error::InvalidArgument(format!(
+                        "clip value must be finite and not negative, got {value}"
+                    )));
+                }
+                for mut grad in grads {
+                    let _ = grad.f_clamp_(-value, value)?;
+                }
+                Ok(None)
+            }
+            GradClip::Norm { max_norm, norm_type, error_if_nonfinite } => {
+                let valid = max_norm.is_finite() && max_norm >= 0.0 && norm_type > 0.0;
+                if !valid {
+                    return Err(Error::InvalidArgument(format!(
+                        "clipping by norm needs a finite max_norm >= 0 and a norm_type > 0, got max_norm = {max_norm}, norm_type = {norm_type}"
+                    )));
+                }
+                if grads.is_empty() {
+                    return Ok(Some(0.0));
+                }
+                let norms = grads
+                    .iter()
+                    .map(|g| g.f_to_kind(Kind::Double)?.f_norm_scalaropt_dim(norm_type, [0i64; 0].as_slice(), false))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let norms = Tensor::f_stack(&norms, 0)?;
+                let total = if norm_type.is_infinite() {
+                    norms.f_max()?.f_double_value(&[])?
+                } else {
+                    norms.f_norm_scalaropt_dim(norm_type, [0i64; 0].as_slice(), false)?.f_double_value(&[])?
+                };
+                if !total.is_finite() && error_if_nonfinite {
+                    return Err(Error::NonFiniteNorm { norm: total });
+                }
+                let coefficient = max_norm / (total + 1e-6);
+                if coefficient < 1.0 {
+                    for mut grad in grads {
+                        let _ = grad.f_mul_scalar_(coefficient)?;
+                    }
+                }
+                Ok(Some(total))
+            }
+        })
+    }
+
+    /// A scope in which operations run under the precision's autocast
+    /// (nothing changes for the `-true` precisions). Autocast ends when the
+    /// guard is dropped.
+    pub fn autocast(&self) -> AutocastGuard {
+        AutocastGuard::new(self.precision)
+    }
+
+    /// Waits until every process reaches this point. With one process it
+    /// returns at once.
+    pub fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Seeds libtorch's generators and the shuffling of data loaders that
+    /// have no seed of their own, as Lightning's `seed_everything`. Returns
+    /// the seed.
+    pub fn seed_everything(&self, seed: u64) -> u64 {
+        seed::seed_everything(seed);
+        seed
+    }
+
+    /// Prints a line from the process with global rank 0 only.
+    pub fn print(&self, message: impl Display) {
+        if self.is_global_zero() {
+            println!("{message}");
+        }
+    }
+
+    // ---- loggers and callbacks -----------------------------------------
+
+    /// Logs one metric to every logger, from global rank 0 only.
+    pub fn log(&mut self, name: &str, value: impl Metric) -> Result<()> {
+        self.log_dict([(name, value)], None)
+    }
+
+    /// Logs several metrics taken at `step` to every logger, from global
+    /// rank 0 only.
+    pub fn log_dict<'n, V: Metric>(
+        &mut self,
+        metrics: impl IntoIterator<Item = (&'n str, V)>,
+        step: Option<u64>,
+    ) -> Result<()> {
+        if !self.is_global_zero() || self.loggers.is_empty() {
+            return Ok(());
+        }
+        let metrics = metrics
+            .into_iter()
+            .map(|(name, value)| Ok((name, value.to_f64()?)))
+            .collect::<Result<Vec<_>>>()?;
+        for logger in &mut self.loggers {
+            logger.log_metrics(&metrics, step).map_err(|source| Error::Plugin {
+                what: format!("logger `{}`: log_metrics", logger.name()),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The first registered callback of type `T`.
+    pub fn callback<T: Callback>(&self) -> Option<&T> {
+        self.callbacks.get::<T>()
+    }
+
+    /// The first registered callback of type `T`, mutably.
+    pub fn callback_mut<T: Callback>(&mut self) -> Option<&mut T> {
+        self.callbacks.get_mut::<T>()
+    }
+
+    /// Finalises every logger; `success` says whether training succeeded.
+    /// Called when the `Fabric` is dropped if not before; later calls do
+    /// nothing.
+    pub fn finish(&mut self, success: bool) -> Result<()> {
+        if std::mem::replace(&mut self.finished, true) {
+            return Ok(());
+        }
+        let mut first_error = None;
+        for logger in &mut self.loggers {
+            if let Err(source) = logger.finalize(success) {
+                let error = Error::Plugin { what: format!("logger `{}`: finalize", logger.name()), source };
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Dropped while unwinding from a panic means training failed.
+            if let Err(error) = self.finish(!std::thread::panicking()) {
+                eprintln!("fabric: {error}");
+            }
+        }
+    }
+}
