@@ -11,14 +11,24 @@ use fabric::data::{DataLoader, TensorDataset};
 use fabric::{Fabric, GradClip};
 use fabric_examples::digits;
 use indicatif::{ProgressBar, ProgressStyle};
-use tch::nn::{self, OptimizerConfig};
 use tch::Kind;
+use tch::nn::{self, OptimizerConfig};
 
 fn model(vs: &nn::Path) -> nn::Sequential {
     nn::seq()
-        .add(nn::linear(vs / "hidden", digits::FEATURES as i64, 128, Default::default()))
+        .add(nn::linear(
+            vs / "hidden",
+            digits::FEATURES as i64,
+            128,
+            Default::default(),
+        ))
         .add_fn(|x| x.relu())
-        .add(nn::linear(vs / "out", 128, digits::CLASSES as i64, Default::default()))
+        .add(nn::linear(
+            vs / "out",
+            128,
+            digits::CLASSES as i64,
+            Default::default(),
+        ))
 }
 
 fn train(fabric: &mut Fabric, epochs: usize) -> anyhow::Result<f64> {
@@ -38,11 +48,16 @@ fn train(fabric: &mut Fabric, epochs: usize) -> anyhow::Result<f64> {
     let optimizer = nn::Adam::default().build(&vs, 3e-3)?;
     let (model, mut optimizer) = fabric.setup(&mut vs, net, optimizer)?;
     let mut train_loader = fabric.setup_dataloaders(
-        DataLoader::new(TensorDataset::new((train_x, train_y))?).batch_size(64).shuffle(true).prefetch(2),
+        DataLoader::new(TensorDataset::new((train_x, train_y))?)
+            .batch_size(64)
+            .shuffle(true)
+            .prefetch(2),
     );
 
     let progress = ProgressBar::new((epochs * train_loader.len()) as u64);
-    progress.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} {msg}")?);
+    progress.set_style(ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} steps {per_sec} {msg}",
+    )?);
     for epoch in 0..epochs {
         let (mut total, mut batches) = (0.0, 0);
         for batch in &mut train_loader {
@@ -56,7 +71,11 @@ fn train(fabric: &mut Fabric, epochs: usize) -> anyhow::Result<f64> {
             batches += 1;
             progress.inc(1);
         }
-        let message = format!("epoch {:>2}: train loss {:.4}", epoch + 1, total / batches as f64);
+        let message = format!(
+            "epoch {:>2}: train loss {:.4}",
+            epoch + 1,
+            total / batches as f64
+        );
         progress.set_message(message.clone());
         if progress.is_hidden() && (epoch + 1) % 5 == 0 {
             fabric.print(message);
@@ -66,13 +85,27 @@ fn train(fabric: &mut Fabric, epochs: usize) -> anyhow::Result<f64> {
 
     model.eval();
     let (x, y) = fabric.to_device((test_x, test_y));
-    let accuracy = tch::no_grad(|| model.forward(&x).argmax(-1, false).eq_tensor(&y).to_kind(Kind::Double).mean(None));
+    let accuracy = tch::no_grad(|| {
+        model
+            .forward(&x)
+            .argmax(-1, false)
+            .eq_tensor(&y)
+            .to_kind(Kind::Double)
+            .mean(None)
+    });
     Ok(accuracy.double_value(&[]))
 }
 
 fn main() -> anyhow::Result<()> {
-    let epochs = std::env::var("EPOCHS").ok().map(|e| e.parse()).transpose()?.unwrap_or(30);
-    let mut fabric = Fabric::builder().accelerator("auto").precision("32-true").build()?;
+    let epochs = std::env::var("EPOCHS")
+        .ok()
+        .map(|e| e.parse())
+        .transpose()?
+        .unwrap_or(30);
+    let mut fabric = Fabric::builder()
+        .accelerator("auto")
+        .precision("32-true")
+        .build()?;
     let accuracy = train(&mut fabric, epochs)?;
     fabric.print(format!("held-out accuracy: {:.2}%", accuracy * 100.0));
     Ok(())

@@ -31,17 +31,35 @@ pub fn load(path: &Path) -> anyhow::Result<(Tensor, Tensor)> {
     for (row, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         let values: Vec<&str> = line.split(',').collect();
-        ensure!(values.len() == FEATURES + 1, "row {row} of {} has {} values, expected 65", path.display(), values.len());
+        ensure!(
+            values.len() == FEATURES + 1,
+            "row {row} of {} has {} values, expected 65",
+            path.display(),
+            values.len()
+        );
         for v in &values[..FEATURES] {
-            let v: f32 = v.trim().parse().with_context(|| format!("row {row}: pixel {v:?}"))?;
+            let v: f32 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("row {row}: pixel {v:?}"))?;
             pixels.push(v / 16.0);
         }
-        let label: i64 = values[FEATURES].trim().parse().with_context(|| format!("row {row}: label"))?;
-        ensure!((0..CLASSES as i64).contains(&label), "row {row}: label {label} is not a digit");
+        let label: i64 = values[FEATURES]
+            .trim()
+            .parse()
+            .with_context(|| format!("row {row}: label"))?;
+        ensure!(
+            (0..CLASSES as i64).contains(&label),
+            "row {row}: label {label} is not a digit"
+        );
         labels.push(label);
     }
     if labels.len() != SAMPLES {
-        bail!("{} holds {} images, expected {SAMPLES}", path.display(), labels.len());
+        bail!(
+            "{} holds {} images, expected {SAMPLES}",
+            path.display(),
+            labels.len()
+        );
     }
     let images = Tensor::from_slice(&pixels).view([SAMPLES as i64, FEATURES as i64]);
     Ok((images, Tensor::from_slice(&labels).to_kind(Kind::Int64)))
@@ -49,7 +67,12 @@ pub fn load(path: &Path) -> anyhow::Result<(Tensor, Tensor)> {
 
 /// A seeded split into `(train_x, train_y, test_x, test_y)` with
 /// `test_fraction` of the images held out.
-pub fn split(images: &Tensor, labels: &Tensor, test_fraction: f64, seed: u64) -> (Tensor, Tensor, Tensor, Tensor) {
+pub fn split(
+    images: &Tensor,
+    labels: &Tensor,
+    test_fraction: f64,
+    seed: u64,
+) -> (Tensor, Tensor, Tensor, Tensor) {
     let n = images.size()[0] as usize;
     let mut order: Vec<i64> = (0..n as i64).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));

@@ -29,7 +29,11 @@ impl ResolvedAccelerator {
 }
 
 fn cuda_count() -> usize {
-    if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 }
+    if tch::Cuda::is_available() {
+        tch::Cuda::device_count().max(0) as usize
+    } else {
+        0
+    }
 }
 
 /// What this machine has, for messages: `cpu`, plus `cuda (2 devices)` and
@@ -48,7 +52,11 @@ pub(crate) fn available() -> String {
 }
 
 fn unavailable(requested: Accelerator, reason: &str) -> Error {
-    Error::AcceleratorUnavailable { requested: requested.name().into(), reason: reason.into(), available: available() }
+    Error::AcceleratorUnavailable {
+        requested: requested.name().into(),
+        reason: reason.into(),
+        available: available(),
+    }
 }
 
 /// Resolves `accelerator` against this machine, as Lightning does: `auto`
@@ -63,18 +71,28 @@ pub(crate) fn resolve(accelerator: Accelerator) -> Result<ResolvedAccelerator> {
         Accelerator::Auto => Ok(ResolvedAccelerator::Cpu),
         Accelerator::Gpu if mps => Ok(ResolvedAccelerator::Mps),
         Accelerator::Gpu | Accelerator::Cuda if cuda => Ok(ResolvedAccelerator::Cuda),
-        Accelerator::Gpu | Accelerator::Cuda => {
-            Err(unavailable(accelerator, "libtorch finds no CUDA device (no NVIDIA GPU or driver)"))
-        }
+        Accelerator::Gpu | Accelerator::Cuda => Err(unavailable(
+            accelerator,
+            "libtorch finds no CUDA device (no NVIDIA GPU or driver)",
+        )),
         Accelerator::Mps if mps => Ok(ResolvedAccelerator::Mps),
-        Accelerator::Mps => Err(unavailable(accelerator, "MPS exists only on Apple silicon under macOS")),
-        Accelerator::Tpu => Err(unavailable(accelerator, "TPUs are driven through XLA, which does not exist in libtorch")),
+        Accelerator::Mps => Err(unavailable(
+            accelerator,
+            "MPS exists only on Apple silicon under macOS",
+        )),
+        Accelerator::Tpu => Err(unavailable(
+            accelerator,
+            "TPUs are driven through XLA, which does not exist in libtorch",
+        )),
     }
 }
 
 /// The devices `devices` selects on `accelerator`. On the CPU a count is a
 /// number of processes, each on the CPU device.
-pub(crate) fn select_devices(accelerator: ResolvedAccelerator, devices: &Devices) -> Result<Vec<Device>> {
+pub(crate) fn select_devices(
+    accelerator: ResolvedAccelerator,
+    devices: &Devices,
+) -> Result<Vec<Device>> {
     let unavailable = |present: String| Error::DevicesUnavailable {
         requested: devices.to_string(),
         accelerator: accelerator.name().into(),
@@ -85,7 +103,8 @@ pub(crate) fn select_devices(accelerator: ResolvedAccelerator, devices: &Devices
             Devices::Auto | Devices::Cpu => Ok(vec![Device::Cpu]),
             Devices::Count(n) => Ok(vec![Device::Cpu; *n]),
             Devices::All | Devices::Indices(_) => Err(unavailable(
-                "the CPU only: on the CPU `devices` is a number of processes, such as 1 or 2".into(),
+                "the CPU only: on the CPU `devices` is a number of processes, such as 1 or 2"
+                    .into(),
             )),
         },
         ResolvedAccelerator::Mps => match devices {

@@ -1,6 +1,8 @@
 //! [`FabricBuilder`]: the typed configuration a [`Fabric`] is built from.
 
-use fabric_options::{Accelerator, Devices, NumNodes, OptionError, Options, Precision, Strategy, Value};
+use fabric_options::{
+    Accelerator, Devices, NumNodes, OptionError, Options, Precision, Strategy, Value,
+};
 
 use crate::accelerator;
 use crate::callbacks::{Callback, Callbacks};
@@ -151,9 +153,12 @@ impl FabricBuilder {
         let devices = accelerator::select_devices(accelerator, &options.devices)?;
         let precision = RunPrecision::resolve(options.precision(), accelerator)?;
         let environment = environment.unwrap_or_else(|| Box::new(SingleProcessEnvironment));
+        validate_environment(&*environment)?;
         let processes = devices.len() * options.num_nodes.get() as usize;
         let strategy = match options.strategy {
-            Strategy::Auto | Strategy::SingleDevice if processes == 1 && environment.world_size() == 1 => {
+            Strategy::Auto | Strategy::SingleDevice
+                if processes == 1 && environment.world_size() == 1 =>
+            {
                 Strategy::SingleDevice
             }
             Strategy::Auto | Strategy::SingleDevice => {
@@ -177,8 +182,15 @@ impl FabricBuilder {
                 });
             }
         };
-        validate_environment(&*environment)?;
-        Ok(Fabric::new_resolved(accelerator, devices[0], strategy, precision, environment, self.callbacks, self.loggers))
+        Ok(Fabric::new_resolved(
+            accelerator,
+            devices[0],
+            strategy,
+            precision,
+            environment,
+            self.callbacks,
+            self.loggers,
+        ))
     }
 }
 
@@ -198,13 +210,21 @@ fn parse<T: Default>(
 
 /// Rejects ranks that cannot belong to the world the environment reports.
 fn validate_environment(env: &dyn ClusterEnvironment) -> Result<()> {
-    let error = |message: String| Error::ClusterEnvironment { environment: env.name().to_owned(), message };
+    let error = |message: String| Error::ClusterEnvironment {
+        environment: env.name().to_owned(),
+        message,
+    };
     let world = env.world_size();
     if world == 0 {
-        return Err(error("world size is 0; a run has at least one process".into()));
+        return Err(error(
+            "world size is 0; a run has at least one process".into(),
+        ));
     }
     if env.global_rank() >= world {
-        return Err(error(format!("global rank {} is not below the world size {world}", env.global_rank())));
+        return Err(error(format!(
+            "global rank {} is not below the world size {world}",
+            env.global_rank()
+        )));
     }
     if env.local_rank() > env.global_rank() {
         return Err(error(format!(

@@ -44,11 +44,15 @@ impl Callbacks {
 
     /// The first registered callback of type `T`.
     pub(crate) fn get<T: Callback>(&self) -> Option<&T> {
-        self.callbacks.iter().find_map(|c| (&**c as &dyn Any).downcast_ref::<T>())
+        self.callbacks
+            .iter()
+            .find_map(|c| (&**c as &dyn Any).downcast_ref::<T>())
     }
 
     /// The first registered callback of type `T`, mutably.
     pub(crate) fn get_mut<T: Callback>(&mut self) -> Option<&mut T> {
-        self.callbacks.iter_mut().find_map(|c| (&mut **c as &mut dyn Any).downcast_mut::<T>())
+        self.callbacks
+            .iter_mut()
+            .find_map(|c| (&mut **c as &mut dyn Any).downcast_mut::<T>())
     }
 }

@@ -24,7 +24,11 @@ pub trait ToDevice: Sized {
 
 impl ToDevice for Tensor {
     fn to_device(self, device: Device) -> Self {
-        if self.device() == device { self } else { Tensor::to_device(&self, device) }
+        if self.device() == device {
+            self
+        } else {
+            Tensor::to_device(&self, device)
+        }
     }
 }
 

@@ -29,7 +29,9 @@ pub enum Error {
     },
 
     /// The accelerator asked for does not exist on this machine.
-    #[error("accelerator \"{requested}\" is not available on this machine: {reason}; available: {available}")]
+    #[error(
+        "accelerator \"{requested}\" is not available on this machine: {reason}; available: {available}"
+    )]
     AcceleratorUnavailable {
         /// The accelerator asked for.
         requested: String,
@@ -40,7 +42,9 @@ pub enum Error {
     },
 
     /// `devices` selects devices that this machine does not have.
-    #[error("`devices = {requested}` asks for {accelerator} device(s) this machine does not have; present: {present}")]
+    #[error(
+        "`devices = {requested}` asks for {accelerator} device(s) this machine does not have; present: {present}"
+    )]
     DevicesUnavailable {
         /// The selection, as written.
         requested: String,
@@ -64,7 +68,9 @@ pub enum Error {
     Data(String),
 
     /// Gradients holding infinities or NaNs where a finite norm is required.
-    #[error("the total norm of the gradients is {norm}; clipping it would spread non-finite values into every parameter (pass `error_if_nonfinite = false` to clip anyway)")]
+    #[error(
+        "the total norm of the gradients is {norm}; clipping it would spread non-finite values into every parameter (pass `error_if_nonfinite = false` to clip anyway)"
+    )]
     NonFiniteNorm {
         /// The norm found.
         norm: f64,

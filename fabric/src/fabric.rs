@@ -42,7 +42,11 @@ pub enum GradClip {
 impl GradClip {
     /// Clipping by Euclidean norm, erroring on a non-finite norm.
     pub fn norm(max_norm: f64) -> Self {
-        GradClip::Norm { max_norm, norm_type: 2.0, error_if_nonfinite: true }
+        GradClip::Norm {
+            max_norm,
+            norm_type: 2.0,
+            error_if_nonfinite: true,
+        }
     }
 
     /// Clipping by value.
@@ -129,7 +133,16 @@ impl Fabric {
         callbacks: Callbacks,
         loggers: Vec<Box<dyn Logger>>,
     ) -> Self {
-        Fabric { accelerator, device, strategy, precision, environment, callbacks, loggers, finished: false }
+        Fabric {
+            accelerator,
+            device,
+            strategy,
+            precision,
+            environment,
+            callbacks,
+            loggers,
+            finished: false,
+        }
     }
 
     // ---- where and what -------------------------------------------------
@@ -196,7 +209,11 @@ impl Fabric {
     /// Moves the variables of `vs` to the run's device and casts them to the
     /// run's precision, in place (models and optimizers built from `vs` keep
     /// working), and wraps `module`, the model built on `vs`.
-    pub fn setup_module<M: ModuleT>(&mut self, vs: &mut VarStore, module: M) -> Result<FabricModule<M>> {
+    pub fn setup_module<M: ModuleT>(
+        &mut self,
+        vs: &mut VarStore,
+        module: M,
+    ) -> Result<FabricModule<M>> {
         if vs.device() != self.device {
             vs.set_device(self.device);
         }
@@ -261,9 +278,17 @@ impl Fabric {
     /// Clips the gradients of the optimizer's parameters. Returns the total
     /// norm before clipping for [`GradClip::Norm`], `None` for
     /// [`GradClip::Value`].
-    pub fn clip_gradients(&mut self, optimizer: &FabricOptimizer, clip: GradClip) -> Result<Option<f64>> {
-        let grads: Vec<Tensor> =
-            optimizer.parameters().iter().map(Tensor::grad).filter(Tensor::defined).collect();
+    pub fn clip_gradients(
+        &mut self,
+        optimizer: &FabricOptimizer,
+        clip: GradClip,
+    ) -> Result<Option<f64>> {
+        let grads: Vec<Tensor> = optimizer
+            .parameters()
+            .iter()
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect();
         tch::no_grad(|| match clip {
             GradClip::Value(value) => {
                 if !(value.is_finite() && value >= 0.0) {
@@ -276,7 +301,11 @@ impl Fabric {
                 }
                 Ok(None)
             }
-            GradClip::Norm { max_norm, norm_type, error_if_nonfinite } => {
+            GradClip::Norm {
+                max_norm,
+                norm_type,
+                error_if_nonfinite,
+            } => {
                 let valid = max_norm.is_finite() && max_norm >= 0.0 && norm_type > 0.0;
                 if !valid {
                     return Err(Error::InvalidArgument(format!(
@@ -288,13 +317,21 @@ impl Fabric {
                 }
                 let norms = grads
                     .iter()
-                    .map(|g| g.f_to_kind(Kind::Double)?.f_norm_scalaropt_dim(norm_type, [0i64; 0].as_slice(), false))
+                    .map(|g| {
+                        g.f_to_kind(Kind::Double)?.f_norm_scalaropt_dim(
+                            norm_type,
+                            [0i64; 0].as_slice(),
+                            false,
+                        )
+                    })
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 let norms = Tensor::f_stack(&norms, 0)?;
                 let total = if norm_type.is_infinite() {
                     norms.f_max()?.f_double_value(&[])?
                 } else {
-                    norms.f_norm_scalaropt_dim(norm_type, [0i64; 0].as_slice(), false)?.f_double_value(&[])?
+                    norms
+                        .f_norm_scalaropt_dim(norm_type, [0i64; 0].as_slice(), false)?
+                        .f_double_value(&[])?
                 };
                 if !total.is_finite() && error_if_nonfinite {
                     return Err(Error::NonFiniteNorm { norm: total });
@@ -360,10 +397,12 @@ impl Fabric {
             .map(|(name, value)| Ok((name, value.to_f64()?)))
             .collect::<Result<Vec<_>>>()?;
         for logger in &mut self.loggers {
-            logger.log_metrics(&metrics, step).map_err(|source| Error::Plugin {
-                what: format!("logger `{}`: log_metrics", logger.name()),
-                source,
-            })?;
+            logger
+                .log_metrics(&metrics, step)
+                .map_err(|source| Error::Plugin {
+                    what: format!("logger `{}`: log_metrics", logger.name()),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -388,7 +427,10 @@ impl Fabric {
         let mut first_error = None;
         for logger in &mut self.loggers {
             if let Err(source) = logger.finalize(success) {
-                let error = Error::Plugin { what: format!("logger `{}`: finalize", logger.name()), source };
+                let error = Error::Plugin {
+                    what: format!("logger `{}`: finalize", logger.name()),
+                    source,
+                };
                 first_error.get_or_insert(error);
             }
         }

@@ -38,7 +38,11 @@ pub trait Logger: Send + 'static {
     }
 
     /// Records metrics, all taken at the same step.
-    fn log_metrics(&mut self, metrics: &[(&str, f64)], step: Option<u64>) -> Result<(), LoggerError>;
+    fn log_metrics(
+        &mut self,
+        metrics: &[(&str, f64)],
+        step: Option<u64>,
+    ) -> Result<(), LoggerError>;
 
     /// Writes out anything buffered; called when training ends, also when it
     /// ends with an error (`success` is then `false`).

@@ -25,7 +25,11 @@ pub struct FabricModule<M> {
 
 impl<M> FabricModule<M> {
     pub(crate) fn new(module: M, precision: RunPrecision) -> Self {
-        FabricModule { module, precision, training: Cell::new(true) }
+        FabricModule {
+            module,
+            precision,
+            training: Cell::new(true),
+        }
     }
 
     /// Switches to training mode (the default).
@@ -65,7 +69,8 @@ impl<M: ModuleT> FabricModule<M> {
 impl<M: ModuleT> ModuleT for FabricModule<M> {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let xs = self.precision.convert_input(xs);
-        self.precision.convert_output(self.module.forward_t(&xs, train))
+        self.precision
+            .convert_output(self.module.forward_t(&xs, train))
     }
 }
 

@@ -14,7 +14,9 @@ pub struct FabricOptimizer {
 
 impl std::fmt::Debug for FabricOptimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FabricOptimizer").field("parameters", &self.inner.trainable_variables().len()).finish()
+        f.debug_struct("FabricOptimizer")
+            .field("parameters", &self.inner.trainable_variables().len())
+            .finish()
     }
 }
 

@@ -22,7 +22,10 @@ impl<T: ClusterEnvironment> From<T> for Plugin {
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Plugin::ClusterEnvironment(env) => f.debug_tuple("ClusterEnvironment").field(&env.name()).finish(),
+            Plugin::ClusterEnvironment(env) => f
+                .debug_tuple("ClusterEnvironment")
+                .field(&env.name())
+                .finish(),
         }
     }
 }

@@ -69,13 +69,21 @@ impl RunPrecision {
     /// Casts a floating-point input to this precision's dtype; other
     /// tensors (labels, indices) pass unchanged.
     pub(crate) fn convert_input(self, xs: &Tensor) -> Tensor {
-        if xs.is_floating_point() && xs.kind() != self.kind { xs.to_kind(self.kind) } else { xs.shallow_clone() }
+        if xs.is_floating_point() && xs.kind() != self.kind {
+            xs.to_kind(self.kind)
+        } else {
+            xs.shallow_clone()
+        }
     }
 
     /// Casts a module's output for the user, as Lightning does: 16-bit
     /// `-true` outputs come back as `f32`; `64-true` stays `f64` end to end.
     pub(crate) fn convert_output(self, ys: Tensor) -> Tensor {
-        if matches!(self.kind, Kind::Half | Kind::BFloat16) && ys.is_floating_point() { ys.to_kind(Kind::Float) } else { ys }
+        if matches!(self.kind, Kind::Half | Kind::BFloat16) && ys.is_floating_point() {
+            ys.to_kind(Kind::Float)
+        } else {
+            ys
+        }
     }
 }
 
@@ -90,6 +98,8 @@ pub struct AutocastGuard {
 
 impl AutocastGuard {
     pub(crate) fn new(_precision: RunPrecision) -> Self {
-        AutocastGuard { _not_send: std::marker::PhantomData }
+        AutocastGuard {
+            _not_send: std::marker::PhantomData,
+        }
     }
 }

@@ -9,10 +9,14 @@ static GLOBAL_SEED: Mutex<Option<u64>> = Mutex::new(None);
 pub(crate) fn seed_everything(seed: u64) {
     // libtorch takes the seed's bits as a u64; tch's signature is i64.
     tch::manual_seed(seed as i64);
-    *GLOBAL_SEED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(seed);
+    *GLOBAL_SEED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(seed);
 }
 
 /// The seed last given to `seed_everything`, if any.
 pub(crate) fn global_seed() -> Option<u64> {
-    *GLOBAL_SEED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    *GLOBAL_SEED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

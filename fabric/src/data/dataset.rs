@@ -53,7 +53,9 @@ impl Tensors for Vec<Tensor> {
         self.iter().collect()
     }
     fn select(&self, index: &Tensor) -> Result<Self> {
-        self.iter().map(|t| Ok(t.f_index_select(0, index)?)).collect()
+        self.iter()
+            .map(|t| Ok(t.f_index_select(0, index)?))
+            .collect()
     }
 }
 
@@ -93,7 +95,9 @@ impl<T: Tensors> TensorDataset<T> {
     pub fn new(tensors: T) -> Result<Self> {
         let all = tensors.tensors();
         let Some(first) = all.first() else {
-            return Err(Error::Data("a TensorDataset needs at least one tensor".into()));
+            return Err(Error::Data(
+                "a TensorDataset needs at least one tensor".into(),
+            ));
         };
         if first.dim() == 0 {
             return Err(Error::Data("a TensorDataset's tensors need a first dimension indexing the samples; tensor 0 is a scalar".into()));
@@ -115,8 +119,13 @@ impl<T: Tensors> TensorDataset<T> {
                 )));
             }
         }
-        let len = usize::try_from(len).map_err(|_| Error::Data("negative first dimension".into()))?;
-        Ok(TensorDataset { tensors, len, device })
+        let len =
+            usize::try_from(len).map_err(|_| Error::Data("negative first dimension".into()))?;
+        Ok(TensorDataset {
+            tensors,
+            len,
+            device,
+        })
     }
 
     /// The wrapped tensors.
@@ -136,7 +145,10 @@ impl<T: Tensors> Dataset for TensorDataset<T> {
         let mut index = Vec::with_capacity(indices.len());
         for &i in indices {
             if i >= self.len {
-                return Err(Error::Data(format!("sample index {i} is out of range for a data set of {} samples", self.len)));
+                return Err(Error::Data(format!(
+                    "sample index {i} is out of range for a data set of {} samples",
+                    self.len
+                )));
             }
             index.push(i as i64);
         }

@@ -139,7 +139,10 @@ impl<D: Dataset> DataLoader<D> {
         match &self.sampler {
             Some(sampler) => sampler.indices(len, epoch),
             None if self.shuffle => {
-                let seed = self.seed.or_else(seed::global_seed).unwrap_or(self.fallback_seed);
+                let seed = self
+                    .seed
+                    .or_else(seed::global_seed)
+                    .unwrap_or(self.fallback_seed);
                 RandomSampler::new(seed).indices(len, epoch)
             }
             None => SequentialSampler.indices(len, epoch),
@@ -151,16 +154,26 @@ impl<D: Dataset> DataLoader<D> {
         let epoch = self.epoch;
         self.epoch += 1;
         if self.batch_size == 0 {
-            return Batches { state: State::Failed(Some(Error::Data("batch size must be at least 1".into()))) };
+            return Batches {
+                state: State::Failed(Some(Error::Data("batch size must be at least 1".into()))),
+            };
         }
         let order = self.order(epoch);
-        let mut chunks: Vec<Vec<usize>> = order.chunks(self.batch_size).map(<[usize]>::to_vec).collect();
+        let mut chunks: Vec<Vec<usize>> = order
+            .chunks(self.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect();
         if self.drop_last && chunks.last().is_some_and(|c| c.len() < self.batch_size) {
             chunks.pop();
         }
         let state = match self.prefetch {
-            Some((depth, spawn)) => State::Prefetch(spawn(Arc::clone(&self.dataset), chunks, depth)),
-            None => State::Inline { dataset: Arc::clone(&self.dataset), chunks: chunks.into_iter() },
+            Some((depth, spawn)) => {
+                State::Prefetch(spawn(Arc::clone(&self.dataset), chunks, depth))
+            }
+            None => State::Inline {
+                dataset: Arc::clone(&self.dataset),
+                chunks: chunks.into_iter(),
+            },
         };
         Batches { state }
     }
@@ -179,7 +192,11 @@ where
     }
 }
 
-fn spawn_prefetch<D>(dataset: Arc<D>, chunks: Vec<Vec<usize>>, depth: usize) -> Receiver<Result<D::Batch>>
+fn spawn_prefetch<D>(
+    dataset: Arc<D>,
+    chunks: Vec<Vec<usize>>,
+    depth: usize,
+) -> Receiver<Result<D::Batch>>
 where
     D: Dataset + Send + Sync + 'static,
     D::Batch: Send + 'static,
@@ -199,7 +216,10 @@ where
 }
 
 enum State<D: Dataset> {
-    Inline { dataset: Arc<D>, chunks: std::vec::IntoIter<Vec<usize>> },
+    Inline {
+        dataset: Arc<D>,
+        chunks: std::vec::IntoIter<Vec<usize>>,
+    },
     Prefetch(Receiver<Result<D::Batch>>),
     Failed(Option<Error>),
 }
@@ -255,7 +275,10 @@ where
 
     /// The batches of the next epoch, on the run's device.
     pub fn iter(&mut self) -> DeviceBatches<D> {
-        DeviceBatches { batches: self.loader.iter(), device: self.device }
+        DeviceBatches {
+            batches: self.loader.iter(),
+            device: self.device,
+        }
     }
 
     /// Sets the number of the next epoch, which seeds its order.
@@ -305,6 +328,8 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         let device = self.device;
-        self.batches.next().map(|batch| batch.map(|b| b.to_device(device)))
+        self.batches
+            .next()
+            .map(|batch| batch.map(|b| b.to_device(device)))
     }
 }

@@ -45,7 +45,9 @@ impl RandomSampler {
 impl Sampler for RandomSampler {
     fn indices(&self, len: usize, epoch: u64) -> Vec<usize> {
         let mut indices: Vec<usize> = (0..len).collect();
-        indices.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(epoch)));
+        indices.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            self.seed.wrapping_add(epoch),
+        ));
         indices
     }
 }

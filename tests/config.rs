@@ -1,0 +1,326 @@
+//! Building a `Fabric` from options: every form accepted, every error clear.
+
+use fabric::{Error, Fabric, Precision, Strategy};
+use tch::Device;
+
+fn cuda() -> bool {
+    tch::Cuda::is_available()
+}
+
+#[test]
+fn auto_resolves_to_the_cpu_without_cuda() {
+    let fabric = Fabric::new().unwrap();
+    if cuda() {
+        assert_eq!(fabric.device(), Device::Cuda(0));
+        assert_eq!(fabric.accelerator(), "cuda");
+    } else {
+        assert_eq!(fabric.device(), Device::Cpu);
+        assert_eq!(fabric.accelerator(), "cpu");
+    }
+    assert_eq!(fabric.strategy(), Strategy::SingleDevice);
+    assert_eq!(fabric.precision(), Precision::True32);
+    assert_eq!(
+        (
+            fabric.global_rank(),
+            fabric.local_rank(),
+            fabric.node_rank(),
+            fabric.world_size()
+        ),
+        (0, 0, 0, 1)
+    );
+    assert!(fabric.is_global_zero());
+}
+
+#[test]
+fn gpu_without_cuda_lists_what_is_available() {
+    if cuda() {
+        return; // this machine has CUDA: nothing to report
+    }
+    for name in ["gpu", "cuda"] {
+        let err = Fabric::builder().accelerator(name).build().unwrap_err();
+        assert!(
+            matches!(err, Error::AcceleratorUnavailable { .. }),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("accelerator \"{name}\" is not available")),
+            "{message}"
+        );
+        assert!(message.contains("available: cpu"), "{message}");
+    }
+}
+
+#[test]
+fn mps_and_tpu_say_why_they_are_unavailable() {
+    if !tch::utils::has_mps() {
+        let err = Fabric::builder()
+            .accelerator("mps")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Apple silicon"), "{err}");
+        assert!(err.contains("available: cpu"), "{err}");
+    }
+    let err = Fabric::builder()
+        .accelerator("tpu")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("XLA, which does not exist in libtorch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cpu_device_forms_of_the_seed_build() {
+    let forms: Vec<fabric::options::Value> = vec![
+        None::<i64>.into(),
+        0.into(),
+        "0".into(),
+        1.into(),
+        "1".into(),
+        "auto".into(),
+    ];
+    for devices in forms {
+        let fabric = Fabric::builder()
+            .accelerator("cpu")
+            .devices(devices.clone())
+            .build();
+        assert_eq!(
+            fabric.map(|f| f.device()).ok(),
+            Some(Device::Cpu),
+            "devices = {devices}"
+        );
+    }
+}
+
+#[test]
+fn bad_devices_are_errors_that_say_what_is_accepted() {
+    let cases: [(fabric::options::Value, &str); 4] = [
+        ("1, x".into(), "`x`, which is not a device index"),
+        ((-2).into(), "-2 is below -1"),
+        ([1, 1].into(), "lists device 1 more than once"),
+        (Vec::<i64>::new().into(), "selects no device"),
+    ];
+    for (devices, expected) in cases {
+        let err = Fabric::builder()
+            .devices(devices.clone())
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "devices = {devices}: {err}");
+        assert!(err.contains("accepted:"), "devices = {devices}: {err}");
+    }
+}
+
+#[test]
+fn gpu_indices_beyond_the_machine_list_what_is_present() {
+    if cuda() {
+        let n = tch::Cuda::device_count();
+        let err = Fabric::builder()
+            .accelerator("cuda")
+            .devices([n])
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("present:"), "{err}");
+        return;
+    }
+    // On the CPU, device indices do not exist at all.
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .devices([1, 4])
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("number of processes"), "{err}");
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_suggestions() {
+    let err = Fabric::builder()
+        .accelerator("cdua")
+        .strategy("dpp")
+        .precision("bf16-mixd")
+        .num_nodes(0)
+        .build()
+        .unwrap_err();
+    let Error::Options(errors) = &err else {
+        panic!("expected several errors, got {err:?}")
+    };
+    assert_eq!(errors.len(), 4, "{err}");
+    let message = err.to_string();
+    assert!(message.contains("did you mean `cuda`?"), "{message}");
+    assert!(message.contains("did you mean `bf16-mixed`?"), "{message}");
+    assert!(message.contains("invalid `num_nodes`"), "{message}");
+}
+
+#[test]
+fn impossible_combinations_suggest_the_fix() {
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .strategy("dp")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("use `strategy = \"ddp\"`"), "{err}");
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .precision("16-mixed")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("use `precision = \"bf16-mixed\"`"), "{err}");
+    let err = Fabric::builder()
+        .accelerator("cuda")
+        .devices(0)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("0 and None mean the CPU"), "{err}");
+}
+
+#[test]
+fn later_capabilities_are_typed_errors_naming_the_option() {
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .strategy("ddp")
+        .build()
+        .unwrap_err();
+    match &err {
+        Error::NotAvailableYet { option, value, .. } => {
+            assert_eq!(*option, "strategy");
+            assert_eq!(value, "\"ddp\"");
+        }
+        other => panic!("expected NotAvailableYet, got {other:?}"),
+    }
+    assert!(err.to_string().contains("is not available yet"), "{err}");
+
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .devices(2)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotAvailableYet {
+                option: "strategy",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("use `devices = 1`"), "{err}");
+
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .precision("bf16-mixed")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotAvailableYet {
+                option: "precision",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn precision_aliases_reach_the_runtime() {
+    let cases: [(fabric::options::Value, Precision); 5] = [
+        ("64".into(), Precision::True64),
+        (64.into(), Precision::True64),
+        ("32".into(), Precision::True32),
+        ("bf16-true".into(), Precision::TrueBf16),
+        ("16-true".into(), Precision::True16),
+    ];
+    for (value, expected) in cases {
+        let fabric = Fabric::builder()
+            .accelerator("cpu")
+            .precision(value.clone())
+            .build()
+            .unwrap();
+        assert_eq!(fabric.precision(), expected, "precision = {value}");
+    }
+}
+
+struct StaticCluster {
+    world: usize,
+    rank: usize,
+}
+
+impl fabric::ClusterEnvironment for StaticCluster {
+    fn main_address(&self) -> String {
+        "10.1.2.3".into()
+    }
+    fn main_port(&self) -> u16 {
+        29500
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+    fn global_rank(&self) -> usize {
+        self.rank
+    }
+}
+
+#[test]
+fn a_users_cluster_environment_provides_the_ranks() {
+    let fabric = Fabric::builder()
+        .accelerator("cpu")
+        .plugin(StaticCluster { world: 1, rank: 0 })
+        .build()
+        .unwrap();
+    assert_eq!(fabric.environment_name(), "StaticCluster");
+    assert_eq!(fabric.world_size(), 1);
+
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .plugin(StaticCluster { world: 2, rank: 1 })
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotAvailableYet { .. }),
+        "a world of 2 needs ddp: {err:?}"
+    );
+
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .plugin(StaticCluster { world: 1, rank: 0 })
+        .plugin(StaticCluster { world: 1, rank: 0 })
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("2 cluster environments were given; pass at most one"),
+        "{err}"
+    );
+}
+
+#[test]
+fn inconsistent_ranks_from_an_environment_are_rejected() {
+    // World size 0 is never valid, whatever the strategy.
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .plugin(StaticCluster { world: 0, rank: 0 })
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("world size is 0"), "{err}");
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .plugin(StaticCluster { world: 2, rank: 5 })
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("global rank 5 is not below the world size 2"),
+        "{err}"
+    );
+}
