@@ -53,7 +53,7 @@ pub use device::ToDevice;
 pub use environment::{ClusterEnvironment, SingleProcessEnvironment};
 pub use error::{Error, Result};
 pub use fabric::{Fabric, GradClip};
-// pub use fabric_macros::fabric; // TMP until the macro lands
+pub use fabric_macros::fabric;
 pub use loggers::{Logger, LoggerError, Metric};
 pub use module::FabricModule;
 pub use optimizer::FabricOptimizer;
