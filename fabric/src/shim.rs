@@ -1,0 +1,108 @@
+//! Safe wrappers over the C++ shim (`csrc/shim.cpp`): the ATen functions
+//! tch does not bind.
+
+use std::ffi::{CStr, c_char, c_int};
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+
+unsafe extern "C" {
+    fn fabric_free_error(error: *mut c_char);
+    fn fabric_autocast_get(device: c_int, enabled: *mut bool, dtype: *mut c_int) -> *mut c_char;
+    fn fabric_autocast_set(device: c_int, enabled: bool, dtype: c_int) -> *mut c_char;
+    fn fabric_autocast_enter(depth: *mut c_int) -> *mut c_char;
+    fn fabric_autocast_exit(depth: *mut c_int) -> *mut c_char;
+    fn fabric_amp_non_finite_check_and_unscale(
+        grads: *const *mut torch_sys::C_tensor,
+        n: usize,
+        found_inf: *mut torch_sys::C_tensor,
+        inv_scale: *mut torch_sys::C_tensor,
+    ) -> *mut c_char;
+}
+
+/// Turns the shim's error string into an `Error`, freeing it.
+fn check(error: *mut c_char) -> Result<()> {
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null return is a NUL-terminated string malloc'ed by the
+    // shim, owned by us until `fabric_free_error`.
+    let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+    unsafe { fabric_free_error(error) };
+    Err(Error::Torch(tch::TchError::Torch(message)))
+}
+
+/// The device types autocast distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AutocastDevice {
+    Cpu = 0,
+    Cuda = 1,
+}
+
+/// `at::ScalarType` codes of the floating-point kinds autocast uses.
+fn scalar_type(kind: Kind) -> c_int {
+    match kind {
+        Kind::Half => 5,
+        Kind::Float => 6,
+        Kind::Double => 7,
+        Kind::BFloat16 => 15,
+        // Autocast only takes the kinds above; callers never pass others.
+        _ => 6,
+    }
+}
+
+fn kind(scalar_type: c_int) -> Kind {
+    match scalar_type {
+        5 => Kind::Half,
+        7 => Kind::Double,
+        15 => Kind::BFloat16,
+        _ => Kind::Float,
+    }
+}
+
+/// Whether autocast is on for `device`, and its dtype.
+pub(crate) fn autocast_state(device: AutocastDevice) -> Result<(bool, Kind)> {
+    let (mut enabled, mut dtype) = (false, 0);
+    check(unsafe { fabric_autocast_get(device as c_int, &mut enabled, &mut dtype) })?;
+    Ok((enabled, kind(dtype)))
+}
+
+/// Sets autocast on or off for `device`, with `dtype`.
+pub(crate) fn set_autocast(device: AutocastDevice, enabled: bool, dtype: Kind) -> Result<()> {
+    check(unsafe { fabric_autocast_set(device as c_int, enabled, scalar_type(dtype)) })
+}
+
+/// Enters an autocast scope; returns the nesting depth.
+pub(crate) fn autocast_enter() -> Result<i32> {
+    let mut depth = 0;
+    check(unsafe { fabric_autocast_enter(&mut depth) })?;
+    Ok(depth)
+}
+
+/// Leaves an autocast scope, clearing the cast cache when it was the
+/// outermost; returns the nesting depth.
+pub(crate) fn autocast_exit() -> Result<i32> {
+    let mut depth = 0;
+    check(unsafe { fabric_autocast_exit(&mut depth) })?;
+    Ok(depth)
+}
+
+/// `torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)`:
+/// multiplies every gradient by `inv_scale` in place and sets `found_inf`
+/// to 1 if any holds an infinity or NaN.
+pub(crate) fn non_finite_check_and_unscale(grads: &[Tensor], found_inf: &Tensor, inv_scale: &Tensor) -> Result<()> {
+    let pointers: Vec<*mut torch_sys::C_tensor> = grads.iter().map(|g| g.as_ptr() as *mut _).collect();
+    // SAFETY: every pointer comes from a live `Tensor` borrowed for the call;
+    // the shim copies the `at::Tensor` handles before using them.
+    check(unsafe {
+        fabric_amp_non_finite_check_and_unscale(
+            pointers.as_ptr(),
+            pointers.len(),
+            found_inf.as_ptr() as *mut _,
+            inv_scale.as_ptr() as *mut _,
+        )
+    })
+}
+
