@@ -40,7 +40,7 @@ fn train(fabric: &mut Fabric, epochs: usize) -> anyhow::Result<f64> {
         train_x.size()[0],
         test_x.size()[0],
         fabric.device(),
-        fabric.precision()
+        fabric.precision_name()
     ));
 
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
@@ -65,8 +65,8 @@ fn train(fabric: &mut Fabric, epochs: usize) -> anyhow::Result<f64> {
             optimizer.zero_grad();
             let loss = model.forward(&x).cross_entropy_for_logits(&y);
             fabric.backward(&loss)?;
-            fabric.clip_gradients(&optimizer, GradClip::norm(5.0))?;
-            optimizer.step();
+            fabric.clip_gradients(&mut optimizer, GradClip::norm(5.0))?;
+            optimizer.step()?;
             total += loss.double_value(&[]);
             batches += 1;
             progress.inc(1);

@@ -20,7 +20,9 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         // torch-sys always publishes it on Linux and macOS.
-        panic!("torch-sys did not publish DEP_TCH_LIBTORCH_LIB: fabric needs libtorch's headers and libraries");
+        panic!(
+            "torch-sys did not publish DEP_TCH_LIBTORCH_LIB: fabric needs libtorch's headers and libraries"
+        );
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     println!("cargo:libtorch_lib={lib}");

@@ -18,7 +18,7 @@ fn auto_resolves_to_the_cpu_without_cuda() {
         assert_eq!(fabric.accelerator(), "cpu");
     }
     assert_eq!(fabric.strategy(), Strategy::SingleDevice);
-    assert_eq!(fabric.precision(), Precision::True32);
+    assert_eq!(fabric.precision(), Some(Precision::True32));
     assert_eq!(
         (
             fabric.global_rank(),
@@ -247,7 +247,7 @@ fn precision_aliases_reach_the_runtime() {
             .precision(value.clone())
             .build()
             .unwrap();
-        assert_eq!(fabric.precision(), expected, "precision = {value}");
+        assert_eq!(fabric.precision(), Some(expected), "precision = {value}");
     }
 }
 

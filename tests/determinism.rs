@@ -37,7 +37,7 @@ fn losses(seed: u64) -> Vec<u32> {
             opt.zero_grad();
             let loss = model.forward(&x).cross_entropy_for_logits(&y);
             fabric.backward(&loss).unwrap();
-            opt.step();
+            opt.step().unwrap();
             losses.push((loss.to_kind(Kind::Float).double_value(&[]) as f32).to_bits());
         }
     }

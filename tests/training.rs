@@ -51,7 +51,7 @@ fn train_digits(precision: &str, epochs: usize) -> (f64, f64, Kind) {
             opt.zero_grad();
             let loss = model.forward(&x).cross_entropy_for_logits(&y);
             fabric.backward(&loss).unwrap();
-            opt.step();
+            opt.step().unwrap();
             total += loss.double_value(&[]);
             n += 1.0;
         }
@@ -132,7 +132,7 @@ fn sixty_four_true_is_f64_end_to_end() {
     let grads: Vec<Kind> = opt.parameters().iter().map(|p| p.grad().kind()).collect();
     assert!(grads.iter().all(|k| *k == Kind::Double), "{grads:?}");
     let before = vs.trainable_variables()[0].copy();
-    opt.step();
+    assert!(opt.step().unwrap());
     // The optimizer built before `setup` updates the cast parameters in place.
     assert!(
         vs.trainable_variables()[0]
@@ -165,9 +165,9 @@ fn fabric_with_grads(grad: &[f64]) -> (Fabric, fabric::FabricOptimizer, nn::VarS
 
 #[test]
 fn clip_gradients_by_norm_scales_to_max_norm_and_returns_the_norm() {
-    let (mut fabric, opt, _vs) = fabric_with_grads(&[3.0, 4.0]);
+    let (mut fabric, mut opt, _vs) = fabric_with_grads(&[3.0, 4.0]);
     let norm = fabric
-        .clip_gradients(&opt, GradClip::norm(1.0))
+        .clip_gradients(&mut opt, GradClip::norm(1.0))
         .unwrap()
         .unwrap();
     assert!((norm - 5.0).abs() < 1e-9, "{norm}");
@@ -176,7 +176,7 @@ fn clip_gradients_by_norm_scales_to_max_norm_and_returns_the_norm() {
     assert!((clipped - 1.0).abs() < 1e-5, "{clipped}");
     // Below the limit nothing changes.
     let norm = fabric
-        .clip_gradients(&opt, GradClip::norm(10.0))
+        .clip_gradients(&mut opt, GradClip::norm(10.0))
         .unwrap()
         .unwrap();
     assert!((norm - 1.0).abs() < 1e-5);
@@ -185,9 +185,11 @@ fn clip_gradients_by_norm_scales_to_max_norm_and_returns_the_norm() {
 
 #[test]
 fn clip_gradients_by_value_clamps_each_element() {
-    let (mut fabric, opt, _vs) = fabric_with_grads(&[3.0, -0.5, -4.0]);
+    let (mut fabric, mut opt, _vs) = fabric_with_grads(&[3.0, -0.5, -4.0]);
     assert_eq!(
-        fabric.clip_gradients(&opt, GradClip::value(1.0)).unwrap(),
+        fabric
+            .clip_gradients(&mut opt, GradClip::value(1.0))
+            .unwrap(),
         None
     );
     let grad: Vec<f64> = Vec::try_from(opt.parameters()[0].grad()).unwrap();
@@ -196,9 +198,9 @@ fn clip_gradients_by_value_clamps_each_element() {
 
 #[test]
 fn clip_gradients_refuses_a_non_finite_norm_unless_told() {
-    let (mut fabric, opt, _vs) = fabric_with_grads(&[f64::INFINITY, 1.0]);
+    let (mut fabric, mut opt, _vs) = fabric_with_grads(&[f64::INFINITY, 1.0]);
     let err = fabric
-        .clip_gradients(&opt, GradClip::norm(1.0))
+        .clip_gradients(&mut opt, GradClip::norm(1.0))
         .unwrap_err();
     assert!(matches!(err, Error::NonFiniteNorm { .. }), "{err:?}");
     let lenient = GradClip::Norm {
@@ -208,13 +210,13 @@ fn clip_gradients_refuses_a_non_finite_norm_unless_told() {
     };
     assert!(
         fabric
-            .clip_gradients(&opt, lenient)
+            .clip_gradients(&mut opt, lenient)
             .unwrap()
             .unwrap()
             .is_infinite()
     );
     let err = fabric
-        .clip_gradients(&opt, GradClip::value(-1.0))
+        .clip_gradients(&mut opt, GradClip::value(-1.0))
         .unwrap_err();
     assert!(
         err.to_string().contains("must be finite and not negative"),

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::fabric::Fabric;
 use crate::loggers::Logger;
 use crate::plugins::Plugin;
-use crate::precision::RunPrecision;
+use crate::precision::{self, GradScaler, PrecisionPlugin};
 
 /// Builds a [`Fabric`] from Lightning Fabric's constructor options.
 ///
@@ -126,12 +126,17 @@ impl FabricBuilder {
             None => None,
         };
         let mut environment: Option<Box<dyn ClusterEnvironment>> = None;
-        let mut cluster_environments = 0;
+        let mut precision_plugin: Option<Box<dyn PrecisionPlugin>> = None;
+        let (mut cluster_environments, mut precision_plugins) = (0, 0);
         for plugin in self.plugins {
             match plugin {
                 Plugin::ClusterEnvironment(env) => {
                     cluster_environments += 1;
                     environment = Some(env);
+                }
+                Plugin::Precision(plugin) => {
+                    precision_plugins += 1;
+                    precision_plugin = Some(plugin);
                 }
             }
         }
@@ -141,7 +146,7 @@ impl FabricBuilder {
             devices,
             num_nodes,
             precision,
-            precision_plugins: 0,
+            precision_plugins,
             cluster_environments,
         };
         errors.extend(options.check());
@@ -151,7 +156,24 @@ impl FabricBuilder {
 
         let accelerator = accelerator::resolve(options.accelerator)?;
         let devices = accelerator::select_devices(accelerator, &options.devices)?;
-        let precision = RunPrecision::resolve(options.precision(), accelerator)?;
+        let precision = match precision_plugin {
+            Some(plugin) => plugin,
+            None => precision::from_option(options.precision())?,
+        };
+        precision.check_device(devices[0])?;
+        if precision.autocast_dtype().is_some()
+            && !matches!(devices[0], tch::Device::Cpu | tch::Device::Cuda(_))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "precision `{}` autocasts, which fabric runs on the CPU and CUDA devices, not on {:?}",
+                precision.name(),
+                devices[0]
+            )));
+        }
+        let scaler = match precision.loss_scaling() {
+            Some(config) => Some(GradScaler::new(config, devices[0])?),
+            None => None,
+        };
         let environment = environment.unwrap_or_else(|| Box::new(SingleProcessEnvironment));
         validate_environment(&*environment)?;
         let processes = devices.len() * options.num_nodes.get() as usize;
@@ -187,6 +209,7 @@ impl FabricBuilder {
             devices[0],
             strategy,
             precision,
+            scaler,
             environment,
             self.callbacks,
             self.loggers,

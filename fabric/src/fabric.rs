@@ -1,6 +1,7 @@
 //! [`Fabric`]: the object a training function works through.
 
 use std::fmt::Display;
+use std::sync::{Arc, Mutex};
 
 use fabric_options::Precision;
 use tch::nn::{ModuleT, Optimizer, VarStore};
@@ -16,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::loggers::{Logger, Metric};
 use crate::module::FabricModule;
 use crate::optimizer::FabricOptimizer;
-use crate::precision::{AutocastGuard, RunPrecision};
+use crate::precision::{AutocastGuard, GradScaler, PrecisionPlugin};
 use crate::seed;
 use fabric_options::Strategy;
 
@@ -88,7 +89,8 @@ pub struct Fabric {
     accelerator: ResolvedAccelerator,
     device: Device,
     strategy: Strategy,
-    precision: RunPrecision,
+    precision: Arc<dyn PrecisionPlugin>,
+    scaler: Option<Arc<Mutex<GradScaler>>>,
     environment: Box<dyn ClusterEnvironment>,
     callbacks: Callbacks,
     loggers: Vec<Box<dyn Logger>>,
@@ -101,7 +103,7 @@ impl std::fmt::Debug for Fabric {
             .field("accelerator", &self.accelerator)
             .field("device", &self.device)
             .field("strategy", &self.strategy)
-            .field("precision", &self.precision.mode())
+            .field("precision", &self.precision.name())
             .field("environment", &self.environment.name())
             .field("global_rank", &self.global_rank())
             .field("world_size", &self.world_size())
@@ -124,11 +126,13 @@ impl Fabric {
         Self::builder().build()
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new_resolved(
         accelerator: ResolvedAccelerator,
         device: Device,
         strategy: Strategy,
-        precision: RunPrecision,
+        precision: Box<dyn PrecisionPlugin>,
+        scaler: Option<GradScaler>,
         environment: Box<dyn ClusterEnvironment>,
         callbacks: Callbacks,
         loggers: Vec<Box<dyn Logger>>,
@@ -137,7 +141,8 @@ impl Fabric {
             accelerator,
             device,
             strategy,
-            precision,
+            precision: Arc::from(precision),
+            scaler: scaler.map(|s| Arc::new(Mutex::new(s))),
             environment,
             callbacks,
             loggers,
@@ -163,14 +168,33 @@ impl Fabric {
         self.strategy
     }
 
-    /// The precision in use.
-    pub fn precision(&self) -> Precision {
-        self.precision.mode()
+    /// The precision in use, or `None` when a precision plugin of the
+    /// user's replaces the `precision` option.
+    pub fn precision(&self) -> Option<Precision> {
+        Precision::parse(&self.precision.name().into()).ok()
     }
 
-    /// The dtype parameters and inputs have under this precision.
+    /// The name of the precision plugin in use, such as `"bf16-mixed"`.
+    pub fn precision_name(&self) -> &str {
+        self.precision.name()
+    }
+
+    /// The dtype parameters have under this precision.
     pub fn param_kind(&self) -> Kind {
-        self.precision.kind()
+        self.precision.param_kind()
+    }
+
+    /// The loss scale of `16-mixed` (`None` without loss scaling).
+    pub fn loss_scale(&self) -> Option<f64> {
+        self.scaler
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).scale())
+    }
+
+    /// The loss scaler of `16-mixed`, for checkpoints (`None` without loss
+    /// scaling).
+    pub fn grad_scaler(&self) -> Option<Arc<Mutex<GradScaler>>> {
+        self.scaler.clone()
     }
 
     /// The name of the cluster environment in use.
@@ -217,14 +241,18 @@ impl Fabric {
         if vs.device() != self.device {
             vs.set_device(self.device);
         }
-        self.precision.convert_module(vs);
-        Ok(FabricModule::new(module, self.precision))
+        self.precision.convert_module(vs)?;
+        Ok(FabricModule::new(
+            module,
+            Arc::clone(&self.precision),
+            self.device,
+        ))
     }
 
     /// Wraps an optimizer built on a var store that was (or will be) set up
     /// with [`setup_module`](Self::setup_module).
     pub fn setup_optimizer(&mut self, optimizer: Optimizer) -> Result<FabricOptimizer> {
-        Ok(FabricOptimizer::new(optimizer))
+        Ok(FabricOptimizer::new(optimizer, self.scaler.clone()))
     }
 
     /// Sets up a model and its optimizer together, as Lightning's
@@ -258,7 +286,8 @@ impl Fabric {
     // ---- training -------------------------------------------------------
 
     /// Computes the gradients of `loss`, as `loss.backward()` with whatever
-    /// the strategy and precision add.
+    /// the strategy and precision add (under `16-mixed`, the loss is scaled
+    /// first).
     pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
         if loss.numel() != 1 {
             return Err(Error::InvalidArgument(format!(
@@ -271,18 +300,28 @@ impl Fabric {
                 "the loss does not require a gradient: it was computed without any trainable parameter (or under no_grad)".into(),
             ));
         }
-        loss.f_backward()?;
+        match &self.scaler {
+            Some(scaler) => {
+                let scaled = scaler
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .scale_loss(loss)?;
+                scaled.f_backward()?
+            }
+            None => loss.f_backward()?,
+        }
         Ok(())
     }
 
-    /// Clips the gradients of the optimizer's parameters. Returns the total
-    /// norm before clipping for [`GradClip::Norm`], `None` for
-    /// [`GradClip::Value`].
+    /// Clips the gradients of the optimizer's parameters (unscaled first
+    /// under `16-mixed`). Returns the total norm before clipping for
+    /// [`GradClip::Norm`], `None` for [`GradClip::Value`].
     pub fn clip_gradients(
         &mut self,
-        optimizer: &FabricOptimizer,
+        optimizer: &mut FabricOptimizer,
         clip: GradClip,
     ) -> Result<Option<f64>> {
+        optimizer.unscale_gradients()?;
         let grads: Vec<Tensor> = optimizer
             .parameters()
             .iter()
@@ -347,11 +386,14 @@ impl Fabric {
         })
     }
 
-    /// A scope in which operations run under the precision's autocast
-    /// (nothing changes for the `-true` precisions). Autocast ends when the
-    /// guard is dropped.
-    pub fn autocast(&self) -> AutocastGuard {
-        AutocastGuard::new(self.precision)
+    /// A scope in which operations run under the precision's autocast, as
+    /// Lightning's `fabric.autocast()` (nothing changes for the `-true`
+    /// precisions). Autocast ends when the guard is dropped.
+    pub fn autocast(&self) -> Result<AutocastGuard> {
+        match self.precision.autocast_dtype() {
+            Some(dtype) => AutocastGuard::new(self.device, dtype),
+            None => Ok(AutocastGuard::noop()),
+        }
     }
 
     /// Waits until every process reaches this point. With one process it

@@ -38,8 +38,9 @@ mod loggers;
 mod module;
 mod optimizer;
 mod plugins;
-mod precision;
+pub mod precision;
 mod seed;
+mod shim;
 
 #[doc(hidden)]
 pub mod __private {
@@ -57,7 +58,7 @@ pub use fabric_macros::fabric;
 pub use loggers::{Logger, LoggerError, Metric};
 pub use module::FabricModule;
 pub use optimizer::FabricOptimizer;
-pub use precision::AutocastGuard;
+pub use plugins::Plugin;
 
 /// The option types and their parser, shared with `#[fabric(...)]`.
 pub use fabric_options as options;

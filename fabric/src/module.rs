@@ -2,32 +2,46 @@
 
 use std::cell::Cell;
 use std::ops::Deref;
+use std::sync::Arc;
 
-use tch::Tensor;
 use tch::nn::ModuleT;
+use tch::{Device, Tensor};
 
-use crate::precision::RunPrecision;
+use crate::precision::{AutocastGuard, PrecisionPlugin};
 
 /// A model returned by [`Fabric::setup`](crate::Fabric::setup): calling
-/// [`forward`](Self::forward) converts the input to the run's precision and
-/// the output back for the user, as Lightning's `_FabricModule` does.
+/// [`forward`](Self::forward) converts the input to the run's precision,
+/// runs the model under the precision's autocast, and converts the output
+/// back for the user, as Lightning's `_FabricModule` does.
 ///
 /// Like a PyTorch module it has a training mode, on by default, switched
 /// with [`train`](Self::train) and [`eval`](Self::eval), and passed to
 /// [`ModuleT::forward_t`] (dropout, batch norm). The wrapped model is
 /// reachable through `Deref` and [`inner`](Self::inner).
-#[derive(Debug)]
 pub struct FabricModule<M> {
     module: M,
-    precision: RunPrecision,
+    precision: Arc<dyn PrecisionPlugin>,
+    device: Device,
     training: Cell<bool>,
 }
 
+impl<M: std::fmt::Debug> std::fmt::Debug for FabricModule<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FabricModule")
+            .field("module", &self.module)
+            .field("precision", &self.precision.name())
+            .field("device", &self.device)
+            .field("training", &self.training.get())
+            .finish()
+    }
+}
+
 impl<M> FabricModule<M> {
-    pub(crate) fn new(module: M, precision: RunPrecision) -> Self {
+    pub(crate) fn new(module: M, precision: Arc<dyn PrecisionPlugin>, device: Device) -> Self {
         FabricModule {
             module,
             precision,
+            device,
             training: Cell::new(true),
         }
     }
@@ -59,8 +73,7 @@ impl<M> FabricModule<M> {
 }
 
 impl<M: ModuleT> FabricModule<M> {
-    /// Runs the model on `xs` in the current mode, with the input converted
-    /// to the run's precision.
+    /// Runs the model on `xs` in the current mode, with the run's precision.
     pub fn forward(&self, xs: &Tensor) -> Tensor {
         self.forward_t(xs, self.training.get())
     }
@@ -69,8 +82,16 @@ impl<M: ModuleT> FabricModule<M> {
 impl<M: ModuleT> ModuleT for FabricModule<M> {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let xs = self.precision.convert_input(xs);
-        self.precision
-            .convert_output(self.module.forward_t(&xs, train))
+        let ys = {
+            // The device type and dtype were validated when the Fabric was
+            // built, so entering autocast cannot fail here.
+            let _autocast = self
+                .precision
+                .autocast_dtype()
+                .and_then(|dtype| AutocastGuard::new(self.device, dtype).ok());
+            self.module.forward_t(&xs, train)
+        };
+        self.precision.convert_output(ys)
     }
 }
 

@@ -7,7 +7,6 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 
-
 unsafe extern "C" {
     fn fabric_free_error(error: *mut c_char);
     fn fabric_autocast_get(device: c_int, enabled: *mut bool, dtype: *mut c_int) -> *mut c_char;
@@ -29,7 +28,9 @@ fn check(error: *mut c_char) -> Result<()> {
     }
     // SAFETY: a non-null return is a NUL-terminated string malloc'ed by the
     // shim, owned by us until `fabric_free_error`.
-    let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+    let message = unsafe { CStr::from_ptr(error) }
+        .to_string_lossy()
+        .into_owned();
     unsafe { fabric_free_error(error) };
     Err(Error::Torch(tch::TchError::Torch(message)))
 }
@@ -92,8 +93,13 @@ pub(crate) fn autocast_exit() -> Result<i32> {
 /// `torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)`:
 /// multiplies every gradient by `inv_scale` in place and sets `found_inf`
 /// to 1 if any holds an infinity or NaN.
-pub(crate) fn non_finite_check_and_unscale(grads: &[Tensor], found_inf: &Tensor, inv_scale: &Tensor) -> Result<()> {
-    let pointers: Vec<*mut torch_sys::C_tensor> = grads.iter().map(|g| g.as_ptr() as *mut _).collect();
+pub(crate) fn non_finite_check_and_unscale(
+    grads: &[Tensor],
+    found_inf: &Tensor,
+    inv_scale: &Tensor,
+) -> Result<()> {
+    let pointers: Vec<*mut torch_sys::C_tensor> =
+        grads.iter().map(|g| g.as_ptr() as *mut _).collect();
     // SAFETY: every pointer comes from a live `Tensor` borrowed for the call;
     // the shim copies the `at::Tensor` handles before using them.
     check(unsafe {
@@ -105,4 +111,3 @@ pub(crate) fn non_finite_check_and_unscale(grads: &[Tensor], found_inf: &Tensor,
         )
     })
 }
-
