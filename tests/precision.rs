@@ -174,7 +174,7 @@ fn the_scaler_skips_non_finite_steps_halves_and_grows_the_scale() {
         None,
         "a user's plugin replaces `precision`"
     );
-    let mut vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(Device::Cpu);
     let w = vs.root().ones("w", &[2]);
     let opt = nn::Sgd::default().build(&vs, 0.5).unwrap();
     let mut opt = fabric.setup_optimizer(opt).unwrap();
@@ -213,7 +213,7 @@ fn the_scaler_unscales_before_clipping() {
         .plugin(Plugin::precision(ScaledF32(GradScalerConfig::default())))
         .build()
         .unwrap();
-    let mut vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(Device::Cpu);
     let w = vs.root().zeros("w", &[2]);
     let mut opt = fabric
         .setup_optimizer(nn::Sgd::default().build(&vs, 1.0).unwrap())

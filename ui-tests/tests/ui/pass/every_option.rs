@@ -57,7 +57,7 @@ impl ClusterEnvironment for MyCluster {
 )]
 pub fn train(fabric: &mut Fabric) -> Result<f64, fabric::Error> {
     assert_eq!(fabric.accelerator(), "cpu");
-    assert_eq!(fabric.precision(), Precision::True64);
+    assert_eq!(fabric.precision(), Some(Precision::True64));
     assert_eq!(fabric.environment_name(), "MyCluster");
     fabric
         .callback_mut::<StepCounter>()
