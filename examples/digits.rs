@@ -52,7 +52,7 @@ fn train(fabric: &mut Fabric, epochs: usize) -> anyhow::Result<f64> {
             .batch_size(64)
             .shuffle(true)
             .prefetch(2),
-    );
+    )?;
 
     let progress = ProgressBar::new((epochs * train_loader.len()) as u64);
     progress.set_style(ProgressStyle::with_template(

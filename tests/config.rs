@@ -184,37 +184,24 @@ fn impossible_combinations_suggest_the_fix() {
 
 #[test]
 fn later_capabilities_are_typed_errors_naming_the_option() {
-    let err = Fabric::builder()
-        .accelerator("cpu")
-        .strategy("ddp")
-        .build()
-        .unwrap_err();
+    // `dp` (one process over several CUDA devices) is not implemented.
+    let err = Fabric::builder().strategy("dp").build().unwrap_err();
     match &err {
         Error::NotAvailableYet { option, value, .. } => {
             assert_eq!(*option, "strategy");
-            assert_eq!(value, "\"ddp\"");
+            assert_eq!(value, "\"dp\"");
         }
         other => panic!("expected NotAvailableYet, got {other:?}"),
     }
     assert!(err.to_string().contains("is not available yet"), "{err}");
-
-    let err = Fabric::builder()
+    assert!(err.to_string().contains("use \"ddp\""), "{err}");
+    // `ddp` on one device is one process: it builds.
+    let fabric = Fabric::builder()
         .accelerator("cpu")
-        .devices(2)
+        .strategy("ddp")
         .build()
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::NotAvailableYet {
-                option: "strategy",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("use `devices = 1`"), "{err}");
-
+        .unwrap();
+    assert_eq!(fabric.world_size(), 1);
     let err = Fabric::builder()
         .accelerator("cpu")
         .precision("transformer-engine")
@@ -280,10 +267,9 @@ fn a_users_cluster_environment_provides_the_ranks() {
         .plugin(StaticCluster { world: 2, rank: 1 })
         .build()
         .unwrap_err();
-    assert!(
-        matches!(err, Error::NotAvailableYet { .. }),
-        "a world of 2 needs ddp: {err:?}"
-    );
+    // A world of 2 whose processes share no MPI world cannot run.
+    assert!(matches!(err, Error::Distributed(_)), "{err:?}");
+    assert!(err.to_string().contains("MPI connects 1"), "{err}");
 
     let err = Fabric::builder()
         .accelerator("cpu")

@@ -165,8 +165,12 @@ fn custom_samplers_choose_the_order_and_bad_ones_fail_cleanly() {
 fn fabric_loaders_deliver_batches_on_the_device_and_follow_the_global_seed() {
     let fabric = Fabric::builder().accelerator("cpu").build().unwrap();
     fabric.seed_everything(1234);
-    let mut a = fabric.setup_dataloaders(DataLoader::new(numbers(20)).batch_size(5).shuffle(true));
-    let mut b = fabric.setup_dataloaders(DataLoader::new(numbers(20)).batch_size(5).shuffle(true));
+    let mut a = fabric
+        .setup_dataloaders(DataLoader::new(numbers(20)).batch_size(5).shuffle(true))
+        .unwrap();
+    let mut b = fabric
+        .setup_dataloaders(DataLoader::new(numbers(20)).batch_size(5).shuffle(true))
+        .unwrap();
     let order = |l: &mut fabric::data::FabricDataLoader<_>| -> Vec<i64> {
         l.iter()
             .flat_map(|b: fabric::Result<(Tensor, Tensor)>| {

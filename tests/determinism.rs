@@ -25,11 +25,13 @@ fn losses(seed: u64) -> Vec<u32> {
     .unwrap();
     let (model, mut opt) = fabric.setup(&mut vs, net, opt).unwrap();
     // No loader seed: the order comes from seed_everything.
-    let mut loader = fabric.setup_dataloaders(
-        DataLoader::new(TensorDataset::new((x, y)).unwrap())
-            .batch_size(50)
-            .shuffle(true),
-    );
+    let mut loader = fabric
+        .setup_dataloaders(
+            DataLoader::new(TensorDataset::new((x, y)).unwrap())
+                .batch_size(50)
+                .shuffle(true),
+        )
+        .unwrap();
     let mut losses = Vec::new();
     for _ in 0..2 {
         for batch in &mut loader {

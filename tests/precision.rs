@@ -266,12 +266,14 @@ fn digits_accuracy(precision: &str) -> f64 {
         .add(nn::linear(vs.root() / "b", 64, 10, Default::default()));
     let opt = nn::Adam::default().build(&vs, 5e-3).unwrap();
     let (model, mut opt) = fabric.setup(&mut vs, net, opt).unwrap();
-    let mut loader = fabric.setup_dataloaders(
-        DataLoader::new(TensorDataset::new((train_x, train_y)).unwrap())
-            .batch_size(32)
-            .shuffle(true)
-            .seed(1),
-    );
+    let mut loader = fabric
+        .setup_dataloaders(
+            DataLoader::new(TensorDataset::new((train_x, train_y)).unwrap())
+                .batch_size(32)
+                .shuffle(true)
+                .seed(1),
+        )
+        .unwrap();
     for _ in 0..10 {
         for batch in &mut loader {
             let (x, y) = batch.unwrap();

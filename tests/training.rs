@@ -37,12 +37,14 @@ fn train_digits(precision: &str, epochs: usize) -> (f64, f64, Kind) {
     let net = mlp(&vs.root(), 64);
     let opt = nn::Adam::default().build(&vs, 5e-3).unwrap();
     let (model, mut opt) = fabric.setup(&mut vs, net, opt).unwrap();
-    let mut loader = fabric.setup_dataloaders(
-        DataLoader::new(TensorDataset::new((train_x, train_y)).unwrap())
-            .batch_size(32)
-            .shuffle(true)
-            .seed(3),
-    );
+    let mut loader = fabric
+        .setup_dataloaders(
+            DataLoader::new(TensorDataset::new((train_x, train_y)).unwrap())
+                .batch_size(32)
+                .shuffle(true)
+                .seed(3),
+        )
+        .unwrap();
     let mut last = f64::NAN;
     for _ in 0..epochs {
         let (mut total, mut n) = (0.0, 0.0);

@@ -4,14 +4,19 @@ use fabric_options::{
     Accelerator, Devices, NumNodes, OptionError, Options, Precision, Strategy, Value,
 };
 
+use std::time::Duration;
+
 use crate::accelerator;
 use crate::callbacks::{Callback, Callbacks};
+use crate::collectives::MpiComm;
 use crate::environment::{ClusterEnvironment, SingleProcessEnvironment};
 use crate::error::{Error, Result};
 use crate::fabric::Fabric;
+use crate::launcher;
 use crate::loggers::Logger;
 use crate::plugins::Plugin;
 use crate::precision::{self, GradScaler, PrecisionPlugin};
+use crate::strategy::{self, Plan};
 
 /// Builds a [`Fabric`] from Lightning Fabric's constructor options.
 ///
@@ -45,6 +50,9 @@ pub struct FabricBuilder {
     plugins: Vec<Plugin>,
     callbacks: Callbacks,
     loggers: Vec<Box<dyn Logger>>,
+    collective_timeout: Option<Duration>,
+    failure_timeout: Option<Duration>,
+    bucket_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for FabricBuilder {
@@ -113,9 +121,31 @@ impl FabricBuilder {
         self
     }
 
-    /// Parses and checks every option, resolves them against this machine
-    /// and returns the `Fabric`, or every error found.
-    pub fn build(self) -> Result<Fabric> {
+    /// How long a collective may wait for the other ranks before this rank
+    /// gives up and ends the run (30 minutes by default, as PyTorch's
+    /// process groups). Nothing ever waits forever.
+    pub fn collective_timeout(mut self, timeout: Duration) -> Self {
+        self.collective_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a rank may take to end once the run has failed elsewhere
+    /// (10 seconds by default).
+    pub fn failure_timeout(mut self, timeout: Duration) -> Self {
+        self.failure_timeout = Some(timeout);
+        self
+    }
+
+    /// The size of the gradient buckets `ddp` all-reduces, in megabytes
+    /// (25 by default, as PyTorch).
+    pub fn bucket_cap_mb(mut self, megabytes: f64) -> Self {
+        self.bucket_bytes = Some((megabytes.max(0.0) * 1024.0 * 1024.0) as usize);
+        self
+    }
+
+    /// Parses and checks every option and resolves them against this
+    /// machine and the cluster environment.
+    fn prepare(self) -> Result<Prepared> {
         let mut errors = Vec::new();
         let accelerator = parse(&self.accelerator, Accelerator::parse, &mut errors);
         let strategy = parse(&self.strategy, Strategy::parse, &mut errors);
@@ -154,66 +184,252 @@ impl FabricBuilder {
             return Err(Error::from(errors));
         }
 
+        let environment = match environment {
+            Some(environment) => environment,
+            None => {
+                crate::environment::detect()?.unwrap_or_else(|| Box::new(SingleProcessEnvironment))
+            }
+        };
+        validate_environment(&*environment)?;
         let accelerator = accelerator::resolve(options.accelerator)?;
         let devices = accelerator::select_devices(accelerator, &options.devices)?;
+        let layout = strategy::resolve(
+            options.strategy,
+            &options.devices,
+            devices.len(),
+            options.num_nodes.get() as usize,
+            self.num_nodes.is_some(),
+            &*environment,
+        )?;
+        // The device of this process: its local rank's among the devices of
+        // its node.
+        let node_devices = if matches!(layout.plan, Plan::Join) && options.devices == Devices::Auto
+        {
+            accelerator::select_devices(accelerator, &Devices::Count(layout.per_node))?
+        } else {
+            devices
+        };
+        let device = node_devices[environment.local_rank() % node_devices.len()];
+        if matches!(layout.plan, Plan::Join) && device != tch::Device::Cpu {
+            return Err(Error::NotAvailableYet {
+                option: "accelerator",
+                value: format!("\"{}\" with \"ddp\"", accelerator.name()),
+                reason: "collectives between CUDA devices need NCCL, which fabric does not drive yet; use `accelerator = \"cpu\"` for multi-process runs".into(),
+            });
+        }
         let precision = match precision_plugin {
             Some(plugin) => plugin,
             None => precision::from_option(options.precision())?,
         };
-        precision.check_device(devices[0])?;
+        precision.check_device(device)?;
         if precision.autocast_dtype().is_some()
-            && !matches!(devices[0], tch::Device::Cpu | tch::Device::Cuda(_))
+            && !matches!(device, tch::Device::Cpu | tch::Device::Cuda(_))
         {
             return Err(Error::InvalidArgument(format!(
-                "precision `{}` autocasts, which fabric runs on the CPU and CUDA devices, not on {:?}",
+                "precision `{}` autocasts, which fabric runs on the CPU and CUDA devices, not on {device:?}",
                 precision.name(),
-                devices[0]
             )));
         }
         let scaler = match precision.loss_scaling() {
-            Some(config) => Some(GradScaler::new(config, devices[0])?),
+            Some(config) => Some(GradScaler::new(config, device)?),
             None => None,
         };
-        let environment = environment.unwrap_or_else(|| Box::new(SingleProcessEnvironment));
-        validate_environment(&*environment)?;
-        let processes = devices.len() * options.num_nodes.get() as usize;
-        let strategy = match options.strategy {
-            Strategy::Auto | Strategy::SingleDevice
-                if processes == 1 && environment.world_size() == 1 =>
-            {
-                Strategy::SingleDevice
-            }
-            Strategy::Auto | Strategy::SingleDevice => {
-                return Err(Error::NotAvailableYet {
-                    option: "strategy",
-                    value: format!(
-                        "\"ddp\" ({} process(es): {} device(s) on {} node(s), environment world size {})",
-                        processes.max(environment.world_size()),
-                        devices.len(),
-                        options.num_nodes.get(),
-                        environment.world_size()
-                    ),
-                    reason: "several devices or nodes need distributed training, which is not implemented yet; use `devices = 1`".into(),
-                });
-            }
-            other => {
-                return Err(Error::NotAvailableYet {
-                    option: "strategy",
-                    value: format!("\"{other}\""),
-                    reason: "distributed strategies are not implemented yet; use \"auto\" or \"single_device\" with one device".into(),
-                });
-            }
-        };
-        Ok(Fabric::new_resolved(
+        Ok(Prepared {
+            plan: layout.plan,
             accelerator,
-            devices[0],
-            strategy,
+            device,
+            strategy: layout.strategy,
             precision,
             scaler,
             environment,
-            self.callbacks,
-            self.loggers,
-        ))
+            callbacks: self.callbacks,
+            loggers: self.loggers,
+            collective_timeout: self
+                .collective_timeout
+                .unwrap_or(DEFAULT_COLLECTIVE_TIMEOUT),
+            failure_timeout: self.failure_timeout.unwrap_or(DEFAULT_FAILURE_TIMEOUT),
+            bucket_bytes: self.bucket_bytes.unwrap_or(strategy::DEFAULT_BUCKET_BYTES),
+        })
+    }
+
+    /// Parses and checks every option, resolves them against this machine
+    /// and the cluster environment, and returns the `Fabric`, or every error
+    /// found.
+    ///
+    /// Under `ddp` with several devices and no launcher around (the program
+    /// was started plainly), `build` starts the ranks itself: it re-runs
+    /// this program under Open MPI's `mpirun`, one process per device, and
+    /// **this process ends with their exit status instead of returning**.
+    /// Each rank runs the program from the start and gets its `Fabric` from
+    /// `build`, as with Lightning's `fabric.launch()`. `ddp_spawn` needs a
+    /// function to run: use [`launch_spawn`](Self::launch_spawn).
+    pub fn build(self) -> Result<Fabric> {
+        let prepared = self.prepare()?;
+        match prepared.plan {
+            Plan::Launch(processes) => match launcher::supervise(processes)? {},
+            Plan::Spawn(_) => Err(Error::Launch(
+                "`ddp_spawn` runs a function in worker processes: use `FabricBuilder::launch_spawn(train)` or `#[fabric(strategy = \"ddp_spawn\")]`".into(),
+            )),
+            Plan::Single | Plan::Join => prepared.into_fabric(),
+        }
+    }
+
+    /// Builds the `Fabric` and runs `train` with it, as Lightning's
+    /// `fabric.launch(train)`. Under `ddp`, every rank runs it and returns
+    /// its own result; a rank whose `train` fails ends the whole run, naming
+    /// itself. Errors are returned through `train`'s error type.
+    pub fn launch<T, E>(
+        self,
+        train: fn(&mut Fabric) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>
+    where
+        E: From<Error> + std::fmt::Debug,
+    {
+        let prepared = self.prepare()?;
+        match prepared.plan {
+            Plan::Launch(processes) => match launcher::supervise(processes)? {},
+            Plan::Spawn(_) => Err(E::from(Error::Launch(
+                "`ddp_spawn` hands rank 0's result back to this process, which needs it serialisable: use `FabricBuilder::launch_spawn(train)`, or `strategy = \"ddp_spawn\"` in `#[fabric(...)]`".into(),
+            ))),
+            Plan::Single | Plan::Join => {
+                let mut fabric = prepared.into_fabric()?;
+                let result = train(&mut fabric);
+                finish(&mut fabric, result)
+            }
+        }
+    }
+
+    /// Like [`launch`](Self::launch), and under `ddp_spawn` starts the
+    /// worker processes, runs `train` in each, and returns rank 0's result
+    /// in this process (serialised through serde), as Lightning's
+    /// `ddp_spawn`. The workers end after `train`; this process does not
+    /// train.
+    pub fn launch_spawn<T, E>(
+        self,
+        train: fn(&mut Fabric) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        E: From<Error> + std::fmt::Debug,
+    {
+        let prepared = self.prepare()?;
+        match prepared.plan {
+            Plan::Launch(processes) => match launcher::supervise(processes)? {},
+            Plan::Spawn(processes) => {
+                let serialised = launcher::spawn(processes)?;
+                serde_json::from_str(&serialised).map_err(|e| {
+                    E::from(Error::Launch(format!(
+                        "rank 0's result could not be read back: {e}"
+                    )))
+                })
+            }
+            Plan::Single | Plan::Join => {
+                let worker = launcher::is_spawn_worker();
+                let mut fabric = prepared.into_fabric()?;
+                let result = train(&mut fabric);
+                let value = finish(&mut fabric, result)?;
+                if !worker {
+                    return Ok(value);
+                }
+                if fabric.is_global_zero() {
+                    let serialised = serde_json::to_string(&value).map_err(|e| {
+                        E::from(Error::Launch(format!(
+                            "rank 0's result cannot be serialised: {e}"
+                        )))
+                    })?;
+                    if let Err(error) = launcher::hand_back(&serialised) {
+                        launcher::fail_rank(0, &error.to_string());
+                    }
+                }
+                drop(fabric);
+                // A worker ends after the function, as in Lightning.
+                std::process::exit(0)
+            }
+        }
+    }
+}
+
+/// The end of a training function: finalises the loggers; in a
+/// multi-process run, a failed rank ends the run.
+fn finish<T, E>(fabric: &mut Fabric, result: std::result::Result<T, E>) -> std::result::Result<T, E>
+where
+    E: From<Error> + std::fmt::Debug,
+{
+    match result {
+        Ok(value) => {
+            fabric.finish(true).map_err(E::from)?;
+            Ok(value)
+        }
+        Err(error) => {
+            if let Err(finish_error) = fabric.finish(false) {
+                eprintln!("fabric: after the training error, {finish_error}");
+            }
+            if fabric.world_size() > 1 {
+                launcher::fail_rank(fabric.global_rank(), &format!("{error:?}"));
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The default time a collective may wait for the other ranks.
+pub const DEFAULT_COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The default time a rank may take to end once the run has failed.
+pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The resolved configuration, before the `Fabric` exists.
+struct Prepared {
+    plan: Plan,
+    accelerator: accelerator::ResolvedAccelerator,
+    device: tch::Device,
+    strategy: fabric_options::Strategy,
+    precision: Box<dyn PrecisionPlugin>,
+    scaler: Option<GradScaler>,
+    environment: Box<dyn ClusterEnvironment>,
+    callbacks: Callbacks,
+    loggers: Vec<Box<dyn Logger>>,
+    collective_timeout: Duration,
+    failure_timeout: Duration,
+    bucket_bytes: usize,
+}
+
+impl Prepared {
+    fn into_fabric(self) -> Result<Fabric> {
+        let comm = match self.plan {
+            Plan::Join => {
+                let rank = self.environment.global_rank();
+                let comm = MpiComm::join(
+                    rank,
+                    self.environment.world_size(),
+                    self.collective_timeout,
+                    self.failure_timeout,
+                )?;
+                launcher::install_panic_hook(rank);
+                if std::env::var_os("OMP_NUM_THREADS").is_none() {
+                    // Share the cores between the ranks of a node.
+                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    let per_node = self
+                        .environment
+                        .world_size()
+                        .div_ceil(self.environment.num_nodes().unwrap_or(1));
+                    tch::set_num_threads((cores / per_node.max(1)).max(1) as i32);
+                }
+                Some(comm)
+            }
+            _ => None,
+        };
+        Ok(Fabric::new_resolved(crate::fabric::Parts {
+            accelerator: self.accelerator,
+            device: self.device,
+            strategy: self.strategy,
+            precision: self.precision,
+            scaler: self.scaler,
+            environment: self.environment,
+            callbacks: self.callbacks,
+            loggers: self.loggers,
+            comm,
+            bucket_bytes: self.bucket_bytes,
+        }))
     }
 }
 

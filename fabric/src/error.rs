@@ -63,6 +63,14 @@ pub enum Error {
         message: String,
     },
 
+    /// A collective or the set-up of the processes of a run failed.
+    #[error("distributed: {0}")]
+    Distributed(String),
+
+    /// The processes of a run could not be started, or one of them failed.
+    #[error("launch: {0}")]
+    Launch(String),
+
     /// A data set or data loader that cannot produce a batch.
     #[error("data: {0}")]
     Data(String),

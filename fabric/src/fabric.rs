@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::accelerator::ResolvedAccelerator;
 use crate::builder::FabricBuilder;
 use crate::callbacks::{Callback, Callbacks};
+use crate::collectives::{MpiComm, ReduceOp};
 use crate::data::{DataLoader, Dataset, FabricDataLoader};
 use crate::device::ToDevice;
 use crate::environment::ClusterEnvironment;
@@ -19,6 +20,7 @@ use crate::module::FabricModule;
 use crate::optimizer::FabricOptimizer;
 use crate::precision::{AutocastGuard, GradScaler, PrecisionPlugin};
 use crate::seed;
+use crate::strategy;
 use fabric_options::Strategy;
 
 /// How [`Fabric::clip_gradients`] clips, as Lightning's `clip_val` and
@@ -75,7 +77,7 @@ impl GradClip {
 ///
 /// let x = Tensor::randn([64, 3], (Kind::Float, tch::Device::Cpu));
 /// let y = x.sum_dim_intlist(1, true, Kind::Float);
-/// let mut loader = fabric.setup_dataloaders(DataLoader::new(TensorDataset::new((x, y))?).batch_size(16));
+/// let mut loader = fabric.setup_dataloaders(DataLoader::new(TensorDataset::new((x, y))?).batch_size(16))?;
 /// for batch in &mut loader {
 ///     let (x, y) = batch?;
 ///     opt.zero_grad();
@@ -94,7 +96,26 @@ pub struct Fabric {
     environment: Box<dyn ClusterEnvironment>,
     callbacks: Callbacks,
     loggers: Vec<Box<dyn Logger>>,
+    comm: Option<MpiComm>,
+    bucket_bytes: usize,
+    /// The trainable parameters whose gradients `ddp` averages.
+    ddp_params: Vec<Tensor>,
+    sync_gradients: bool,
     finished: bool,
+}
+
+/// Everything a `Fabric` is made of, resolved by the builder.
+pub(crate) struct Parts {
+    pub(crate) accelerator: ResolvedAccelerator,
+    pub(crate) device: Device,
+    pub(crate) strategy: Strategy,
+    pub(crate) precision: Box<dyn PrecisionPlugin>,
+    pub(crate) scaler: Option<GradScaler>,
+    pub(crate) environment: Box<dyn ClusterEnvironment>,
+    pub(crate) callbacks: Callbacks,
+    pub(crate) loggers: Vec<Box<dyn Logger>>,
+    pub(crate) comm: Option<MpiComm>,
+    pub(crate) bucket_bytes: usize,
 }
 
 impl std::fmt::Debug for Fabric {
@@ -126,26 +147,20 @@ impl Fabric {
         Self::builder().build()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new_resolved(
-        accelerator: ResolvedAccelerator,
-        device: Device,
-        strategy: Strategy,
-        precision: Box<dyn PrecisionPlugin>,
-        scaler: Option<GradScaler>,
-        environment: Box<dyn ClusterEnvironment>,
-        callbacks: Callbacks,
-        loggers: Vec<Box<dyn Logger>>,
-    ) -> Self {
+    pub(crate) fn new_resolved(parts: Parts) -> Self {
         Fabric {
-            accelerator,
-            device,
-            strategy,
-            precision: Arc::from(precision),
-            scaler: scaler.map(|s| Arc::new(Mutex::new(s))),
-            environment,
-            callbacks,
-            loggers,
+            accelerator: parts.accelerator,
+            device: parts.device,
+            strategy: parts.strategy,
+            precision: Arc::from(parts.precision),
+            scaler: parts.scaler.map(|s| Arc::new(Mutex::new(s))),
+            environment: parts.environment,
+            callbacks: parts.callbacks,
+            loggers: parts.loggers,
+            comm: parts.comm,
+            bucket_bytes: parts.bucket_bytes,
+            ddp_params: Vec::new(),
+            sync_gradients: true,
             finished: false,
         }
     }
@@ -242,6 +257,14 @@ impl Fabric {
             vs.set_device(self.device);
         }
         self.precision.convert_module(vs)?;
+        if let Some(comm) = &self.comm {
+            // Every rank starts from rank 0's parameters and buffers.
+            let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            variables.sort_by(|a, b| a.0.cmp(&b.0));
+            let variables: Vec<Tensor> = variables.into_iter().map(|(_, t)| t).collect();
+            strategy::broadcast_parameters(comm, &variables)?;
+            self.ddp_params.extend(vs.trainable_variables());
+        }
         Ok(FabricModule::new(
             module,
             Arc::clone(&self.precision),
@@ -269,12 +292,24 @@ impl Fabric {
     }
 
     /// Makes a loader's batches arrive on the run's device.
-    pub fn setup_dataloaders<D>(&self, loader: DataLoader<D>) -> FabricDataLoader<D>
+    ///
+    /// With several processes each rank gets its own shard of every epoch,
+    /// as with PyTorch's `DistributedSampler`: the epoch's order (the same on
+    /// every rank) is padded by repeating its start to a multiple of the
+    /// world size, and rank `r` takes every `world_size`-th sample from
+    /// position `r`. Shards are disjoint, cover the data, and have equal
+    /// length. A shuffling loader without a seed of its own takes rank 0's.
+    pub fn setup_dataloaders<D>(&self, mut loader: DataLoader<D>) -> Result<FabricDataLoader<D>>
     where
         D: Dataset,
         D::Batch: ToDevice,
     {
-        FabricDataLoader::new(loader, self.device)
+        if let Some(comm) = &self.comm {
+            let seed = strategy::agree_on_seed(comm, loader.effective_seed())?;
+            loader = loader.seed(seed);
+            loader.set_shard(comm.rank(), comm.size());
+        }
+        Ok(FabricDataLoader::new(loader, self.device))
     }
 
     /// Moves data (a tensor, or tuples, vectors, options of them) to the
@@ -309,6 +344,11 @@ impl Fabric {
                 scaled.f_backward()?
             }
             None => loss.f_backward()?,
+        }
+        if let Some(comm) = &self.comm
+            && self.sync_gradients
+        {
+            strategy::average_gradients(comm, &self.ddp_params, self.bucket_bytes)?;
         }
         Ok(())
     }
@@ -399,7 +439,51 @@ impl Fabric {
     /// Waits until every process reaches this point. With one process it
     /// returns at once.
     pub fn barrier(&self) -> Result<()> {
-        Ok(())
+        match &self.comm {
+            Some(comm) => comm.barrier(),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` (typically a `backward`) without averaging gradients between
+    /// ranks when `enabled`, for gradient accumulation, as Lightning's
+    /// `with fabric.no_backward_sync(model, enabled=...)`. Gradients
+    /// accumulate locally; the first `backward` outside averages them all.
+    pub fn no_backward_sync<T>(&mut self, enabled: bool, f: impl FnOnce(&mut Fabric) -> T) -> T {
+        let previous = std::mem::replace(&mut self.sync_gradients, !enabled);
+        let result = f(self);
+        self.sync_gradients = previous;
+        result
+    }
+
+    /// The element-wise reduction of `tensor` over every rank (a copy of it
+    /// with one process). CPU tensors of any floating-point or integer type,
+    /// any shape and layout.
+    pub fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {
+        match &self.comm {
+            Some(comm) => comm.all_reduce(tensor, op),
+            None => Ok(tensor.copy()),
+        }
+    }
+
+    /// Rank `src`'s `tensor`, on every rank.
+    pub fn broadcast(&self, tensor: &Tensor, src: usize) -> Result<Tensor> {
+        match &self.comm {
+            Some(comm) => comm.broadcast(tensor, src),
+            None if src == 0 => Ok(tensor.copy()),
+            None => Err(Error::InvalidArgument(format!(
+                "broadcast from rank {src}, but the world has 1 rank"
+            ))),
+        }
+    }
+
+    /// Every rank's `tensor` (the same shape on every rank), stacked along a
+    /// new first dimension in rank order.
+    pub fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
+        match &self.comm {
+            Some(comm) => comm.all_gather(tensor),
+            None => Ok(tensor.f_unsqueeze(0)?.copy()),
+        }
     }
 
     /// Seeds libtorch's generators and the shuffling of data loaders that

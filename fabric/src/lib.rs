@@ -28,12 +28,14 @@
 mod accelerator;
 mod builder;
 mod callbacks;
+pub mod collectives;
 pub mod data;
 mod device;
-mod environment;
+pub mod environment;
 mod error;
 #[allow(clippy::module_inception)]
 mod fabric;
+mod launcher;
 mod loggers;
 mod module;
 mod optimizer;
@@ -41,15 +43,17 @@ mod plugins;
 pub mod precision;
 mod seed;
 mod shim;
+mod strategy;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::private::launch;
+    pub use crate::private::{launch, launch_spawn};
 }
 mod private;
 
-pub use builder::FabricBuilder;
+pub use builder::{DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_FAILURE_TIMEOUT, FabricBuilder};
 pub use callbacks::Callback;
+pub use collectives::ReduceOp;
 pub use device::ToDevice;
 pub use environment::{ClusterEnvironment, SingleProcessEnvironment};
 pub use error::{Error, Result};

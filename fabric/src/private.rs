@@ -10,21 +10,20 @@ use crate::fabric::Fabric;
 /// function's own error type.
 pub fn launch<T, E>(builder: FabricBuilder, train: fn(&mut Fabric) -> Result<T, E>) -> Result<T, E>
 where
-    E: From<Error>,
+    E: From<Error> + std::fmt::Debug,
 {
-    let mut fabric = builder.build().map_err(E::from)?;
-    match train(&mut fabric) {
-        Ok(value) => {
-            fabric.finish(true).map_err(E::from)?;
-            Ok(value)
-        }
-        Err(error) => {
-            // The training error is the one to report; a logger that also
-            // fails to finalise is only mentioned.
-            if let Err(finish_error) = fabric.finish(false) {
-                eprintln!("fabric: after the training error, {finish_error}");
-            }
-            Err(error)
-        }
-    }
+    builder.launch(train)
+}
+
+/// As [`launch`], for `strategy = "ddp_spawn"`: rank 0's result comes back
+/// to this process, serialised.
+pub fn launch_spawn<T, E>(
+    builder: FabricBuilder,
+    train: fn(&mut Fabric) -> Result<T, E>,
+) -> Result<T, E>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+    E: From<Error> + std::fmt::Debug,
+{
+    builder.launch_spawn(train)
 }

@@ -40,6 +40,8 @@ pub struct DataLoader<D: Dataset> {
     sampler: Option<Box<dyn Sampler>>,
     epoch: u64,
     prefetch: Option<(usize, Spawner<D>)>,
+    /// This rank's shard: (rank, world size).
+    shard: Option<(usize, usize)>,
 }
 
 impl<D: Dataset> std::fmt::Debug for DataLoader<D> {
@@ -70,6 +72,7 @@ impl<D: Dataset> DataLoader<D> {
             sampler: None,
             epoch: 0,
             prefetch: None,
+            shard: None,
         }
     }
 
@@ -119,9 +122,13 @@ impl<D: Dataset> DataLoader<D> {
         &self.dataset
     }
 
-    /// The number of batches in an epoch.
+    /// The number of batches in an epoch (of this rank's shard, once set
+    /// up for several processes).
     pub fn len(&self) -> usize {
-        let samples = self.dataset.len();
+        let samples = match self.shard {
+            Some((_, world)) => self.dataset.len().div_ceil(world),
+            None => self.dataset.len(),
+        };
         match self.batch_size {
             0 => 0,
             b if self.drop_last => samples / b,
@@ -134,18 +141,29 @@ impl<D: Dataset> DataLoader<D> {
         self.len() == 0
     }
 
+    /// The seed shuffling uses: the loader's, else the global one, else
+    /// the one picked when the loader was made.
+    pub(crate) fn effective_seed(&self) -> u64 {
+        self.seed
+            .or_else(seed::global_seed)
+            .unwrap_or(self.fallback_seed)
+    }
+
+    /// Makes the loader visit only rank `rank`'s shard of each epoch.
+    pub(crate) fn set_shard(&mut self, rank: usize, world: usize) {
+        self.shard = Some((rank, world));
+    }
+
     fn order(&self, epoch: u64) -> Vec<usize> {
         let len = self.dataset.len();
-        match &self.sampler {
+        let order = match &self.sampler {
             Some(sampler) => sampler.indices(len, epoch),
-            None if self.shuffle => {
-                let seed = self
-                    .seed
-                    .or_else(seed::global_seed)
-                    .unwrap_or(self.fallback_seed);
-                RandomSampler::new(seed).indices(len, epoch)
-            }
+            None if self.shuffle => RandomSampler::new(self.effective_seed()).indices(len, epoch),
             None => SequentialSampler.indices(len, epoch),
+        };
+        match self.shard {
+            Some((rank, world)) => shard(&order, rank, world),
+            None => order,
         }
     }
 
@@ -190,6 +208,20 @@ where
         self.prefetch = (depth > 0).then_some((depth, spawn_prefetch::<D> as Spawner<D>));
         self
     }
+}
+
+/// Rank `rank`'s shard of `order`, as PyTorch's `DistributedSampler`:
+/// `order` padded by repeating its start to a multiple of `world`, then every
+/// `world`-th index from position `rank`.
+pub(crate) fn shard(order: &[usize], rank: usize, world: usize) -> Vec<usize> {
+    if order.is_empty() || world == 0 {
+        return Vec::new();
+    }
+    let total = order.len().div_ceil(world) * world;
+    (rank..total)
+        .step_by(world)
+        .map(|i| order[i % order.len()])
+        .collect()
 }
 
 fn spawn_prefetch<D>(

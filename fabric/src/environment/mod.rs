@@ -62,6 +62,12 @@ pub trait ClusterEnvironment: Send + 'static {
     fn node_rank(&self) -> usize {
         0
     }
+
+    /// How many nodes take part, where the environment says; `None` when it
+    /// does not (then `num_nodes` is not checked against it).
+    fn num_nodes(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The environment of a single process started plainly, with no launcher:
@@ -88,4 +94,52 @@ impl ClusterEnvironment for SingleProcessEnvironment {
     fn global_rank(&self) -> usize {
         0
     }
+}
+
+mod mpi;
+mod slurm;
+mod torchelastic;
+
+pub use mpi::MpiEnvironment;
+pub use slurm::{SlurmEnvironment, expand_hostlist};
+pub use torchelastic::TorchElasticEnvironment;
+
+/// Reads an environment variable as a number; `None` when unset, an error
+/// naming the variable when set to something else.
+pub(crate) fn env_number(environment: &str, name: &str) -> crate::Result<Option<usize>> {
+    match std::env::var(name) {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| crate::Error::ClusterEnvironment {
+                environment: environment.to_owned(),
+                message: format!("{name}={value:?} is not a non-negative integer"),
+            }),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Like [`env_number`], for a variable the environment cannot do without.
+pub(crate) fn required_number(environment: &str, name: &str) -> crate::Result<usize> {
+    env_number(environment, name)?.ok_or_else(|| crate::Error::ClusterEnvironment {
+        environment: environment.to_owned(),
+        message: format!("{name} is not set"),
+    })
+}
+
+/// The cluster environment the process was started in, as Lightning picks
+/// it: SLURM, then torchrun (torchelastic), then Open MPI; `None` for a
+/// process started plainly.
+pub fn detect() -> crate::Result<Option<Box<dyn ClusterEnvironment>>> {
+    if SlurmEnvironment::detect() {
+        return Ok(Some(Box::new(SlurmEnvironment::from_env()?)));
+    }
+    if TorchElasticEnvironment::detect() {
+        return Ok(Some(Box::new(TorchElasticEnvironment::from_env()?)));
+    }
+    if MpiEnvironment::detect() {
+        return Ok(Some(Box::new(MpiEnvironment::from_env()?)));
+    }
+    Ok(None)
 }

@@ -1,0 +1,305 @@
+//! Collectives over Open MPI, through the `mpi` crate's raw bindings.
+
+use std::ffi::{c_int, c_void};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use mpi::ffi;
+use tch::{Device, Kind, Tensor};
+
+use super::ReduceOp;
+use super::watchdog;
+use crate::error::{Error, Result};
+
+/// The MPI universe, initialised once per process and finalised at exit.
+static UNIVERSE: OnceLock<Mutex<Option<mpi::environment::Universe>>> = OnceLock::new();
+
+/// How long `MPI_Finalize` may take at exit before the process ends anyway
+/// (it waits for every rank).
+static FINALIZE_TIMEOUT: Mutex<Duration> = Mutex::new(Duration::from_secs(10));
+
+extern "C" fn finalize_at_exit() {
+    let timeout = *FINALIZE_TIMEOUT.lock().unwrap_or_else(|p| p.into_inner());
+    let _armed = watchdog::arm("MPI_Finalize", timeout);
+    if let Some(universe) = UNIVERSE.get() {
+        // Dropping the universe calls MPI_Finalize.
+        drop(universe.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+}
+
+fn check(code: c_int, what: &str) -> Result<()> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Error::Distributed(format!(
+            "{what} failed with MPI error code {code}"
+        )))
+    }
+}
+
+/// A communicator over every rank of the run, ordered by the cluster
+/// environment's global ranks.
+#[derive(Debug)]
+pub(crate) struct MpiComm {
+    comm: ffi::MPI_Comm,
+    rank: usize,
+    size: usize,
+    timeout: Duration,
+}
+
+// SAFETY: an MPI communicator handle is a plain handle; fabric calls MPI
+// from one thread at a time (MPI_THREAD_SERIALIZED is requested).
+unsafe impl Send for MpiComm {}
+unsafe impl Sync for MpiComm {}
+
+impl MpiComm {
+    /// Initialises MPI (once per process) and orders its world by
+    /// `global_rank`, checking it against the environment's world size.
+    pub(crate) fn join(
+        global_rank: usize,
+        world_size: usize,
+        timeout: Duration,
+        failure_bound: Duration,
+    ) -> Result<Self> {
+        let universe = UNIVERSE.get_or_init(|| {
+            let universe =
+                mpi::initialize_with_threading(mpi::Threading::Serialized).map(|(u, _)| u);
+            if universe.is_some() {
+                // SAFETY: registers a plain `extern "C"` function.
+                unsafe { libc::atexit(finalize_at_exit) };
+            }
+            Mutex::new(universe)
+        });
+        if universe.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            return Err(Error::Distributed(
+                "MPI could not be initialised (or was finalised already)".into(),
+            ));
+        }
+        *FINALIZE_TIMEOUT.lock().unwrap_or_else(|p| p.into_inner()) = failure_bound;
+        watchdog::start(global_rank);
+        let mut mpi_size: c_int = 0;
+        // SAFETY: MPI is initialised; the out-pointers are valid.
+        unsafe {
+            check(
+                ffi::MPI_Comm_size(ffi::RSMPI_COMM_WORLD, &mut mpi_size),
+                "MPI_Comm_size",
+            )?
+        };
+        if mpi_size as usize != world_size {
+            return Err(Error::Distributed(format!(
+                "the cluster environment reports {world_size} processes, but MPI connects {mpi_size}: start the ranks with Open MPI's `mpirun` (or `srun --mpi=pmix`), which fabric's CPU collectives run on; processes started by another launcher cannot join one MPI world"
+            )));
+        }
+        let mut comm: ffi::MPI_Comm = unsafe { ffi::RSMPI_COMM_NULL };
+        let key = c_int::try_from(global_rank)
+            .map_err(|_| Error::Distributed("global rank too large".into()))?;
+        // SAFETY: as above.
+        unsafe {
+            check(
+                ffi::MPI_Comm_split(ffi::RSMPI_COMM_WORLD, 0, key, &mut comm),
+                "MPI_Comm_split",
+            )?
+        };
+        let mut rank: c_int = 0;
+        unsafe { check(ffi::MPI_Comm_rank(comm, &mut rank), "MPI_Comm_rank")? };
+        let this = MpiComm {
+            comm,
+            rank: rank as usize,
+            size: world_size,
+            timeout,
+        };
+        // Every rank must hold a distinct global rank.
+        let ranks = this.all_gather(&Tensor::from_slice(&[global_rank as i64]))?;
+        let mut seen: Vec<i64> = Vec::try_from(ranks.view([-1]))?;
+        seen.sort_unstable();
+        if seen != (0..world_size as i64).collect::<Vec<_>>() {
+            return Err(Error::Distributed(format!(
+                "the ranks' global ranks are {seen:?}, not 0 to {}: the cluster environment is inconsistent",
+                world_size - 1
+            )));
+        }
+        Ok(this)
+    }
+
+    pub(crate) fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    fn datatype(kind: Kind) -> Option<ffi::MPI_Datatype> {
+        // SAFETY: reading the MPI library's predefined handles.
+        unsafe {
+            Some(match kind {
+                Kind::Float => ffi::RSMPI_FLOAT,
+                Kind::Double => ffi::RSMPI_DOUBLE,
+                Kind::Int64 => ffi::RSMPI_INT64_T,
+                Kind::Int => ffi::RSMPI_INT32_T,
+                Kind::Int16 => ffi::RSMPI_INT16_T,
+                Kind::Int8 => ffi::RSMPI_INT8_T,
+                Kind::Uint8 => ffi::RSMPI_UINT8_T,
+                Kind::Bool => ffi::RSMPI_C_BOOL,
+                _ => return None,
+            })
+        }
+    }
+
+    /// The tensor as a contiguous CPU tensor of a kind MPI transports:
+    /// 16-bit floats travel as f32 (MPI has no bfloat16 or half type).
+    fn wire(&self, tensor: &Tensor, what: &str) -> Result<(Tensor, Kind)> {
+        if tensor.device() != Device::Cpu {
+            return Err(Error::Distributed(format!(
+                "{what} of a {:?} tensor: CUDA collectives need NCCL, which is not available in fabric yet; move the tensor to the CPU",
+                tensor.device()
+            )));
+        }
+        let kind = tensor.kind();
+        let wire_kind = match kind {
+            Kind::BFloat16 | Kind::Half => Kind::Float,
+            other if Self::datatype(other).is_some() => other,
+            other => {
+                return Err(Error::Distributed(format!(
+                    "{what} of {other:?} tensors is not supported"
+                )));
+            }
+        };
+        Ok((tensor.f_to_kind(wire_kind)?.f_contiguous()?, kind))
+    }
+
+    fn count(tensor: &Tensor) -> Result<c_int> {
+        c_int::try_from(tensor.numel())
+            .map_err(|_| Error::Distributed("tensor too large for one MPI message".into()))
+    }
+
+    /// The element-wise reduction of `tensor` over every rank.
+    pub(crate) fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {
+        let (input, kind) = self.wire(tensor, "all_reduce")?;
+        if input.kind() == Kind::Bool && op == ReduceOp::Mean {
+            return Err(Error::Distributed(
+                "the mean of a bool tensor is undefined; convert it first".into(),
+            ));
+        }
+        let output = input.f_empty_like()?;
+        if input.numel() > 0 {
+            // SAFETY: reading the predefined operation handles.
+            let mpi_op = unsafe {
+                match (op, input.kind()) {
+                    (ReduceOp::Sum | ReduceOp::Mean, Kind::Bool) => ffi::RSMPI_LOR,
+                    (ReduceOp::Sum | ReduceOp::Mean, _) => ffi::RSMPI_SUM,
+                    (ReduceOp::Max, Kind::Bool) => ffi::RSMPI_LOR,
+                    (ReduceOp::Min, Kind::Bool) => ffi::RSMPI_LAND,
+                    (ReduceOp::Max, _) => ffi::RSMPI_MAX,
+                    (ReduceOp::Min, _) => ffi::RSMPI_MIN,
+                }
+            };
+            let datatype = Self::datatype(input.kind())
+                .ok_or_else(|| Error::Distributed("unsupported dtype".into()))?;
+            let _armed = watchdog::arm("all_reduce", self.timeout);
+            // SAFETY: `input` and `output` are contiguous CPU tensors of
+            // `count` elements of `datatype`, alive for the call.
+            unsafe {
+                check(
+                    ffi::MPI_Allreduce(
+                        input.data_ptr() as *const c_void,
+                        output.data_ptr(),
+                        Self::count(&input)?,
+                        datatype,
+                        mpi_op,
+                        self.comm,
+                    ),
+                    "MPI_Allreduce",
+                )?;
+            }
+        }
+        let output = if op == ReduceOp::Mean {
+            if input.is_floating_point() {
+                output.f_div_scalar(self.size as f64)?
+            } else {
+                output
+                    .f_to_kind(Kind::Float)?
+                    .f_div_scalar(self.size as f64)?
+            }
+        } else {
+            output
+        };
+        let restore = if matches!(kind, Kind::BFloat16 | Kind::Half) {
+            kind
+        } else {
+            output.kind()
+        };
+        Ok(output
+            .f_to_kind(restore)?
+            .f_view(tensor.size().as_slice())?)
+    }
+
+    /// `tensor` as held by rank `src`, on every rank.
+    pub(crate) fn broadcast(&self, tensor: &Tensor, src: usize) -> Result<Tensor> {
+        if src >= self.size {
+            return Err(Error::InvalidArgument(format!(
+                "broadcast from rank {src}, but the world has {} ranks",
+                self.size
+            )));
+        }
+        let (input, kind) = self.wire(tensor, "broadcast")?;
+        // A copy, so that the caller's tensor is left as it was.
+        let buffer = input.copy();
+        if buffer.numel() > 0 {
+            let datatype = Self::datatype(buffer.kind())
+                .ok_or_else(|| Error::Distributed("unsupported dtype".into()))?;
+            let _armed = watchdog::arm("broadcast", self.timeout);
+            // SAFETY: `buffer` is a contiguous CPU tensor of `count` elements.
+            unsafe {
+                check(
+                    ffi::MPI_Bcast(
+                        buffer.data_ptr(),
+                        Self::count(&buffer)?,
+                        datatype,
+                        src as c_int,
+                        self.comm,
+                    ),
+                    "MPI_Bcast",
+                )?;
+            }
+        }
+        Ok(buffer.f_to_kind(kind)?.f_view(tensor.size().as_slice())?)
+    }
+
+    /// Every rank's `tensor`, stacked along a new first dimension in rank
+    /// order. Every rank must pass the same shape.
+    pub(crate) fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
+        let (input, kind) = self.wire(tensor, "all_gather")?;
+        let mut shape = vec![self.size as i64];
+        shape.extend(tensor.size());
+        let output = Tensor::f_empty(shape.as_slice(), (input.kind(), Device::Cpu))?;
+        let datatype = Self::datatype(input.kind())
+            .ok_or_else(|| Error::Distributed("unsupported dtype".into()))?;
+        let _armed = watchdog::arm("all_gather", self.timeout);
+        // SAFETY: `output` holds `size` times `input`'s elements, both
+        // contiguous CPU tensors of `datatype`.
+        unsafe {
+            let count = Self::count(&input)?;
+            check(
+                ffi::MPI_Allgather(
+                    input.data_ptr() as *const c_void,
+                    count,
+                    datatype,
+                    output.data_ptr(),
+                    count,
+                    datatype,
+                    self.comm,
+                ),
+                "MPI_Allgather",
+            )?;
+        }
+        Ok(output.f_to_kind(kind)?)
+    }
+
+    /// Waits until every rank arrives.
+    pub(crate) fn barrier(&self) -> Result<()> {
+        let _armed = watchdog::arm("barrier", self.timeout);
+        // SAFETY: MPI is initialised.
+        unsafe { check(ffi::MPI_Barrier(self.comm), "MPI_Barrier") }
+    }
+}

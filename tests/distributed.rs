@@ -1,0 +1,728 @@
+//! Real multi-process runs on the CPU: `ddp` started by fabric, by `mpirun`
+//! and under simulated SLURM and torchrun environments, `ddp_spawn`,
+//! collectives, sharding, and failures.
+//!
+//! Each test re-runs this test binary as a child process (`FABRIC_SCENARIO`
+//! names what to do); in the child, fabric's launcher (or `mpirun`, started
+//! by the test) runs the ranks, which are this binary again.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use fabric::data::{DataLoader, TensorDataset};
+use fabric::{Fabric, ReduceOp};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+const SCENARIO: &str = "FABRIC_SCENARIO";
+const TOKEN: &str = "FABRIC_TEST_TOKEN";
+
+fn scenario() -> Option<String> {
+    std::env::var(SCENARIO).ok()
+}
+
+/// A command running test `test` of this binary with `FABRIC_SCENARIO` set.
+fn this_test(test: &str, token: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    command.env(SCENARIO, test).env(TOKEN, token);
+    command
+}
+
+fn mpirun(processes: &[Vec<(&str, String)>], test: &str, token: &str) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = Command::new("mpirun");
+    command.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+    ]);
+    for (i, env) in processes.iter().enumerate() {
+        if i > 0 {
+            command.arg(":");
+        }
+        command.args([
+            "-np",
+            "1",
+            "-x",
+            &format!("{SCENARIO}={test}"),
+            "-x",
+            &format!("{TOKEN}={token}"),
+        ]);
+        for (name, value) in env {
+            command.args(["-x", &format!("{name}={value}")]);
+        }
+        command
+            .arg(&exe)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    }
+    command
+}
+
+fn token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn run(mut command: Command) -> (Output, String) {
+    let output = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output, text)
+}
+
+/// `RESULT key=value ...` lines printed by the ranks, by rank.
+fn results(text: &str) -> BTreeMap<usize, BTreeMap<String, String>> {
+    let mut by_rank = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter_map(|l| l.find("RESULT ").map(|i| &l[i + 7..]))
+    {
+        let fields: BTreeMap<String, String> = line
+            .split_whitespace()
+            .filter_map(|f| f.split_once('='))
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        let rank = fields["rank"].parse().unwrap();
+        by_rank.insert(rank, fields);
+    }
+    by_rank
+}
+
+/// Processes whose environment holds `token`: what a run left behind.
+fn leftovers(token: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.windows(token.len()).any(|w| w == token.as_bytes()) {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found.retain(|pid| pid.parse::<u32>().ok() != Some(std::process::id()));
+    found
+}
+
+// ---- the training both sides run --------------------------------------
+
+const SAMPLES: i64 = 48;
+const GLOBAL_BATCH: usize = 8;
+
+fn data() -> (Tensor, Tensor) {
+    let x = (Tensor::arange(SAMPLES * 8, (Kind::Float, Device::Cpu)) * 0.37)
+        .sin()
+        .view([SAMPLES, 8]);
+    let w = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.1, 0.0, 1.5, -0.3, 0.8]).view([8, 1]);
+    let y = x.matmul(&w).cos().repeat([1, 3]);
+    (x, y)
+}
+
+/// Trains a linear model with SGD and momentum for one epoch in batches of
+/// `batch` per process; returns the parameters, flattened.
+fn train_linear(fabric: &mut Fabric, batch: usize) -> Vec<f32> {
+    fabric.seed_everything(0);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = nn::linear(vs.root(), 8, 3, Default::default());
+    let opt = nn::Sgd {
+        momentum: 0.9,
+        ..Default::default()
+    }
+    .build(&vs, 0.05)
+    .unwrap();
+    let (model, mut opt) = fabric.setup(&mut vs, net, opt).unwrap();
+    let mut loader = fabric
+        .setup_dataloaders(DataLoader::new(TensorDataset::new(data()).unwrap()).batch_size(batch))
+        .unwrap();
+    for batch in &mut loader {
+        let (x, y) = batch.unwrap();
+        opt.zero_grad();
+        let loss = model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+        fabric.backward(&loss).unwrap();
+        opt.step().unwrap();
+    }
+    let mut names: Vec<_> = vs.variables().into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    names
+        .iter()
+        .flat_map(|(_, t)| Vec::<f32>::try_from(t.view([-1])).unwrap())
+        .collect()
+}
+
+fn print_params(fabric: &Fabric, params: &[f32]) {
+    let bits: Vec<String> = params
+        .iter()
+        .map(|p| format!("{:08x}", p.to_bits()))
+        .collect();
+    println!(
+        "RESULT rank={} world={} local={} node={} env={} params={}",
+        fabric.global_rank(),
+        fabric.world_size(),
+        fabric.local_rank(),
+        fabric.node_rank(),
+        fabric.environment_name().replace(' ', "_"),
+        bits.join(",")
+    );
+}
+
+fn decode(params: &str) -> Vec<f32> {
+    params
+        .split(',')
+        .map(|h| f32::from_bits(u32::from_str_radix(h, 16).unwrap()))
+        .collect()
+}
+
+fn reference() -> Vec<f32> {
+    let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
+    train_linear(&mut fabric, GLOBAL_BATCH)
+}
+
+fn assert_matches_reference(text: &str, world: usize) -> BTreeMap<usize, BTreeMap<String, String>> {
+    let results = results(text);
+    assert_eq!(
+        results.len(),
+        world,
+        "one result per rank expected:\n{text}"
+    );
+    let expected = reference();
+    let first = &results[&0]["params"];
+    for (rank, fields) in &results {
+        assert_eq!(
+            &fields["params"], first,
+            "rank {rank} ended with other parameters than rank 0"
+        );
+        assert_eq!(fields["world"], world.to_string());
+    }
+    let got = decode(first);
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert!(
+            (g - e).abs() < 1e-5,
+            "ddp {got:?}\nsingle process on the whole batch {expected:?}"
+        );
+    }
+    results
+}
+
+// ---- the tests ----------------------------------------------------------
+
+fn ddp_run(test: &str, world: usize) {
+    if scenario().as_deref() == Some(test) {
+        let mut fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(world)
+            .build()
+            .unwrap();
+        let params = train_linear(&mut fabric, GLOBAL_BATCH / world);
+        print_params(&fabric, &params);
+        return;
+    }
+    let token = token();
+    let (output, text) = run(this_test(test, &token));
+    assert!(output.status.success(), "{text}");
+    let results = assert_matches_reference(&text, world);
+    for (rank, fields) in results {
+        assert_eq!(fields["local"], rank.to_string());
+        assert_eq!(fields["env"], "Open_MPI");
+    }
+    assert!(leftovers(&token).is_empty());
+}
+
+#[test]
+fn ddp_on_two_processes_matches_one_process_on_the_whole_batch() {
+    ddp_run(
+        "ddp_on_two_processes_matches_one_process_on_the_whole_batch",
+        2,
+    );
+}
+
+#[test]
+fn ddp_on_four_oversubscribed_processes_matches_one_process() {
+    ddp_run(
+        "ddp_on_four_oversubscribed_processes_matches_one_process",
+        4,
+    );
+}
+
+#[test]
+fn the_same_program_runs_under_mpirun() {
+    let test = "the_same_program_runs_under_mpirun";
+    if scenario().as_deref() == Some(test) {
+        // No `devices`: the ranks come from mpirun.
+        let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
+        let params = train_linear(&mut fabric, GLOBAL_BATCH / 2);
+        print_params(&fabric, &params);
+        return;
+    }
+    let token = token();
+    let (output, text) = run(mpirun(&[vec![], vec![]], test, &token));
+    assert!(output.status.success(), "{text}");
+    assert_matches_reference(&text, 2);
+}
+
+fn ddp_spawn_train(fabric: &mut Fabric) -> fabric::Result<(usize, usize, Vec<f32>)> {
+    let params = train_linear(fabric, GLOBAL_BATCH / 4);
+    Ok((fabric.global_rank(), fabric.world_size(), params))
+}
+
+#[test]
+fn ddp_spawn_with_four_processes_returns_rank_zeros_result() {
+    let test = "ddp_spawn_with_four_processes_returns_rank_zeros_result";
+    if scenario().as_deref() == Some(test) {
+        let builder = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp_spawn")
+            .devices(4);
+        let (rank, world, params) = builder.launch_spawn(ddp_spawn_train).unwrap();
+        // Only the launching process gets here: the workers end after the function.
+        println!(
+            "SPAWNED rank={rank} world={world} pid={}",
+            std::process::id()
+        );
+        let expected = reference();
+        let close = params
+            .iter()
+            .zip(&expected)
+            .all(|(a, b)| (a - b).abs() < 1e-5);
+        println!("SPAWNED matches_reference={close}");
+        return;
+    }
+    let token = token();
+    let (output, text) = run(this_test(test, &token));
+    assert!(output.status.success(), "{text}");
+    let spawned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("SPAWNED rank="))
+        .collect();
+    assert_eq!(
+        spawned.len(),
+        1,
+        "only the launching process continues after the function:\n{text}"
+    );
+    assert!(spawned[0].contains("rank=0 world=4"), "{text}");
+    assert!(text.contains("SPAWNED matches_reference=true"), "{text}");
+    assert!(leftovers(&token).is_empty());
+}
+
+fn slurm(
+    rank: usize,
+    local: usize,
+    node: usize,
+    tasks: usize,
+    nodes: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("SLURM_NTASKS", tasks.to_string()),
+        ("SLURM_PROCID", rank.to_string()),
+        ("SLURM_LOCALID", local.to_string()),
+        ("SLURM_NODEID", node.to_string()),
+        ("SLURM_JOB_NODELIST", nodes.to_string()),
+        ("SLURM_JOB_NAME", "train".to_string()),
+        ("SLURM_JOB_ID", "4242".to_string()),
+    ]
+}
+
+#[test]
+fn a_slurm_environment_drives_the_ranks() {
+    let test = "a_slurm_environment_drives_the_ranks";
+    if scenario().as_deref() == Some(test) {
+        let mut fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .build()
+            .unwrap();
+        let params = train_linear(&mut fabric, GLOBAL_BATCH / 2);
+        print_params(&fabric, &params);
+        return;
+    }
+    let token = token();
+    // MPI's rank 0 is SLURM's rank 1: SLURM's numbering must win.
+    let ranks = [slurm(1, 1, 0, 2, "node01"), slurm(0, 0, 0, 2, "node01")];
+    let (output, text) = run(mpirun(&ranks, test, &token));
+    assert!(output.status.success(), "{text}");
+    let results = assert_matches_reference(&text, 2);
+    assert!(results.values().all(|f| f["env"] == "SLURM"), "{text}");
+}
+
+#[test]
+fn two_simulated_nodes_of_two_processes() {
+    let test = "two_simulated_nodes_of_two_processes";
+    if scenario().as_deref() == Some(test) {
+        let mut fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .num_nodes(2)
+            .build()
+            .unwrap();
+        let params = train_linear(&mut fabric, GLOBAL_BATCH / 4);
+        print_params(&fabric, &params);
+        return;
+    }
+    let token = token();
+    let nodes = "node[1-2]";
+    let ranks = [
+        slurm(0, 0, 0, 4, nodes),
+        slurm(1, 1, 0, 4, nodes),
+        slurm(2, 0, 1, 4, nodes),
+        slurm(3, 1, 1, 4, nodes),
+    ];
+    let (output, text) = run(mpirun(&ranks, test, &token));
+    assert!(output.status.success(), "{text}");
+    let results = assert_matches_reference(&text, 4);
+    for (rank, fields) in results {
+        assert_eq!(fields["node"], (rank / 2).to_string(), "{text}");
+        assert_eq!(fields["local"], (rank % 2).to_string(), "{text}");
+    }
+}
+
+fn torchrun(rank: usize, world: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("RANK", rank.to_string()),
+        ("WORLD_SIZE", world.to_string()),
+        ("LOCAL_RANK", rank.to_string()),
+        ("LOCAL_WORLD_SIZE", world.to_string()),
+        ("GROUP_RANK", "0".to_string()),
+        ("MASTER_ADDR", "127.0.0.1".to_string()),
+        ("MASTER_PORT", "29511".to_string()),
+        ("TORCHELASTIC_RUN_ID", "test".to_string()),
+    ]
+}
+
+#[test]
+fn a_torchrun_environment_drives_the_ranks() {
+    let test = "a_torchrun_environment_drives_the_ranks";
+    if scenario().as_deref() == Some(test) {
+        let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
+        let params = train_linear(&mut fabric, GLOBAL_BATCH / 2);
+        print_params(&fabric, &params);
+        return;
+    }
+    let token = token();
+    let (output, text) = run(mpirun(&[torchrun(1, 2), torchrun(0, 2)], test, &token));
+    assert!(output.status.success(), "{text}");
+    let results = assert_matches_reference(&text, 2);
+    assert!(results.values().all(|f| f["env"] == "torchrun"), "{text}");
+}
+
+#[test]
+fn processes_that_share_no_mpi_world_get_a_clear_error() {
+    let test = "processes_that_share_no_mpi_world_get_a_clear_error";
+    if scenario().as_deref() == Some(test) {
+        let err = Fabric::builder()
+            .accelerator("cpu")
+            .build()
+            .unwrap_err()
+            .to_string();
+        println!("ERROR {err}");
+        return;
+    }
+    let mut command = this_test(test, &token());
+    for (name, value) in torchrun(0, 2) {
+        command.env(name, value);
+    }
+    let (output, text) = run(command);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("reports 2 processes, but MPI connects 1"),
+        "{text}"
+    );
+    assert!(text.contains("mpirun"), "{text}");
+}
+
+#[test]
+fn the_environment_and_the_options_must_agree() {
+    let test = "the_environment_and_the_options_must_agree";
+    if scenario().as_deref() == Some(test) {
+        let err = Fabric::builder()
+            .accelerator("cpu")
+            .devices(3)
+            .build()
+            .unwrap_err()
+            .to_string();
+        println!("DEVICES {err}");
+        let err = Fabric::builder()
+            .accelerator("cpu")
+            .num_nodes(2)
+            .build()
+            .unwrap_err()
+            .to_string();
+        println!("NODES {err}");
+        let err = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp_spawn")
+            .build()
+            .unwrap_err()
+            .to_string();
+        println!("SPAWN {err}");
+        return;
+    }
+    let mut command = this_test(test, &token());
+    for (name, value) in slurm(0, 0, 0, 2, "node01") {
+        command.env(name, value);
+    }
+    let (output, text) = run(command);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "DEVICES cluster environment SLURM: it reports 2 processes, but `devices = 3`"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("NODES cluster environment SLURM: it reports 1 node(s), but `num_nodes = 2`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SPAWN cluster environment SLURM")
+            && text.contains("use `strategy = \"ddp\"`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn several_nodes_need_a_cluster_launcher() {
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .devices(2)
+        .num_nodes(2)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("needs the processes of every node started by a cluster launcher"),
+        "{err}"
+    );
+}
+
+#[test]
+fn collectives_and_shards_are_correct() {
+    let test = "collectives_and_shards_are_correct";
+    if scenario().as_deref() == Some(test) {
+        let fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(3)
+            .build()
+            .unwrap();
+        let (rank, world) = (fabric.global_rank() as f64, fabric.world_size() as f64);
+        let sum_of_ranks = world * (world - 1.0) / 2.0;
+        for kind in [Kind::Float, Kind::Double, Kind::BFloat16, Kind::Int64] {
+            // Odd sizes, a non-contiguous view, and an empty tensor.
+            for shape in [vec![7i64], vec![3, 5], vec![0]] {
+                let mine = (Tensor::ones(shape.as_slice(), (Kind::Float, Device::Cpu))
+                    * (rank + 1.0))
+                    .to_kind(kind);
+                for (op, expected) in [
+                    (ReduceOp::Sum, sum_of_ranks + world),
+                    (ReduceOp::Max, world),
+                    (ReduceOp::Min, 1.0),
+                    (ReduceOp::Mean, (sum_of_ranks + world) / world),
+                ] {
+                    let reduced = fabric.all_reduce(&mine, op).unwrap();
+                    assert_eq!(reduced.size(), mine.size());
+                    if op != ReduceOp::Mean {
+                        assert_eq!(reduced.kind(), kind, "{op:?} keeps the dtype");
+                    }
+                    if mine.numel() > 0 {
+                        let values: Vec<f64> =
+                            Vec::try_from(reduced.to_kind(Kind::Double).view([-1])).unwrap();
+                        assert!(
+                            values.iter().all(|v| (v - expected).abs() < 1e-6),
+                            "{kind:?} {op:?} {values:?}"
+                        );
+                    }
+                }
+                let transposed = if shape.len() == 2 {
+                    mine.tr()
+                } else {
+                    mine.shallow_clone()
+                };
+                let reduced = fabric.all_reduce(&transposed, ReduceOp::Sum).unwrap();
+                assert_eq!(
+                    reduced.size(),
+                    transposed.size(),
+                    "non-contiguous input keeps its shape"
+                );
+                let from_one = fabric.broadcast(&mine, 1).unwrap();
+                assert_eq!(from_one.size(), mine.size());
+                if mine.numel() > 0 {
+                    assert_eq!(
+                        from_one.to_kind(Kind::Double).max().double_value(&[]),
+                        2.0,
+                        "rank 1's values"
+                    );
+                }
+                let gathered = fabric.all_gather(&mine).unwrap();
+                assert_eq!(gathered.size()[0], 3);
+                if mine.numel() > 0 {
+                    for r in 0..3 {
+                        assert_eq!(
+                            gathered
+                                .get(r)
+                                .to_kind(Kind::Double)
+                                .mean(None)
+                                .double_value(&[]),
+                            r as f64 + 1.0
+                        );
+                    }
+                }
+            }
+        }
+        // Shards of 10 samples over 3 ranks: padded to 12, 4 each, disjoint but for the padding.
+        let n = 10;
+        let dataset = TensorDataset::new(Tensor::arange(n, (Kind::Int64, Device::Cpu))).unwrap();
+        let mut loader = fabric
+            .setup_dataloaders(DataLoader::new(dataset).batch_size(100).shuffle(true))
+            .unwrap();
+        for epoch in 0..2 {
+            let mine = loader.iter().next().unwrap().unwrap();
+            assert_eq!(mine.size(), [4], "equal shard lengths");
+            let all = fabric.all_gather(&mine).unwrap();
+            let mut seen: Vec<i64> = Vec::try_from(all.view([-1])).unwrap();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(
+                seen,
+                (0..n).collect::<Vec<_>>(),
+                "epoch {epoch}: the shards cover the data"
+            );
+            println!(
+                "RESULT rank={} epoch={epoch} order={:?}",
+                fabric.global_rank(),
+                Vec::<i64>::try_from(&all.view([-1])).unwrap()
+            );
+        }
+        fabric.barrier().unwrap();
+        println!("RESULT rank={} ok=true", fabric.global_rank());
+        return;
+    }
+    let (output, text) = run(this_test(test, &token()));
+    assert!(output.status.success(), "{text}");
+    assert_eq!(text.matches("ok=true").count(), 3, "{text}");
+    let orders = |epoch: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains(epoch))
+            .map(|l| l.split("order=").nth(1).unwrap().to_owned())
+            .collect()
+    };
+    let (epoch0, epoch1) = (orders("epoch=0"), orders("epoch=1"));
+    assert_eq!(epoch0.len(), 3, "{text}");
+    assert!(
+        epoch0.windows(2).all(|w| w[0] == w[1]),
+        "every rank sees the same epoch order"
+    );
+    assert_ne!(epoch0[0], epoch1[0], "each epoch reshuffles:\n{text}");
+}
+
+fn failing_run(test: &str, failure: &str) -> (Output, String, Duration, String) {
+    let token = token();
+    let start = Instant::now();
+    let mut command = this_test(test, &token);
+    command.env("FABRIC_FAILURE", failure);
+    let (output, text) = run(command);
+    (output, text, start.elapsed(), token)
+}
+
+fn failure_scenario() {
+    let mut fabric = Fabric::builder()
+        .accelerator("cpu")
+        .strategy("ddp")
+        .devices(4)
+        .build()
+        .unwrap();
+    let failure = std::env::var("FABRIC_FAILURE").unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = nn::linear(vs.root(), 8, 3, Default::default());
+    let opt = nn::Sgd::default().build(&vs, 0.01).unwrap();
+    let (model, mut opt) = fabric.setup(&mut vs, net, opt).unwrap();
+    let (x, y) = data();
+    for step in 0.. {
+        if fabric.global_rank() == 2 && step == 3 {
+            match failure.as_str() {
+                // SAFETY: the test kills its own rank.
+                "kill" => unsafe {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                },
+                "panic" => panic!("rank 2 gives up"),
+                "hang" => std::thread::sleep(Duration::from_secs(3600)),
+                _ => {}
+            }
+        }
+        opt.zero_grad();
+        let loss = model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+        fabric.backward(&loss).unwrap();
+        opt.step().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killing_one_of_four_ranks_ends_the_run_promptly_and_names_it() {
+    let test = "killing_one_of_four_ranks_ends_the_run_promptly_and_names_it";
+    if scenario().as_deref() == Some(test) {
+        return failure_scenario();
+    }
+    let (output, text, elapsed, token) = failing_run(test, "kill");
+    assert!(!output.status.success(), "{text}");
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    assert!(text.contains("rank 2"), "the failed rank is named:\n{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        leftovers(&token),
+        Vec::<String>::new(),
+        "no process is left behind"
+    );
+}
+
+#[test]
+fn a_panicking_rank_ends_the_run_and_names_itself() {
+    let test = "a_panicking_rank_ends_the_run_and_names_itself";
+    if scenario().as_deref() == Some(test) {
+        return failure_scenario();
+    }
+    let (output, text, elapsed, token) = failing_run(test, "panic");
+    assert!(!output.status.success(), "{text}");
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    assert!(
+        text.contains("fabric: rank 2 failed: it panicked"),
+        "{text}"
+    );
+    assert!(text.contains("rank 2 gives up"), "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(leftovers(&token), Vec::<String>::new());
+}
+
+#[test]
+fn a_rank_that_stops_taking_part_times_out_instead_of_hanging() {
+    let test = "a_rank_that_stops_taking_part_times_out_instead_of_hanging";
+    if scenario().as_deref() == Some(test) {
+        let fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .collective_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        if fabric.global_rank() == 1 {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        fabric.barrier().unwrap();
+        return;
+    }
+    let (output, text, elapsed, token) = failing_run(test, "none");
+    assert!(!output.status.success(), "{text}");
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    assert!(
+        text.contains("fabric: rank 0: `barrier` did not complete within 2s"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(leftovers(&token), Vec::<String>::new());
+}
