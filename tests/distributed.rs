@@ -726,3 +726,71 @@ fn a_rank_that_stops_taking_part_times_out_instead_of_hanging() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(leftovers(&token), Vec::<String>::new());
 }
+
+#[test]
+fn no_backward_sync_accumulates_locally_then_averages_everything() {
+    let test = "no_backward_sync_accumulates_locally_then_averages_everything";
+    if scenario().as_deref() == Some(test) {
+        let mut fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .build()
+            .unwrap();
+        fabric.seed_everything(0);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let net = nn::linear(vs.root(), 8, 3, Default::default());
+        let opt = nn::Sgd::default().build(&vs, 0.1).unwrap();
+        let (model, mut opt) = fabric.setup(&mut vs, net, opt).unwrap();
+        let rank = fabric.global_rank() as i64;
+        let (x, y) = data();
+        let (x1, y1) = (x.narrow(0, rank * 8, 4), y.narrow(0, rank * 8, 4));
+        let (x2, y2) = (x.narrow(0, rank * 8 + 4, 4), y.narrow(0, rank * 8 + 4, 4));
+        // This rank's own accumulated gradient, computed without fabric.
+        let weight = vs
+            .trainable_variables()
+            .into_iter()
+            .find(|t| t.size() == [3, 8])
+            .unwrap();
+        let local = {
+            let w = weight.detach().copy().set_requires_grad(true);
+            let bias = vs
+                .trainable_variables()
+                .into_iter()
+                .find(|t| t.size() == [3])
+                .unwrap()
+                .detach();
+            let loss = |x: &Tensor, y: &Tensor| {
+                x.linear(&w, Some(&bias)).mse_loss(y, tch::Reduction::Mean)
+            };
+            (loss(&x1, &y1) + loss(&x2, &y2)).backward();
+            w.grad()
+        };
+        opt.zero_grad();
+        fabric
+            .no_backward_sync(true, |f| {
+                f.backward(&model.forward(&x1).mse_loss(&y1, tch::Reduction::Mean))
+            })
+            .unwrap();
+        let unsynced = fabric.all_gather(&weight.grad()).unwrap();
+        assert!(
+            !unsynced
+                .get(0)
+                .allclose(&unsynced.get(1), 1e-6, 1e-6, false),
+            "no averaging while accumulating"
+        );
+        fabric
+            .backward(&model.forward(&x2).mse_loss(&y2, tch::Reduction::Mean))
+            .unwrap();
+        let expected = fabric.all_reduce(&local, ReduceOp::Mean).unwrap();
+        assert!(
+            weight.grad().allclose(&expected, 1e-5, 1e-6, false),
+            "the synced gradient averages both micro-batches"
+        );
+        println!("RESULT rank={} ok=true", fabric.global_rank());
+        return;
+    }
+    let (output, text) = run(this_test(test, &token()));
+    assert!(output.status.success(), "{text}");
+    assert_eq!(text.matches("ok=true").count(), 2, "{text}");
+}

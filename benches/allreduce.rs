@@ -1,0 +1,115 @@
+//! All-reduce bandwidth: fabric's Open MPI collectives against PyTorch's
+//! Gloo (Lightning Fabric's CPU backend), on this machine, in one run.
+//!
+//! `cargo bench --bench allreduce` prints, for 2 and 4 ranks and 4 MB and
+//! 64 MB of f32, the median time of an all-reduce after warm-up.
+
+use std::process::Command;
+use std::time::Instant;
+
+use fabric::{Fabric, ReduceOp};
+use tch::{Device, Kind, Tensor};
+
+const SIZES_MB: [f64; 2] = [4.0, 64.0];
+const WARMUP: usize = 5;
+const REPEATS: usize = 20;
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// In each rank: times the all-reduces; rank 0 prints the medians.
+fn ranks(world: usize) {
+    let fabric = Fabric::builder()
+        .accelerator("cpu")
+        .strategy("ddp")
+        .devices(world)
+        .build()
+        .unwrap();
+    for mb in SIZES_MB {
+        let x = Tensor::ones(
+            [(mb * 1024.0 * 1024.0 / 4.0) as i64],
+            (Kind::Float, Device::Cpu),
+        );
+        let mut times = Vec::new();
+        for i in 0..WARMUP + REPEATS {
+            fabric.barrier().unwrap();
+            let start = Instant::now();
+            let _ = fabric.all_reduce(&x, ReduceOp::Sum).unwrap();
+            if i >= WARMUP {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        if fabric.is_global_zero() {
+            println!(
+                "fabric ranks={world} mb={mb} median_ms={:.3}",
+                median(times) * 1000.0
+            );
+        }
+    }
+}
+
+fn parse(text: &str) -> Vec<(String, usize, f64, f64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let system = parts.next()?.to_owned();
+            let fields: Vec<_> = parts.filter_map(|p| p.split_once('=')).collect();
+            let get = |k: &str| fields.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+            Some((
+                system,
+                get("ranks")?.parse().ok()?,
+                get("mb")?.parse().ok()?,
+                get("median_ms")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn main() {
+    if let Ok(world) = std::env::var("BENCH_RANKS") {
+        return ranks(world.parse().unwrap());
+    }
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/allreduce_gloo.py");
+    let mut rows = Vec::new();
+    for world in [2usize, 4] {
+        let exe = std::env::current_exe().unwrap();
+        let ours = Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("BENCH_RANKS", world.to_string())
+            .output()
+            .unwrap();
+        rows.extend(parse(&String::from_utf8_lossy(&ours.stdout)));
+        let mut gloo = Command::new(python);
+        gloo.arg(script)
+            .arg(world.to_string())
+            .args(SIZES_MB.map(|s| s.to_string()));
+        let gloo = gloo.output().unwrap();
+        if !gloo.status.success() {
+            eprintln!("gloo run failed: {}", String::from_utf8_lossy(&gloo.stderr));
+        }
+        rows.extend(parse(&String::from_utf8_lossy(&gloo.stdout)));
+    }
+    println!("| ranks | size | fabric (Open MPI) | Gloo | fabric GB/s | Gloo GB/s | speed-up |");
+    println!("|---|---|---|---|---|---|---|");
+    for world in [2usize, 4] {
+        for mb in SIZES_MB {
+            let find = |system: &str| {
+                rows.iter()
+                    .find(|r| r.0 == system && r.1 == world && r.2 == mb)
+                    .map(|r| r.3)
+            };
+            if let (Some(ours), Some(gloo)) = (find("fabric"), find("gloo")) {
+                let bandwidth = |ms: f64| mb / 1024.0 / (ms / 1000.0);
+                println!(
+                    "| {world} | {mb} MB | {ours:.2} ms | {gloo:.2} ms | {:.2} | {:.2} | {:.1}x |",
+                    bandwidth(ours),
+                    bandwidth(gloo),
+                    gloo / ours
+                );
+            }
+        }
+    }
+}
