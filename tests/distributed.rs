@@ -794,3 +794,47 @@ fn no_backward_sync_accumulates_locally_then_averages_everything() {
     assert!(output.status.success(), "{text}");
     assert_eq!(text.matches("ok=true").count(), 2, "{text}");
 }
+
+#[test]
+fn early_stopping_on_one_rank_stops_every_rank() {
+    use fabric::callbacks::EarlyStopping;
+    use fabric::hooks::{Metrics, OnValidationEpochEnd};
+    let test = "early_stopping_on_one_rank_stops_every_rank";
+    if scenario().as_deref() == Some(test) {
+        let mut fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .callback(EarlyStopping::new("val_loss", 2))
+            .build()
+            .unwrap();
+        let rank = fabric.global_rank();
+        let mut stopped_at = None;
+        for epoch in 0..20 {
+            // Rank 1's metric last improves at epoch 4 (patience 2: stop at 6); rank 0's never stops improving.
+            let val_loss = if rank == 1 && epoch > 3 {
+                1.0
+            } else {
+                10.0 - epoch as f64
+            };
+            fabric
+                .call::<OnValidationEpochEnd>((epoch, &Metrics::from([("val_loss", val_loss)])))
+                .unwrap();
+            if fabric.should_stop().unwrap() {
+                stopped_at = Some(epoch);
+                break;
+            }
+        }
+        println!("RESULT rank={rank} stopped={stopped_at:?}");
+        return;
+    }
+    let (output, text) = run(this_test(test, &token()));
+    assert!(output.status.success(), "{text}");
+    let results = results(&text);
+    assert_eq!(results.len(), 2, "{text}");
+    assert_eq!(results[&0]["stopped"], "Some(6)", "{text}");
+    assert_eq!(
+        results[&1]["stopped"], "Some(6)",
+        "every rank stops at the same epoch:\n{text}"
+    );
+}

@@ -224,3 +224,45 @@ fn expand_with_errors(
 
 #[cfg(test)]
 mod tests;
+
+mod callbacks;
+
+/// Implements `fabric::Callback` for a struct or enum, registering the hooks
+/// of its `#[fabric::hooks]` impl block, if it has one.
+///
+/// ```ignore
+/// use fabric::{Callback, hooks};
+///
+/// #[derive(Callback, Default)]
+/// struct Counter { epochs: usize }
+///
+/// #[hooks]
+/// impl Counter {
+///     #[hook]
+///     fn on_train_epoch_end(&mut self, epoch: usize, metrics: &fabric::hooks::Metrics) {
+///         self.epochs = epoch + 1;
+///     }
+/// }
+/// ```
+#[proc_macro_derive(Callback)]
+pub fn derive_callback(input: TokenStream) -> TokenStream {
+    callbacks::derive_callback(input.into()).into()
+}
+
+/// Makes the `#[hook]` methods of an `impl` block handlers of their hooks:
+/// `#[hook]` alone takes the standard hook of the method's name
+/// (`on_train_epoch_end` handles `fabric::hooks::OnTrainEpochEnd`), and
+/// `#[hook(MyHook)]` a hook declared with `fabric::declare_hook!`. The method's
+/// parameters are the hook's arguments; it returns `()`, `fabric::Outcome`
+/// or a `Result` of either.
+#[proc_macro_attribute]
+pub fn hooks(args: TokenStream, item: TokenStream) -> TokenStream {
+    callbacks::hooks_impl(args.into(), item.into()).into()
+}
+
+/// Marks a hook method inside a `#[fabric::hooks]` impl block; anywhere else
+/// it is an error.
+#[proc_macro_attribute]
+pub fn hook(_args: TokenStream, item: TokenStream) -> TokenStream {
+    callbacks::hook_outside(item.into()).into()
+}

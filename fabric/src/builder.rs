@@ -111,7 +111,7 @@ impl FabricBuilder {
 
     /// Registers a callback; callbacks keep their registration order.
     pub fn callback(mut self, callback: impl Callback) -> Self {
-        self.callbacks.push(Box::new(callback));
+        self.callbacks.push(callback);
         self
     }
 
@@ -361,6 +361,10 @@ where
             Ok(value)
         }
         Err(error) => {
+            let message = format!("{error:?}");
+            if let Err(hook_error) = fabric.call::<crate::hooks::OnException>((message.as_str(),)) {
+                eprintln!("fabric: after the training error, {hook_error}");
+            }
             if let Err(finish_error) = fabric.finish(false) {
                 eprintln!("fabric: after the training error, {finish_error}");
             }

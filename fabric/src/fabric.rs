@@ -9,7 +9,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::accelerator::ResolvedAccelerator;
 use crate::builder::FabricBuilder;
-use crate::callbacks::{Callback, Callbacks};
+use crate::callbacks::hooks::{Hook, OnAfterSetup};
+use crate::callbacks::{Callback, Callbacks, Outcome};
 use crate::collectives::{MpiComm, ReduceOp};
 use crate::data::{DataLoader, Dataset, FabricDataLoader};
 use crate::device::ToDevice;
@@ -101,6 +102,7 @@ pub struct Fabric {
     /// The trainable parameters whose gradients `ddp` averages.
     ddp_params: Vec<Tensor>,
     sync_gradients: bool,
+    stop_requested: bool,
     finished: bool,
 }
 
@@ -161,6 +163,7 @@ impl Fabric {
             bucket_bytes: parts.bucket_bytes,
             ddp_params: Vec::new(),
             sync_gradients: true,
+            stop_requested: false,
             finished: false,
         }
     }
@@ -265,6 +268,7 @@ impl Fabric {
             strategy::broadcast_parameters(comm, &variables)?;
             self.ddp_params.extend(vs.trainable_variables());
         }
+        self.call::<OnAfterSetup>(())?;
         Ok(FabricModule::new(
             module,
             Arc::clone(&self.precision),
@@ -531,6 +535,54 @@ impl Fabric {
                 })?;
         }
         Ok(())
+    }
+
+    /// Fires hook `H` on every registered callback that handles it, in
+    /// registration order, as Lightning's `fabric.call(...)` but typed: a
+    /// misspelt hook or a wrong argument does not compile, and callbacks
+    /// without the hook are skipped by type.
+    ///
+    /// The handlers' outcomes are combined and returned: metrics they hand
+    /// back are logged, and a stop request is remembered for
+    /// [`should_stop`](Self::should_stop). The first handler error ends the
+    /// dispatch and is returned.
+    ///
+    /// ```
+    /// use fabric::{Fabric, hooks::{Metrics, OnTrainEpochEnd}};
+    ///
+    /// let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
+    /// let metrics = Metrics::from([("loss", 0.5)]);
+    /// let outcome = fabric.call::<OnTrainEpochEnd>((3, &metrics)).unwrap();
+    /// assert!(!outcome.should_stop());
+    /// ```
+    pub fn call<H: Hook>(&mut self, args: H::Args<'_>) -> Result<Outcome> {
+        let outcome = self.callbacks.call::<H>(args)?;
+        if outcome.should_stop() {
+            self.stop_requested = true;
+        }
+        if !outcome.metrics().is_empty() {
+            let metrics: Vec<(&str, f64)> = outcome
+                .metrics()
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect();
+            self.log_dict(metrics, None)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Whether a callback asked to stop training, agreed across ranks: true
+    /// on every rank as soon as one rank's callbacks asked. With several
+    /// processes this is a collective: call it at the same point on every
+    /// rank (typically at the end of an epoch).
+    pub fn should_stop(&self) -> Result<bool> {
+        match &self.comm {
+            Some(comm) => {
+                let flag = Tensor::from_slice(&[i64::from(self.stop_requested)]);
+                Ok(comm.all_reduce(&flag, ReduceOp::Max)?.f_int64_value(&[0])? != 0)
+            }
+            None => Ok(self.stop_requested),
+        }
     }
 
     /// The first registered callback of type `T`.

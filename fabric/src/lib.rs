@@ -27,7 +27,8 @@
 
 mod accelerator;
 mod builder;
-mod callbacks;
+pub mod callbacks;
+pub use callbacks::hooks;
 pub mod collectives;
 pub mod data;
 mod device;
@@ -47,18 +48,18 @@ mod strategy;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::private::{launch, launch_spawn};
+    pub use crate::private::{CallbackHooks, NoHooks, Probe, ViaHooks, launch, launch_spawn};
 }
 mod private;
 
 pub use builder::{DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_FAILURE_TIMEOUT, FabricBuilder};
-pub use callbacks::Callback;
+pub use callbacks::{Callback, Handles, HookTable, IntoOutcome, Outcome};
 pub use collectives::ReduceOp;
 pub use device::ToDevice;
 pub use environment::{ClusterEnvironment, SingleProcessEnvironment};
 pub use error::{Error, Result};
 pub use fabric::{Fabric, GradClip};
-pub use fabric_macros::fabric;
+pub use fabric_macros::{Callback, fabric, hook, hooks};
 pub use loggers::{Logger, LoggerError, Metric};
 pub use module::FabricModule;
 pub use optimizer::FabricOptimizer;
