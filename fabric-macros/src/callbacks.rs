@@ -196,7 +196,13 @@ fn handler(
     // wrong parameter count or type is reported on the method.
     let pattern = quote_spanned!(*params_span=> (#(#names,)*));
     let call = quote_spanned!(method.span()=> Self::#method(self, #(#names),*));
-    let convert = quote_spanned!(*output_span=> ::fabric::IntoOutcome::into_outcome(#call));
+    // The returned value is named at the return type, so that a type that is
+    // not an outcome is reported there.
+    let returned = syn::Ident::new("__returned", *output_span);
+    let convert = quote_spanned!(*output_span=> {
+        let #returned = #call;
+        ::fabric::IntoOutcome::into_outcome(#returned)
+    });
     quote! {
         impl #impl_generics ::fabric::Handles<#hook> for #self_ty #where_clause {
             fn handle(

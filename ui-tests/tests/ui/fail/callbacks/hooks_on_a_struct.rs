@@ -1,0 +1,6 @@
+use fabric::hooks;
+
+#[hooks]
+struct Misplaced;
+
+fn main() {}

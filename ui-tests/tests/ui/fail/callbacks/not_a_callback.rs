@@ -1,0 +1,7 @@
+use fabric::Fabric;
+
+struct Plain;
+
+fn main() {
+    let _ = Fabric::builder().accelerator("cpu").callback(Plain).build();
+}
