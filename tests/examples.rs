@@ -11,7 +11,11 @@ fn example(name: &str) -> PathBuf {
         .unwrap()
         .to_path_buf();
     let path = deps.parent().unwrap().join("examples").join(name);
-    assert!(path.exists(), "{} was not built", path.display());
+    assert!(
+        path.exists(),
+        "{} was not built: run the whole `cargo test`, which builds the examples, or `cargo build --examples` first",
+        path.display()
+    );
     path
 }
 
