@@ -10,7 +10,8 @@ use crate::environment::{ClusterEnvironment, SingleProcessEnvironment};
 use crate::error::{Error, Result};
 use crate::fabric::Fabric;
 use crate::loggers::Logger;
-use crate::plugins::Plugin;
+use crate::overrides::Overrides;
+use crate::plugins::{IntoPlugin, Plugin};
 use crate::precision::{self, GradScaler, PrecisionPlugin};
 
 /// Builds a [`Fabric`] from Lightning Fabric's constructor options.
@@ -95,9 +96,10 @@ impl FabricBuilder {
         self
     }
 
-    /// Adds a plugin, such as a [`ClusterEnvironment`].
-    pub fn plugin(mut self, plugin: impl Into<Plugin>) -> Self {
-        self.plugins.push(plugin.into());
+    /// Adds a plugin, such as a [`ClusterEnvironment`] (see [`IntoPlugin`]
+    /// for what is accepted).
+    pub fn plugin(mut self, plugin: impl IntoPlugin) -> Self {
+        self.plugins.push(plugin.into_plugin());
         self
     }
 
@@ -115,8 +117,21 @@ impl FabricBuilder {
 
     /// Parses and checks every option, resolves them against this machine
     /// and returns the `Fabric`, or every error found.
-    pub fn build(self) -> Result<Fabric> {
-        let mut errors = Vec::new();
+    ///
+    /// The `LT_*` variables of Lightning's CLI override the values given
+    /// here, as in Lightning: `LT_ACCELERATOR`, `LT_STRATEGY`, `LT_DEVICES`,
+    /// `LT_NUM_NODES` and `LT_PRECISION`, parsed with the same messages.
+    /// With `LT_CLI_USED=1`, a value given here that differs from its
+    /// variable is an error.
+    pub fn build(mut self) -> Result<Fabric> {
+        let mut overrides = Overrides::from_env()?;
+        let mut errors = overrides.apply([
+            &mut self.accelerator,
+            &mut self.strategy,
+            &mut self.devices,
+            &mut self.num_nodes,
+            &mut self.precision,
+        ]);
         let accelerator = parse(&self.accelerator, Accelerator::parse, &mut errors);
         let strategy = parse(&self.strategy, Strategy::parse, &mut errors);
         let devices = parse(&self.devices, Devices::parse, &mut errors);
@@ -149,7 +164,7 @@ impl FabricBuilder {
             precision_plugins,
             cluster_environments,
         };
-        errors.extend(options.check());
+        errors.extend(overrides.annotate(options.check()));
         if !errors.is_empty() {
             return Err(Error::from(errors));
         }

@@ -37,6 +37,7 @@ mod fabric;
 mod loggers;
 mod module;
 mod optimizer;
+mod overrides;
 mod plugins;
 pub mod precision;
 mod seed;
@@ -44,7 +45,8 @@ mod shim;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::private::launch;
+    pub use crate::__plugin_kind as plugin_kind;
+    pub use crate::private::*;
 }
 mod private;
 
@@ -58,7 +60,7 @@ pub use fabric_macros::fabric;
 pub use loggers::{Logger, LoggerError, Metric};
 pub use module::FabricModule;
 pub use optimizer::FabricOptimizer;
-pub use plugins::Plugin;
+pub use plugins::{IntoPlugin, Plugin};
 
 /// The option types and their parser, shared with `#[fabric(...)]`.
 pub use fabric_options as options;
