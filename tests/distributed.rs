@@ -838,3 +838,40 @@ fn early_stopping_on_one_rank_stops_every_rank() {
         "every rank stops at the same epoch:\n{text}"
     );
 }
+
+#[fabric::fabric(accelerator = "cpu", strategy = "ddp_spawn", devices = 4)]
+fn spawned_by_the_attribute(fabric: &mut Fabric) -> fabric::Result<(usize, usize, Vec<f32>)> {
+    let params = train_linear(fabric, GLOBAL_BATCH / 4);
+    Ok((fabric.global_rank(), fabric.world_size(), params))
+}
+
+#[test]
+fn ddp_spawn_with_four_processes_via_the_attribute() {
+    let test = "ddp_spawn_with_four_processes_via_the_attribute";
+    if scenario().as_deref() == Some(test) {
+        let (rank, world, params) = spawned_by_the_attribute().unwrap();
+        let close = params
+            .iter()
+            .zip(&reference())
+            .all(|(a, b)| (a - b).abs() < 1e-5);
+        println!("SPAWNED rank={rank} world={world} matches_reference={close}");
+        return;
+    }
+    let token = token();
+    let (output, text) = run(this_test(test, &token));
+    assert!(output.status.success(), "{text}");
+    let spawned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("SPAWNED rank="))
+        .collect();
+    assert_eq!(
+        spawned.len(),
+        1,
+        "only the launching process continues:\n{text}"
+    );
+    assert!(
+        spawned[0].contains("rank=0 world=4 matches_reference=true"),
+        "{text}"
+    );
+    assert!(leftovers(&token).is_empty());
+}

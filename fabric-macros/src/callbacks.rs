@@ -27,7 +27,7 @@ pub(crate) fn derive_callback(input: TokenStream) -> TokenStream {
             fn register_hooks(table: &mut ::fabric::HookTable<Self>) {
                 #[allow(unused_imports)]
                 use ::fabric::__private::{NoHooks as _, ViaHooks as _};
-                (&&::fabric::__private::Probe::<Self>::new()).register_hooks(table);
+                (&&::fabric::__private::HookProbe::<Self>::new()).register_hooks(table);
             }
         }
     }
@@ -65,13 +65,14 @@ fn hook_of(attr: &syn::Attribute, method: &ImplItemFn, cx: &Ctxt) -> Option<Toke
         }
         None => {
             let suggestion = did_you_mean(&name, STANDARD_HOOKS.iter().map(|(n, _)| *n));
-            let message = match suggestion {
-                Some(s) => format!(
-                    "`{name}` is not a standard hook: did you mean `{s}`? For a hook of your own, name its type: `#[hook(MyHook)]`"
-                ),
-                None => format!(
+            let message = if suggestion.is_empty() {
+                format!(
                     "`{name}` is not a standard hook (`on_train_epoch_end`, `on_validation_epoch_end`, ...); for a hook of your own, name its type: `#[hook(MyHook)]`"
-                ),
+                )
+            } else {
+                format!(
+                    "`{name}` is not a standard hook: {suggestion} For a hook of your own, name its type: `#[hook(MyHook)]`"
+                )
             };
             cx.error_spanned_by(&method.sig.ident, message);
             None

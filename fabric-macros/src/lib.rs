@@ -67,7 +67,7 @@ use crate::ctxt::Ctxt;
 /// | `precision` | `"32-true"`, `"64-true"`, `"16-true"`, `"bf16-true"`, `"16-mixed"`, `"bf16-mixed"`, or an alias `32`, `"bf16"`, ... | `"32-true"` |
 /// | `callbacks` | an expression, or a list `[a, b]` of them, each a [`Callback`] | none |
 /// | `loggers` | an expression, or a list of them, each a [`Logger`] | none |
-/// | `plugins` | an expression, or a list of them, each converting into a [`Plugin`], such as a [`ClusterEnvironment`] | none |
+/// | `plugins` | an expression, or a list of them, each an [`IntoPlugin`]: a [`ClusterEnvironment`], a built-in precision plugin, or a [`Plugin`] | none |
 /// | `crate` | the path of the fabric crate, as a string | `"::fabric"` |
 ///
 /// `accelerator`, `strategy`, `devices`, `num_nodes` and `precision` take
@@ -114,10 +114,26 @@ use crate::ctxt::Ctxt;
 ///   `"deepspeed"`, `"transformer-engine"`, ...). A combination error points
 ///   at the option the message is about.
 ///
+/// The kind of each plugin is its type, which a macro cannot see: the
+/// generated code asks the compiler, so that these are compile errors too,
+/// pointing at the plugin (with the messages the builder gives at run time):
+///
+/// - two cluster environments, or two precision plugins;
+/// - a precision plugin together with `precision`;
+/// - `BitsandbytesPrecision`, which has no libtorch binding;
+/// - an expression that is not a plugin ("`X` is not a fabric plugin").
+///
+/// A [`Plugin`] value (such as `Plugin::precision(MyPrecision)`) is checked
+/// when the function is called.
+///
 /// What depends on the machine — whether CUDA is present, how many GPUs
-/// there are, the `LT_*` variables set by Lightning's launcher, and the kind
-/// of each plugin (a macro cannot see types) — is checked when the function
-/// is called, with the same messages, and returned as an error.
+/// there are — is checked when the function is called, with the same
+/// messages, and returned as an error. So are the `LT_*` variables that
+/// Lightning's CLI sets (`LT_ACCELERATOR`, `LT_STRATEGY`, `LT_DEVICES`,
+/// `LT_NUM_NODES`, `LT_PRECISION`): as in Lightning, each one that is set
+/// overrides the attribute's value, parsed with the same messages ("invalid
+/// `precision` (from LT_PRECISION=bf16-mixd): ..."); with `LT_CLI_USED=1`, a
+/// value in the attribute that differs from its variable is an error.
 ///
 /// # The function
 ///
@@ -133,9 +149,11 @@ use crate::ctxt::Ctxt;
 /// The parameter's type is `&mut Fabric`, written with any path ending in
 /// `Fabric`. The function cannot be generic, `async`, `const`, `unsafe` or a
 /// method, and its return type must be written. A return type that cannot be
-/// a `Result` (`f64`, `()`, `String`, ...) is reported by the attribute; an
-/// error type without `From<fabric::Error>` is reported by the compiler,
-/// pointing at the return type.
+/// a `Result` (`f64`, `()`, `String`, ...) is reported by the attribute; one
+/// it cannot see through (an alias), or an error type without
+/// `From<fabric::Error>`, is reported by the compiler in one error pointing
+/// at the return type ("a #[fabric] function returns `Result<T, E>` with
+/// `E: From<fabric::Error>`, not `Result<(), String>`").
 ///
 /// It becomes a function with the same name, visibility, attributes and
 /// return type and **no parameters**:
@@ -153,6 +171,24 @@ use crate::ctxt::Ctxt;
 /// }
 /// ```
 ///
+/// With `plugins`, their expressions are evaluated first, into a tuple, and
+/// their kinds checked before the builder takes them:
+///
+/// ```ignore
+/// let __fabric_plugins = (MyCluster, MixedPrecision::bf16(),);
+/// let __fabric_kinds = (
+///     ::fabric::__private::plugin_kind!(__fabric_plugins.0),
+///     ::fabric::__private::plugin_kind!(__fabric_plugins.1),
+/// );
+/// ::fabric::__private::check_runnable(__fabric_kinds.0);
+/// ::fabric::__private::check_runnable(__fabric_kinds.1);
+/// ::fabric::__private::check_second_plugin(__fabric_kinds.0, __fabric_kinds.1);
+/// ::fabric::__private::launch(
+///     ::fabric::Fabric::builder().plugin(__fabric_plugins.0).plugin(__fabric_plugins.1),
+///     __fabric_train,
+/// )
+/// ```
+///
 /// Calling `train()` builds the `Fabric` (a configuration this machine
 /// cannot run is returned as the function's error, converted with
 /// `From<fabric::Error>`), runs the body with it, and finalises the loggers.
@@ -168,6 +204,7 @@ use crate::ctxt::Ctxt;
 /// [`Logger`]: https://docs.rs/fabric/latest/fabric/trait.Logger.html
 /// [`Plugin`]: https://docs.rs/fabric/latest/fabric/enum.Plugin.html
 /// [`ClusterEnvironment`]: https://docs.rs/fabric/latest/fabric/trait.ClusterEnvironment.html
+/// [`IntoPlugin`]: https://docs.rs/fabric/latest/fabric/trait.IntoPlugin.html
 #[proc_macro_attribute]
 pub fn fabric(args: TokenStream, item: TokenStream) -> TokenStream {
     expand(args.into(), item.into()).into()

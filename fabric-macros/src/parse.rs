@@ -9,7 +9,7 @@
 //! handed to it as soon as it is read, so that the errors come in the order
 //! of the attribute.
 
-use fabric_options::{Key, Value, did_you_mean};
+use fabric_options::{Key, Options, Strategy, Value, did_you_mean};
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::ext::IdentExt;
@@ -209,7 +209,7 @@ impl Config {
 /// has.
 fn unknown_key(name: &str) -> String {
     let error = Key::unknown(name);
-    if !error.message().contains("did you mean") && did_you_mean(name, ["crate"]).is_some() {
+    if !error.message().contains("did you mean") && !did_you_mean(name, ["crate"]).is_empty() {
         return format!(
             "unknown option `{name}`: did you mean `crate`? It names the fabric crate when it is re-exported: `crate = \"my_crate::fabric\"`"
         );
@@ -311,9 +311,58 @@ fn literal_value(key: Key, expr: &Expr) -> syn::Result<Value> {
         Expr::Path(path) if is_none(path) => Ok(Value::None),
         _ => match integer(expr) {
             Some(int) => int.map(Value::Int),
+            None if key == Key::Strategy => match strategy_class(expr) {
+                Some((class, strategy)) => strategy_object(expr, &class, strategy),
+                None => Err(wrong_form(key, expr)),
+            },
             None => Err(wrong_form(key, expr)),
         },
     }
+}
+
+/// The Lightning strategy class that `expr` builds, as Lightning's docs
+/// write `strategy=DeepSpeedStrategy(stage=2)`: a call, a struct literal, a
+/// path or a method chain on one of them, naming a class such as
+/// `DeepSpeedStrategy` (also as `DeepSpeedStrategy::new(..)`).
+fn strategy_class(expr: &Expr) -> Option<(String, Strategy)> {
+    let path = match strip_groups(expr) {
+        Expr::Call(call) => match strip_groups(&call.func) {
+            Expr::Path(path) => &path.path,
+            _ => return None,
+        },
+        Expr::Struct(literal) => &literal.path,
+        Expr::Path(path) => &path.path,
+        Expr::MethodCall(call) => return strategy_class(&call.receiver),
+        _ => return None,
+    };
+    path.segments.iter().rev().find_map(|segment| {
+        let class = segment.ident.to_string();
+        Strategy::from_class_name(&class).map(|strategy| (class, strategy))
+    })
+}
+
+/// A Lightning strategy object. Its strategy is one that fabric rejects
+/// (DeepSpeed, FSDP, XLA): the value is that strategy's name, so that the
+/// combination check says why, pointing at the object. Otherwise the object
+/// is an error that names the strategy to write instead.
+fn strategy_object(expr: &Expr, class: &str, strategy: Strategy) -> syn::Result<Value> {
+    let options = Options {
+        strategy,
+        ..Options::default()
+    };
+    if options
+        .check()
+        .iter()
+        .any(|error| error.key() == Some(Key::Strategy))
+    {
+        return Ok(Value::Str(strategy.name().to_owned()));
+    }
+    Err(syn::Error::new_spanned(
+        expr,
+        format!(
+            "`{class}` builds a Lightning strategy object, which the attribute does not take; write the strategy's name: `strategy = \"{strategy}\"`"
+        ),
+    ))
 }
 
 /// `expr` as an integer, if it is an integer literal or a negated one.

@@ -142,12 +142,43 @@ fn expressions_are_passed_in_order() {
     ));
     assert!(
         code.contains(
-            ".plugin(MyCluster).callback(A::default()).callback(B).logger(L::new(\"x\"))"
+            ".plugin(__fabric_plugins.0).callback(A::default()).callback(B).logger(L::new(\"x\"))"
         ),
+        "{code}"
+    );
+    // The plugin is evaluated once, before the builder, and its kind checked.
+    assert!(
+        code.contains("let__fabric_plugins=(MyCluster,);let__fabric_kinds=(::fabric::__private::plugin_kind!(__fabric_plugins.0),);::fabric::__private::check_runnable(__fabric_kinds.0);::fabric::__private::launch("),
         "{code}"
     );
     let code = code_of(quote!(callbacks = []));
     assert!(code.contains("builder(),__fabric_train"), "{code}");
+}
+
+#[test]
+fn plugins_are_checked_against_each_other_and_precision() {
+    let code = code_of(quote!(plugins = [A, B, C]));
+    for (earlier, later) in [(0, 1), (0, 2), (1, 2)] {
+        let check = format!(
+            "::fabric::__private::check_second_plugin(__fabric_kinds.{earlier},__fabric_kinds.{later});"
+        );
+        assert_eq!(code.matches(&check).count(), 1, "{check} in {code}");
+    }
+    assert_eq!(code.matches("check_second_plugin").count(), 3, "{code}");
+    assert!(!code.contains("check_beside_precision_option"), "{code}");
+
+    let code = code_of(quote!(precision = "64-true", plugins = P));
+    assert!(
+        code.contains("::fabric::__private::check_beside_precision_option(__fabric_kinds.0);"),
+        "{code}"
+    );
+    // An invalid `precision` is reported on its own, without adding a check.
+    let (output, errors) = expand_with_errors(quote!(precision = "64-truee", plugins = P), train());
+    assert!(errors.is_err());
+    assert!(!output.to_string().contains("check_beside_precision_option"));
+
+    let code = code_of(quote!(accelerator = "cpu"));
+    assert!(!code.contains("__fabric_plugins"), "{code}");
 }
 
 #[test]

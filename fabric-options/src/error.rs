@@ -76,15 +76,17 @@ impl Key {
     pub fn unknown(name: &str) -> OptionError {
         let accepted = Key::ALL.map(Key::name);
         let list = accepted.map(|k| format!("`{k}`")).join(", ");
-        let message = match did_you_mean(name, accepted) {
-            Some(suggestion) => {
-                format!(
-                    "unknown option `{name}`: did you mean `{suggestion}`? The options are {list}"
-                )
-            }
-            None => format!("unknown option `{name}`; the options are {list}"),
+        let suggestions = did_you_mean(name, accepted);
+        let message = if suggestions.is_empty() {
+            format!("unknown option `{name}`; the options are {list}")
+        } else {
+            format!("unknown option `{name}`: {suggestions} The options are {list}")
         };
-        OptionError { key: None, message }
+        OptionError {
+            key: None,
+            origin: None,
+            message,
+        }
     }
 }
 
@@ -99,6 +101,7 @@ impl fmt::Display for Key {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OptionError {
     key: Option<Key>,
+    origin: Option<String>,
     message: String,
 }
 
@@ -107,8 +110,34 @@ impl OptionError {
     pub fn new(key: Key, message: impl Into<String>) -> Self {
         OptionError {
             key: Some(key),
+            origin: None,
             message: message.into(),
         }
+    }
+
+    /// The same error, saying where the value came from when it was not
+    /// written in the code, such as `from LT_PRECISION=bf16-mixd`.
+    ///
+    /// ```
+    /// use fabric_options::{Precision, Value};
+    ///
+    /// let err = Precision::parse(&Value::from("bf16-mixd"))
+    ///     .unwrap_err()
+    ///     .with_origin("from LT_PRECISION=bf16-mixd");
+    /// assert!(err.to_string().starts_with(
+    ///     "invalid `precision` (from LT_PRECISION=bf16-mixd): \"bf16-mixd\" is not a valid precision"
+    /// ));
+    /// assert_eq!(err.origin(), Some("from LT_PRECISION=bf16-mixd"));
+    /// ```
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Where the value came from, when [`with_origin`](Self::with_origin)
+    /// said so.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
     }
 
     /// The option the error is about (the macro points at its value), or
@@ -135,15 +164,14 @@ impl OptionError {
             .map(|name| format!("\"{name}\""))
             .collect::<Vec<_>>()
             .join(", ");
-        let suggestion = match value {
+        let suggestions = match value {
             Value::Str(s) => did_you_mean(s, accepted.iter().copied()),
-            _ => None,
+            _ => Default::default(),
         };
-        let message = match suggestion {
-            Some(suggestion) => format!(
-                "{value} is not a valid {what}: did you mean `{suggestion}`? Accepted values: {list}"
-            ),
-            None => format!("{value} is not a valid {what}; accepted values: {list}"),
+        let message = if suggestions.is_empty() {
+            format!("{value} is not a valid {what}; accepted values: {list}")
+        } else {
+            format!("{value} is not a valid {what}: {suggestions} Accepted values: {list}")
         };
         OptionError::new(key, message)
     }
@@ -159,9 +187,11 @@ impl OptionError {
 
 impl fmt::Display for OptionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.key {
-            Some(key) => write!(f, "invalid `{key}`: {}", self.message),
-            None => f.write_str(&self.message),
+        match (self.key, &self.origin) {
+            (Some(key), Some(origin)) => write!(f, "invalid `{key}` ({origin}): {}", self.message),
+            (Some(key), None) => write!(f, "invalid `{key}`: {}", self.message),
+            (None, Some(origin)) => write!(f, "{} ({origin})", self.message),
+            (None, None) => f.write_str(&self.message),
         }
     }
 }

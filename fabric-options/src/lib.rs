@@ -41,5 +41,5 @@ pub use hooks::{STANDARD_HOOKS, hook_type};
 pub use num_nodes::NumNodes;
 pub use precision::Precision;
 pub use strategy::Strategy;
-pub use suggest::did_you_mean;
+pub use suggest::{Suggestions, did_you_mean};
 pub use value::{Integer, Value};

@@ -57,7 +57,36 @@ const NAMES: [(&str, Strategy); 18] = [
     ("xla_fsdp", Strategy::Xla),
 ];
 
+/// Lightning's strategy classes, which its docs pass as objects
+/// (`strategy=DeepSpeedStrategy(stage=2)`), and the strategy each one is.
+const CLASSES: [(&str, Strategy); 9] = [
+    ("SingleDeviceStrategy", Strategy::SingleDevice),
+    ("DataParallelStrategy", Strategy::Dp),
+    ("DDPStrategy", Strategy::Ddp),
+    ("FSDPStrategy", Strategy::Fsdp),
+    ("DeepSpeedStrategy", Strategy::DeepSpeed),
+    ("ModelParallelStrategy", Strategy::ModelParallel),
+    ("XLAStrategy", Strategy::Xla),
+    ("XLAFSDPStrategy", Strategy::Xla),
+    ("SingleDeviceXLAStrategy", Strategy::Xla),
+];
+
 impl Strategy {
+    /// The strategy a Lightning strategy class implements, such as
+    /// [`Strategy::DeepSpeed`] for `DeepSpeedStrategy`, so that an error
+    /// about `strategy=DeepSpeedStrategy(stage=2)` can say what is wrong with
+    /// DeepSpeed rather than with the syntax.
+    ///
+    /// ```
+    /// use fabric_options::Strategy;
+    ///
+    /// assert_eq!(Strategy::from_class_name("DeepSpeedStrategy"), Some(Strategy::DeepSpeed));
+    /// assert_eq!(Strategy::from_class_name("MyStrategy"), None);
+    /// ```
+    pub fn from_class_name(name: &str) -> Option<Strategy> {
+        CLASSES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
     /// Every accepted name (`"single_xla"` is accepted too, as an XLA strategy).
     pub fn names() -> impl Iterator<Item = &'static str> {
         NAMES.iter().map(|(name, _)| *name).chain(["single_xla"])

@@ -14,8 +14,10 @@ use crate::error::{Error, Result};
 use crate::fabric::Fabric;
 use crate::launcher;
 use crate::loggers::Logger;
-use crate::plugins::Plugin;
+use crate::overrides::Overrides;
+use crate::plugins::{IntoPlugin, Plugin};
 use crate::precision::{self, GradScaler, PrecisionPlugin};
+use crate::private::TrainResult;
 use crate::strategy::{self, Plan};
 
 /// Builds a [`Fabric`] from Lightning Fabric's constructor options.
@@ -103,9 +105,10 @@ impl FabricBuilder {
         self
     }
 
-    /// Adds a plugin, such as a [`ClusterEnvironment`].
-    pub fn plugin(mut self, plugin: impl Into<Plugin>) -> Self {
-        self.plugins.push(plugin.into());
+    /// Adds a plugin, such as a [`ClusterEnvironment`] (see [`IntoPlugin`]
+    /// for what is accepted).
+    pub fn plugin(mut self, plugin: impl IntoPlugin) -> Self {
+        self.plugins.push(plugin.into_plugin());
         self
     }
 
@@ -145,8 +148,21 @@ impl FabricBuilder {
 
     /// Parses and checks every option and resolves them against this
     /// machine and the cluster environment.
-    fn prepare(self) -> Result<Prepared> {
-        let mut errors = Vec::new();
+    ///
+    /// The `LT_*` variables of Lightning's CLI override the values given
+    /// here, as in Lightning: `LT_ACCELERATOR`, `LT_STRATEGY`, `LT_DEVICES`,
+    /// `LT_NUM_NODES` and `LT_PRECISION`, parsed with the same messages.
+    /// With `LT_CLI_USED=1`, a value given here that differs from its
+    /// variable is an error.
+    fn prepare(mut self) -> Result<Prepared> {
+        let mut overrides = Overrides::from_env()?;
+        let mut errors = overrides.apply([
+            &mut self.accelerator,
+            &mut self.strategy,
+            &mut self.devices,
+            &mut self.num_nodes,
+            &mut self.precision,
+        ]);
         let accelerator = parse(&self.accelerator, Accelerator::parse, &mut errors);
         let strategy = parse(&self.strategy, Strategy::parse, &mut errors);
         let devices = parse(&self.devices, Devices::parse, &mut errors);
@@ -179,7 +195,7 @@ impl FabricBuilder {
             precision_plugins,
             cluster_environments,
         };
-        errors.extend(options.check());
+        errors.extend(overrides.annotate(options.check()));
         if !errors.is_empty() {
             return Err(Error::from(errors));
         }
@@ -278,21 +294,24 @@ impl FabricBuilder {
     /// `fabric.launch(train)`. Under `ddp`, every rank runs it and returns
     /// its own result; a rank whose `train` fails ends the whole run, naming
     /// itself. Errors are returned through `train`'s error type.
-    pub fn launch<T, E>(
-        self,
-        train: fn(&mut Fabric) -> std::result::Result<T, E>,
-    ) -> std::result::Result<T, E>
-    where
-        E: From<Error> + std::fmt::Debug,
-    {
-        let prepared = self.prepare()?;
+    pub fn launch<R: TrainResult>(self, train: fn(&mut Fabric) -> R) -> R {
+        let prepared = match self.prepare() {
+            Ok(prepared) => prepared,
+            Err(error) => return R::from_error(error),
+        };
         match prepared.plan {
-            Plan::Launch(processes) => match launcher::supervise(processes)? {},
-            Plan::Spawn(_) => Err(E::from(Error::Launch(
+            Plan::Launch(processes) => match launcher::supervise(processes) {
+                Ok(never) => match never {},
+                Err(error) => R::from_error(error),
+            },
+            Plan::Spawn(_) => R::from_error(Error::Launch(
                 "`ddp_spawn` hands rank 0's result back to this process, which needs it serialisable: use `FabricBuilder::launch_spawn(train)`, or `strategy = \"ddp_spawn\"` in `#[fabric(...)]`".into(),
-            ))),
+            )),
             Plan::Single | Plan::Join => {
-                let mut fabric = prepared.into_fabric()?;
+                let mut fabric = match prepared.into_fabric() {
+                    Ok(fabric) => fabric,
+                    Err(error) => return R::from_error(error),
+                };
                 let result = train(&mut fabric);
                 finish(&mut fabric, result)
             }
@@ -351,27 +370,24 @@ impl FabricBuilder {
 
 /// The end of a training function: finalises the loggers; in a
 /// multi-process run, a failed rank ends the run.
-fn finish<T, E>(fabric: &mut Fabric, result: std::result::Result<T, E>) -> std::result::Result<T, E>
-where
-    E: From<Error> + std::fmt::Debug,
-{
-    match result {
-        Ok(value) => {
-            fabric.finish(true).map_err(E::from)?;
-            Ok(value)
-        }
-        Err(error) => {
-            let message = format!("{error:?}");
+fn finish<R: TrainResult>(fabric: &mut Fabric, result: R) -> R {
+    match result.describe_error() {
+        None => match fabric.finish(true) {
+            Ok(()) => result,
+            Err(error) => R::from_error(error),
+        },
+        Some(message) => {
             if let Err(hook_error) = fabric.call::<crate::hooks::OnException>((message.as_str(),)) {
                 eprintln!("fabric: after the training error, {hook_error}");
             }
             if let Err(finish_error) = fabric.finish(false) {
+                // The training error is the one to report.
                 eprintln!("fabric: after the training error, {finish_error}");
             }
             if fabric.world_size() > 1 {
-                launcher::fail_rank(fabric.global_rank(), &format!("{error:?}"));
+                launcher::fail_rank(fabric.global_rank(), &message);
             }
-            Err(error)
+            result
         }
     }
 }

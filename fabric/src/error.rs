@@ -9,7 +9,7 @@ use fabric_options::OptionError;
 pub enum Error {
     /// An option value that fabric does not accept, or a combination of
     /// options that cannot work (the same messages as `#[fabric(...)]`).
-    #[error("{0}")]
+    #[error(transparent)]
     Option(#[from] OptionError),
 
     /// Several option errors, reported together.

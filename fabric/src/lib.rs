@@ -40,6 +40,7 @@ mod launcher;
 mod loggers;
 mod module;
 mod optimizer;
+mod overrides;
 mod plugins;
 pub mod precision;
 mod seed;
@@ -48,7 +49,8 @@ mod strategy;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::private::{CallbackHooks, NoHooks, Probe, ViaHooks, launch, launch_spawn};
+    pub use crate::__plugin_kind as plugin_kind;
+    pub use crate::private::*;
 }
 mod private;
 
@@ -63,7 +65,7 @@ pub use fabric_macros::{Callback, fabric, hook, hooks};
 pub use loggers::{Logger, LoggerError, Metric};
 pub use module::FabricModule;
 pub use optimizer::FabricOptimizer;
-pub use plugins::Plugin;
+pub use plugins::{IntoPlugin, Plugin};
 
 /// The option types and their parser, shared with `#[fabric(...)]`.
 pub use fabric_options as options;

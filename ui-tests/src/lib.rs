@@ -7,14 +7,22 @@
 //!
 //! - `tests/ui/pass/*.rs` must compile without warnings (each starts with
 //!   `#![deny(warnings)]`) and run successfully: they call the generated
-//!   function, which builds a CPU `Fabric` and trains nothing;
+//!   function, which builds a `Fabric` and trains nothing. The `seed_*.rs`
+//!   cases write every example line of Lightning's argument docs as an
+//!   attribute (a line that cannot work in libtorch is a `fail/` case
+//!   instead); a line that needs GPUs checks, on a machine without them,
+//!   that the runtime says so ("not available on this machine"), and a line
+//!   that needs several processes or nodes is only compiled. Their helpers
+//!   are in `tests/ui/pass/common/`, which is not a case;
 //! - `tests/ui/fail/<option>/*.rs` must fail to compile with exactly the
 //!   diagnostics in the `.stderr` file next to each case. They are grouped
 //!   by what they get wrong: `accelerator/`, `strategy/`, `devices/`,
 //!   `num_nodes/`, `precision/` (a value, or a combination that points at
 //!   that option), `keys/` (unknown, repeated, malformed or non-literal
-//!   arguments), `expressions/` (`callbacks`, `loggers` and `plugins`),
-//!   `signature/` (the item under the attribute), and `several_errors.rs`.
+//!   arguments), `expressions/` (`callbacks` and `loggers`), `plugins/`
+//!   (what is not a plugin, and the plugin combinations the type system
+//!   rejects), `signature/` (the item under the attribute), and
+//!   `several_errors.rs` and `body_errors_are_still_reported.rs`.
 //!
 //! Each `.stderr` is part of the test: it shows where an error points and
 //! how it reads, and has been read by a person. After changing a message,

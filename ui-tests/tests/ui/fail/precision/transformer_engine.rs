@@ -1,6 +1,7 @@
+// Lightning's docs: `Fabric(precision="transformer-engine", devices=1)`.
 use fabric::{Fabric, fabric};
 
-#[fabric(accelerator = "cuda", precision = "transformer-engine")]
+#[fabric(precision = "transformer-engine", devices = 1)]
 fn train(fabric: &mut Fabric) -> Result<(), fabric::Error> {
     let _ = fabric;
     Ok(())

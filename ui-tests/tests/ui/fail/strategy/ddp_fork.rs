@@ -1,6 +1,6 @@
 use fabric::{Fabric, fabric};
 
-#[fabric(accelerator = "cpu", plugins = [42])]
+#[fabric(accelerator = "cpu", strategy = "ddp_fork", devices = 2)]
 fn train(fabric: &mut Fabric) -> Result<(), fabric::Error> {
     let _ = fabric;
     Ok(())
