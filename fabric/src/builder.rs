@@ -45,6 +45,7 @@ pub struct FabricBuilder {
     plugins: Vec<Plugin>,
     callbacks: Callbacks,
     loggers: Vec<Box<dyn Logger>>,
+    progress_bar: Option<bool>,
 }
 
 impl std::fmt::Debug for FabricBuilder {
@@ -58,6 +59,7 @@ impl std::fmt::Debug for FabricBuilder {
             .field("plugins", &self.plugins)
             .field("callbacks", &self.callbacks.len())
             .field("loggers", &self.loggers.len())
+            .field("progress_bar", &self.progress_bar)
             .finish()
     }
 }
@@ -110,6 +112,13 @@ impl FabricBuilder {
     /// Registers a logger.
     pub fn logger(mut self, logger: impl Logger) -> Self {
         self.loggers.push(Box::new(logger));
+        self
+    }
+
+    /// Whether [`Fabric::progress`](crate::Fabric::progress) draws a bar
+    /// (true: on rank 0, when the output is a terminal).
+    pub fn progress_bar(mut self, enabled: bool) -> Self {
+        self.progress_bar = Some(enabled);
         self
     }
 
@@ -204,7 +213,7 @@ impl FabricBuilder {
                 });
             }
         };
-        Ok(Fabric::new_resolved(
+        let fabric = Fabric::new_resolved(
             accelerator,
             devices[0],
             strategy,
@@ -213,7 +222,8 @@ impl FabricBuilder {
             environment,
             self.callbacks,
             self.loggers,
-        ))
+        );
+        Ok(fabric.with_progress_bar(self.progress_bar.unwrap_or(true)))
     }
 }
 

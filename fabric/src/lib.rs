@@ -23,11 +23,15 @@
 //! The runtime is organised by the concepts Lightning users name:
 //! accelerators ([`Fabric::device`]), strategies, precision
 //! ([`Fabric::autocast`]), cluster environments ([`ClusterEnvironment`]),
-//! [`data`], [`Logger`]s and [`Callback`]s.
+//! [`data`], [`Logger`]s ([`CsvLogger`], [`TensorBoardLogger`]) and
+//! [`Callback`]s; around them, optimizers whose state is checkpointed
+//! ([`optim`]), [`checkpoint`]s ([`Fabric::save`], [`Fabric::load`]) and a
+//! [`Progress`] bar.
 
 mod accelerator;
 mod builder;
 mod callbacks;
+pub mod checkpoint;
 pub mod data;
 mod device;
 mod environment;
@@ -36,9 +40,11 @@ mod error;
 mod fabric;
 mod loggers;
 mod module;
+pub mod optim;
 mod optimizer;
 mod plugins;
 pub mod precision;
+mod progress;
 mod seed;
 mod shim;
 
@@ -55,10 +61,11 @@ pub use environment::{ClusterEnvironment, SingleProcessEnvironment};
 pub use error::{Error, Result};
 pub use fabric::{Fabric, GradClip};
 pub use fabric_macros::fabric;
-pub use loggers::{Logger, LoggerError, Metric};
+pub use loggers::{CsvLogger, Hyperparams, Logger, LoggerError, Metric, TensorBoardLogger};
 pub use module::FabricModule;
-pub use optimizer::FabricOptimizer;
+pub use optimizer::{AnyOptimizer, FabricOptimizer};
 pub use plugins::Plugin;
+pub use progress::Progress;
 
 /// The option types and their parser, shared with `#[fabric(...)]`.
 pub use fabric_options as options;
