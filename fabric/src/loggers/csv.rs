@@ -16,8 +16,11 @@ const HPARAMS_FILE: &str = "hparams.yaml";
 /// hyperparameters to `hparams.yaml` beside it, as Lightning's `CSVLogger`.
 ///
 /// - The version is the next free one (`version_0`, `version_1`, ...) unless
-///   fixed with [`version`](Self::version); it is chosen when the logger
-///   first writes, from the process with global rank 0.
+///   fixed with [`version`](Self::version); it is chosen, and its directory
+///   created, when the logger first logs (on global rank 0 only) or when
+///   [`log_dir`](Self::log_dir) is first called. As in Lightning, two
+///   loggers with the same `root_dir` and `name` take different versions,
+///   unless their `log_dir` was asked for before either logged.
 /// - Each call to [`Fabric::log_dict`](crate::Fabric::log_dict) is one row
 ///   with a `step` column; without a step, the row's step is the number of
 ///   rows logged before it.
@@ -103,8 +106,8 @@ impl CsvLogger {
         self.dir.root_dir()
     }
 
-    /// The experiment name.
-    pub fn name(&self) -> &str {
+    /// The experiment name (Lightning's `logger.name`).
+    pub fn experiment_name(&self) -> &str {
         self.dir.name()
     }
 
@@ -118,14 +121,21 @@ impl CsvLogger {
         self.dir.log_dir()
     }
 
+    /// Chooses the version and creates its directory, at the first call
+    /// that logs (as Lightning's experiment writer does).
+    fn create_log_dir(&self) -> Result<PathBuf, LoggerError> {
+        let log_dir = self.dir.log_dir();
+        std::fs::create_dir_all(&log_dir)
+            .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+        Ok(log_dir)
+    }
+
     /// Writes the buffered rows to `metrics.csv`.
     pub fn save(&mut self) -> Result<(), LoggerError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let log_dir = self.dir.log_dir();
-        std::fs::create_dir_all(&log_dir)
-            .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+        let log_dir = self.create_log_dir()?;
         let path = log_dir.join(METRICS_FILE);
         if !self.started {
             self.started = true;
@@ -184,6 +194,9 @@ impl Logger for CsvLogger {
         metrics: &[(&str, f64)],
         step: Option<u64>,
     ) -> Result<(), LoggerError> {
+        if self.rows == 0 {
+            self.create_log_dir()?;
+        }
         let step = step.unwrap_or(self.rows);
         self.rows += 1;
         let metrics = metrics
@@ -202,9 +215,7 @@ impl Logger for CsvLogger {
             self.hparams.insert(key.clone(), value.clone());
         }
         let yaml = serde_yaml_ng::to_string(&self.hparams)?;
-        let log_dir = self.dir.log_dir();
-        std::fs::create_dir_all(&log_dir)
-            .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+        let log_dir = self.create_log_dir()?;
         atomic::write_file(&log_dir.join(HPARAMS_FILE), |out| {
             out.write_all(yaml.as_bytes())
         })?;

@@ -197,8 +197,8 @@ impl TensorBoardLogger {
         self.dir.root_dir()
     }
 
-    /// The experiment name.
-    pub fn name(&self) -> &str {
+    /// The experiment name (Lightning's `logger.name`).
+    pub fn experiment_name(&self) -> &str {
         self.dir.name()
     }
 
