@@ -261,7 +261,11 @@ fn assert_rejected(
     kind: Kind,
     expected: &str,
 ) -> Error {
-    let precision = if kind == Kind::Double { "64-true" } else { "32-true" };
+    let precision = if kind == Kind::Double {
+        "64-true"
+    } else {
+        "32-true"
+    };
     let mut fabric = Fabric::builder()
         .accelerator("cpu")
         .precision(precision)

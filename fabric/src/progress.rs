@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// The latest value of every metric logged with
 /// [`Fabric::log`](crate::Fabric::log) or
@@ -39,7 +39,7 @@ fn format_value(value: f64) -> String {
     }
 }
 
-const TEMPLATE: &str = "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec:.2}] {msg}";
+const TEMPLATE: &str = "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {rate}] {msg}";
 
 /// A progress bar from [`Fabric::progress`](crate::Fabric::progress): the
 /// position out of a total, the elapsed and remaining time, steps per second,
@@ -91,7 +91,15 @@ impl Progress {
     ) -> Self {
         let bar = ProgressBar::with_draw_target(Some(total), target);
         if let Ok(style) = ProgressStyle::with_template(TEMPLATE) {
-            bar.set_style(style.progress_chars("=> "));
+            let style = style
+                .with_key(
+                    "rate",
+                    |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                        let _ = write!(out, "{:.1} steps/s", state.per_sec());
+                    },
+                )
+                .progress_chars("=> ");
+            bar.set_style(style);
         }
         let seen = metrics.lock().map_or(0, |m| m.generation.wrapping_sub(1));
         Progress {
