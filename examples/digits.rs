@@ -31,7 +31,7 @@ fn model(vs: &nn::Path) -> nn::Sequential {
         ))
 }
 
-fn train(fabric: &mut Fabric, epochs: usize) -> anyhow::Result<f64> {
+pub fn train(fabric: &mut Fabric, epochs: usize) -> anyhow::Result<f64> {
     fabric.seed_everything(42);
     let (images, labels) = digits::load(&digits::default_path())?;
     let (train_x, train_y, test_x, test_y) = digits::split(&images, &labels, 0.2, 0);

@@ -86,3 +86,32 @@ pub fn split(
         labels.index_select(0, &test_idx),
     )
 }
+
+/// The two-layer perceptron the examples train: `64 -> hidden -> relu -> 10`.
+pub fn mlp(vs: &tch::nn::Path, hidden: i64) -> tch::nn::Sequential {
+    use tch::nn;
+    nn::seq()
+        .add(nn::linear(
+            vs / "hidden",
+            FEATURES as i64,
+            hidden,
+            Default::default(),
+        ))
+        .add_fn(|x| x.relu())
+        .add(nn::linear(
+            vs / "out",
+            hidden,
+            CLASSES as i64,
+            Default::default(),
+        ))
+}
+
+/// The fraction of `logits` whose largest entry is at the label.
+pub fn accuracy(logits: &Tensor, labels: &Tensor) -> f64 {
+    logits
+        .argmax(-1, false)
+        .eq_tensor(labels)
+        .to_kind(Kind::Double)
+        .mean(None)
+        .double_value(&[])
+}

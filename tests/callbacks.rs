@@ -314,3 +314,63 @@ fn the_standard_hook_names_agree_between_macro_and_runtime() {
         .collect();
     assert_eq!(runtime, macro_side);
 }
+
+#[derive(Callback)]
+struct CheckpointWatcher {
+    journal: Journal,
+}
+
+#[hooks]
+impl CheckpointWatcher {
+    #[hook]
+    fn on_save_checkpoint(&mut self, path: &std::path::Path) {
+        self.journal.lock().unwrap().push(format!(
+            "save {}",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+    }
+
+    #[hook]
+    fn on_load_checkpoint(&mut self, path: &std::path::Path) {
+        self.journal.lock().unwrap().push(format!(
+            "load {}",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+    }
+}
+
+#[test]
+fn fabric_fires_its_hooks_around_checkpoints() {
+    let journal = Journal::default();
+    let mut fabric = Fabric::builder()
+        .accelerator("cpu")
+        .callback(CheckpointWatcher {
+            journal: journal.clone(),
+        })
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt");
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let _net = nn::linear(vs.root(), 2, 1, Default::default());
+    let mut epoch = 3u64;
+    fabric
+        .save(
+            &path,
+            &fabric::checkpoint::State::new()
+                .model("model", &mut vs)
+                .value("epoch", &mut epoch),
+        )
+        .unwrap();
+    epoch = 0;
+    fabric
+        .load(
+            &path,
+            &mut fabric::checkpoint::State::new()
+                .model("model", &mut vs)
+                .value("epoch", &mut epoch),
+        )
+        .unwrap();
+    assert_eq!(epoch, 3);
+    assert_eq!(*journal.lock().unwrap(), ["save ckpt", "load ckpt"]);
+}

@@ -1,74 +1,109 @@
-//! Every example runs, for a few epochs (`EPOCHS`), as a user would run it.
-//! `cargo test` builds the examples next to the test binaries.
+//! Every example runs for a few steps: each is compiled here as a module and
+//! its `run` called with a small configuration (what `main` would read from
+//! the environment), so CI checks the code users copy.
 
-use std::path::PathBuf;
-use std::process::Command;
+use fabric::Fabric;
 
-fn example(name: &str) -> PathBuf {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = deps.parent().unwrap().join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} was not built: run the whole `cargo test`, which builds the examples, or `cargo build --examples` first",
-        path.display()
-    );
-    path
-}
+#[allow(dead_code)]
+#[path = "../examples/digits.rs"]
+mod digits_example;
 
-fn run(name: &str, epochs: &str) -> String {
-    let output = Command::new(example(name))
-        .env("EPOCHS", epochs)
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
+#[allow(dead_code)]
+#[path = "../examples/bf16_mixed.rs"]
+mod bf16_mixed;
+
+#[allow(dead_code)]
+#[path = "../examples/checkpoint_resume.rs"]
+mod checkpoint_resume;
+
+#[allow(dead_code)]
+#[path = "../examples/custom_environment.rs"]
+mod custom_environment;
+
+#[allow(dead_code)]
+#[path = "../examples/tensorboard.rs"]
+mod tensorboard;
+
+#[test]
+fn digits_trains() {
+    let mut fabric = Fabric::builder()
+        .accelerator("cpu")
+        .progress_bar(false)
+        .build()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{name} failed:\n{text}");
-    text
+    let accuracy = digits_example::train(&mut fabric, 2).unwrap();
+    assert!(accuracy > 0.8, "accuracy after 2 epochs: {accuracy}");
 }
 
 #[test]
-fn digits_trains_and_reports_accuracy() {
-    let text = run("digits", "5");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("held-out accuracy: "))
-        .unwrap_or_else(|| panic!("{text}"));
-    let accuracy: f64 = line
-        .trim_start_matches("held-out accuracy: ")
-        .trim_end_matches('%')
-        .parse()
-        .unwrap();
-    assert!(accuracy > 85.0, "after 5 epochs: {text}");
+fn bf16_mixed_trains() {
+    let accuracy = bf16_mixed::run(bf16_mixed::Options { epochs: 2 }).unwrap();
+    assert!(accuracy > 0.8, "accuracy after 2 epochs: {accuracy}");
 }
 
 #[test]
-fn ddp_runs_two_ranks_that_agree() {
-    let text = run("ddp", "3");
-    let accuracies: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.split("held-out accuracy ").nth(1))
-        .collect();
-    assert_eq!(accuracies.len(), 2, "{text}");
-    assert_eq!(
-        accuracies[0], accuracies[1],
-        "both ranks hold the same model:\n{text}"
-    );
+fn checkpoint_resume_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = |epochs| checkpoint_resume::Options {
+        epochs,
+        dir: dir.path().to_path_buf(),
+    };
+    let first = checkpoint_resume::run(options(1)).unwrap();
+    assert_eq!((first.start_epoch, first.epochs), (0, 1));
+    let second = checkpoint_resume::run(options(2)).unwrap();
+    assert_eq!((second.start_epoch, second.epochs), (1, 2));
+    assert!(second.best_accuracy >= first.best_accuracy);
+    // Nothing left to do: it loads and stops.
+    let third = checkpoint_resume::run(options(2)).unwrap();
+    assert_eq!((third.start_epoch, third.epochs), (2, 2));
+    assert!(dir.path().join("last/model.safetensors").exists());
+    // Each run logged to its own version.
+    assert!(dir.path().join("logs/version_1/metrics.csv").exists());
 }
 
 #[test]
-fn callbacks_fire_and_report_the_best_epoch() {
-    let text = run("callbacks", "3");
-    assert!(text.contains("new best validation loss"), "{text}");
+fn custom_environment_trains_and_rejects_impossible_ranks() {
+    let cluster = custom_environment::MyCluster {
+        address: "10.0.0.1".into(),
+        port: 1234,
+        world_size: 1,
+        rank: 0,
+    };
+    let accuracy = custom_environment::run(cluster.clone(), 1).unwrap();
+    assert!(accuracy > 0.5, "accuracy after 1 epoch: {accuracy}");
+    let impossible = custom_environment::MyCluster {
+        world_size: 2,
+        rank: 2,
+        ..cluster
+    };
+    let err = custom_environment::run(impossible, 1)
+        .unwrap_err()
+        .to_string();
     assert!(
-        text.contains("best epoch and validation loss: Some("),
-        "{text}"
+        err.contains("cluster environment MyCluster: global rank 2 is not below the world size 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tensorboard_writes_event_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = tensorboard::run(dir.path().to_path_buf(), 1).unwrap();
+    assert_eq!(log_dir, dir.path().join("tensorboard/digits/version_0"));
+    let events = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
+        .count();
+    assert_eq!(events, 1);
+    let csv = std::fs::read_to_string(dir.path().join("csv/digits/version_0/metrics.csv")).unwrap();
+    assert!(
+        csv.starts_with("lr,step,train/loss,val/accuracy\n"),
+        "{csv}"
     );
 }

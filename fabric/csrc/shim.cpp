@@ -99,4 +99,44 @@ char *fabric_amp_non_finite_check_and_unscale(at::Tensor **grads, size_t n, at::
   });
 }
 
+// torch.optim.SGD(fused=True)'s kernel. `momentum_buffers` is empty when
+// momentum is 0; with `is_first_step` the kernel fills the buffers with
+// the gradients.
+char *fabric_fused_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **momentum_buffers,
+                       size_t n, size_t n_buffers, double weight_decay, double momentum,
+                       double lr, double dampening, bool nesterov, bool maximize,
+                       bool is_first_step) {
+  return guarded([&] {
+    at::_fused_sgd_(tensor_list(params, n), tensor_list(grads, n),
+                    tensor_list(momentum_buffers, n_buffers), weight_decay, momentum, lr,
+                    dampening, nesterov, maximize, is_first_step);
+  });
+}
+
+// torch.optim.Adam/AdamW(fused=True)'s kernels. The steps are incremented
+// first, as torch.optim's `_fused_adam` does before calling the kernel.
+// `max_exp_avg_sqs` is empty without amsgrad.
+char *fabric_fused_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **exp_avgs,
+                        at::Tensor **exp_avg_sqs, at::Tensor **max_exp_avg_sqs,
+                        size_t n_max, at::Tensor **steps, size_t n, double lr, double beta1,
+                        double beta2, double weight_decay, double eps, bool amsgrad,
+                        bool maximize, bool decoupled_weight_decay) {
+  return guarded([&] {
+    auto step_list = tensor_list(steps, n);
+    at::_foreach_add_(step_list, 1.0);
+    auto p = tensor_list(params, n);
+    auto g = tensor_list(grads, n);
+    auto m = tensor_list(exp_avgs, n);
+    auto v = tensor_list(exp_avg_sqs, n);
+    auto v_max = tensor_list(max_exp_avg_sqs, n_max);
+    if (decoupled_weight_decay) {
+      at::_fused_adamw_(p, g, m, v, v_max, step_list, lr, beta1, beta2, weight_decay, eps,
+                        amsgrad, maximize);
+    } else {
+      at::_fused_adam_(p, g, m, v, v_max, step_list, lr, beta1, beta2, weight_decay, eps,
+                       amsgrad, maximize);
+    }
+  });
+}
+
 }  // extern "C"

@@ -55,6 +55,7 @@ pub struct FabricBuilder {
     collective_timeout: Option<Duration>,
     failure_timeout: Option<Duration>,
     bucket_bytes: Option<usize>,
+    progress_bar: Option<bool>,
 }
 
 impl std::fmt::Debug for FabricBuilder {
@@ -68,6 +69,7 @@ impl std::fmt::Debug for FabricBuilder {
             .field("plugins", &self.plugins)
             .field("callbacks", &self.callbacks.len())
             .field("loggers", &self.loggers.len())
+            .field("progress_bar", &self.progress_bar)
             .finish()
     }
 }
@@ -121,6 +123,13 @@ impl FabricBuilder {
     /// Registers a logger.
     pub fn logger(mut self, logger: impl Logger) -> Self {
         self.loggers.push(Box::new(logger));
+        self
+    }
+
+    /// Whether [`Fabric::progress`](crate::Fabric::progress) draws a bar
+    /// (true: on rank 0, when the output is a terminal).
+    pub fn progress_bar(mut self, enabled: bool) -> Self {
+        self.progress_bar = Some(enabled);
         self
     }
 
@@ -265,6 +274,7 @@ impl FabricBuilder {
                 .unwrap_or(DEFAULT_COLLECTIVE_TIMEOUT),
             failure_timeout: self.failure_timeout.unwrap_or(DEFAULT_FAILURE_TIMEOUT),
             bucket_bytes: self.bucket_bytes.unwrap_or(strategy::DEFAULT_BUCKET_BYTES),
+            progress_bar: self.progress_bar.unwrap_or(true),
         })
     }
 
@@ -411,6 +421,7 @@ struct Prepared {
     collective_timeout: Duration,
     failure_timeout: Duration,
     bucket_bytes: usize,
+    progress_bar: bool,
 }
 
 impl Prepared {
@@ -438,6 +449,7 @@ impl Prepared {
             }
             _ => None,
         };
+        let progress_bar = self.progress_bar;
         Ok(Fabric::new_resolved(crate::fabric::Parts {
             accelerator: self.accelerator,
             device: self.device,
@@ -449,7 +461,8 @@ impl Prepared {
             loggers: self.loggers,
             comm,
             bucket_bytes: self.bucket_bytes,
-        }))
+        })
+        .with_progress_bar(progress_bar))
     }
 }
 

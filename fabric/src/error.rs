@@ -98,6 +98,30 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// A checkpoint that cannot be read or written: missing, foreign,
+    /// truncated or damaged files, or a path that is not a checkpoint.
+    #[error("checkpoint {}: {reason}", path.display())]
+    Checkpoint {
+        /// The checkpoint's path.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A checkpoint whose content does not fit the state it is loaded into;
+    /// nothing was loaded.
+    #[error(
+        "checkpoint {} does not fit the state, nothing was loaded (pass `strict = false` to load what fits):\n  {}",
+        path.display(),
+        problems.join("\n  ")
+    )]
+    CheckpointMismatch {
+        /// The checkpoint's path.
+        path: std::path::PathBuf,
+        /// Every key missing, unexpected or mismatched, one per line.
+        problems: Vec<String>,
+    },
+
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -1,25 +1,29 @@
 //! [`Fabric`]: the object a training function works through.
 
+use std::any::Any;
 use std::fmt::Display;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use fabric_options::Precision;
-use tch::nn::{ModuleT, Optimizer, VarStore};
+use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::accelerator::ResolvedAccelerator;
 use crate::builder::FabricBuilder;
 use crate::callbacks::hooks::{Hook, OnAfterSetup};
 use crate::callbacks::{Callback, Callbacks, Outcome};
+use crate::checkpoint::{self, LoadReport, State};
 use crate::collectives::{MpiComm, ReduceOp};
 use crate::data::{DataLoader, Dataset, FabricDataLoader};
 use crate::device::ToDevice;
 use crate::environment::ClusterEnvironment;
 use crate::error::{Error, Result};
-use crate::loggers::{Logger, Metric};
+use crate::loggers::{Hyperparams, Logger, Metric};
 use crate::module::FabricModule;
-use crate::optimizer::FabricOptimizer;
+use crate::optimizer::{AnyOptimizer, FabricOptimizer};
 use crate::precision::{AutocastGuard, GradScaler, PrecisionPlugin};
+use crate::progress::{Progress, SharedMetrics};
 use crate::seed;
 use crate::strategy;
 use fabric_options::Strategy;
@@ -104,6 +108,8 @@ pub struct Fabric {
     buckets: strategy::GradientBuckets,
     sync_gradients: bool,
     stop_requested: bool,
+    latest_metrics: SharedMetrics,
+    progress_bar: bool,
     finished: bool,
 }
 
@@ -166,8 +172,15 @@ impl Fabric {
             buckets: strategy::GradientBuckets::default(),
             sync_gradients: true,
             stop_requested: false,
+            latest_metrics: SharedMetrics::default(),
+            progress_bar: true,
             finished: false,
         }
+    }
+
+    pub(crate) fn with_progress_bar(mut self, enabled: bool) -> Self {
+        self.progress_bar = enabled;
+        self
     }
 
     // ---- where and what -------------------------------------------------
@@ -279,9 +292,14 @@ impl Fabric {
     }
 
     /// Wraps an optimizer built on a var store that was (or will be) set up
-    /// with [`setup_module`](Self::setup_module).
-    pub fn setup_optimizer(&mut self, optimizer: Optimizer) -> Result<FabricOptimizer> {
-        Ok(FabricOptimizer::new(optimizer, self.scaler.clone()))
+    /// with [`setup_module`](Self::setup_module): tch's [`Optimizer`](tch::nn::Optimizer) or one
+    /// of fabric's own ([`optim`](crate::optim)), whose state checkpoints
+    /// save.
+    pub fn setup_optimizer(
+        &mut self,
+        optimizer: impl Into<AnyOptimizer>,
+    ) -> Result<FabricOptimizer> {
+        Ok(FabricOptimizer::new(optimizer.into(), self.scaler.clone()))
     }
 
     /// Sets up a model and its optimizer together, as Lightning's
@@ -290,7 +308,7 @@ impl Fabric {
         &mut self,
         vs: &mut VarStore,
         module: M,
-        optimizer: Optimizer,
+        optimizer: impl Into<AnyOptimizer>,
     ) -> Result<(FabricModule<M>, FabricOptimizer)> {
         let module = self.setup_module(vs, module)?;
         let optimizer = self.setup_optimizer(optimizer)?;
@@ -522,13 +540,17 @@ impl Fabric {
         metrics: impl IntoIterator<Item = (&'n str, V)>,
         step: Option<u64>,
     ) -> Result<()> {
-        if !self.is_global_zero() || self.loggers.is_empty() {
+        if !self.is_global_zero() {
             return Ok(());
         }
         let metrics = metrics
             .into_iter()
             .map(|(name, value)| Ok((name, value.to_f64()?)))
             .collect::<Result<Vec<_>>>()?;
+        self.latest_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update(&metrics);
         for logger in &mut self.loggers {
             logger
                 .log_metrics(&metrics, step)
@@ -586,6 +608,109 @@ impl Fabric {
             }
             None => Ok(self.stop_requested),
         }
+    }
+
+    /// Logs the run's hyperparameters (any value serde serialises to a map:
+    /// a struct, a `HashMap`, `serde_json::json!({...})`) to every logger,
+    /// from global rank 0 only, as Lightning's `logger.log_hyperparams`.
+    pub fn log_hyperparams<T: serde::Serialize + ?Sized>(&mut self, params: &T) -> Result<()> {
+        if !self.is_global_zero() || self.loggers.is_empty() {
+            return Ok(());
+        }
+        let params: Hyperparams = match serde_json::to_value(params) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(other) => {
+                return Err(Error::InvalidArgument(format!(
+                    "hyperparameters must serialise to a map of names to values, not {other}"
+                )));
+            }
+            Err(e) => {
+                return Err(Error::InvalidArgument(format!(
+                    "hyperparameters cannot be serialised: {e}"
+                )));
+            }
+        };
+        for logger in &mut self.loggers {
+            logger
+                .log_hyperparams(&params)
+                .map_err(|source| Error::Plugin {
+                    what: format!("logger `{}`: log_hyperparams", logger.name()),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The first registered logger of type `T`, as Lightning's
+    /// `fabric.logger` (for its `log_dir`, say).
+    pub fn logger<T: Logger>(&self) -> Option<&T> {
+        self.loggers
+            .iter()
+            .find_map(|l| (&**l as &dyn Any).downcast_ref::<T>())
+    }
+
+    /// The first registered logger of type `T`, mutably.
+    pub fn logger_mut<T: Logger>(&mut self) -> Option<&mut T> {
+        self.loggers
+            .iter_mut()
+            .find_map(|l| (&mut **l as &mut dyn Any).downcast_mut::<T>())
+    }
+
+    /// A progress bar over `total` steps showing steps per second and the
+    /// latest metrics logged with [`log`](Self::log)/[`log_dict`](Self::log_dict).
+    /// It draws on global rank 0 only, when standard output and standard
+    /// error are terminals, and unless
+    /// [`progress_bar(false)`](crate::FabricBuilder::progress_bar) was set;
+    /// otherwise it is hidden.
+    pub fn progress(&self, total: u64) -> Progress {
+        Progress::new(
+            total,
+            self.progress_bar && self.is_global_zero(),
+            Arc::clone(&self.latest_metrics),
+        )
+    }
+
+    // ---- checkpoints ---------------------------------------------------
+
+    /// Saves `state` to the checkpoint directory `path`, as Lightning's
+    /// `fabric.save(path, state)`: only global rank 0 writes, atomically
+    /// (a crash leaves the previous checkpoint intact), and every rank waits
+    /// until it is written. The format is described in [`checkpoint`].
+    ///
+    /// Fires [`OnSaveCheckpoint`](crate::hooks::OnSaveCheckpoint) first.
+    pub fn save(&mut self, path: impl AsRef<Path>, state: &State<'_>) -> Result<()> {
+        self.call::<crate::hooks::OnSaveCheckpoint>((path.as_ref(),))?;
+        let result = if self.is_global_zero() {
+            checkpoint::save(path.as_ref(), state)
+        } else {
+            Ok(())
+        };
+        self.barrier()?;
+        result
+    }
+
+    /// Loads the checkpoint at `path` into `state`, strictly: every entry,
+    /// key, shape and dtype of the state must be in the checkpoint and fit,
+    /// or nothing changes and the error lists each problem. Values of the
+    /// checkpoint that the state does not name come back in
+    /// [`LoadReport::remainder`].
+    pub fn load(&mut self, path: impl AsRef<Path>, state: &mut State<'_>) -> Result<LoadReport> {
+        self.load_with(path, state, true)
+    }
+
+    /// [`load`](Self::load) with Lightning's `strict`: with `strict = false`,
+    /// what fits is loaded and the rest is reported in the [`LoadReport`]
+    /// (damaged or foreign files are errors in both modes). Fires
+    /// [`OnLoadCheckpoint`](crate::hooks::OnLoadCheckpoint) once loaded.
+    pub fn load_with(
+        &mut self,
+        path: impl AsRef<Path>,
+        state: &mut State<'_>,
+        strict: bool,
+    ) -> Result<LoadReport> {
+        let report = checkpoint::load(path.as_ref(), state, strict)?;
+        self.call::<crate::hooks::OnLoadCheckpoint>((path.as_ref(),))?;
+        Ok(report)
     }
 
     /// The first registered callback of type `T`.

@@ -23,12 +23,16 @@
 //! The runtime is organised by the concepts Lightning users name:
 //! accelerators ([`Fabric::device`]), strategies, precision
 //! ([`Fabric::autocast`]), cluster environments ([`ClusterEnvironment`]),
-//! [`data`], [`Logger`]s and [`Callback`]s.
+//! [`data`], [`Logger`]s ([`CsvLogger`], [`TensorBoardLogger`]) and
+//! [`Callback`]s; around them, optimizers whose state is checkpointed
+//! ([`optim`]), [`checkpoint`]s ([`Fabric::save`], [`Fabric::load`]) and a
+//! [`Progress`] bar.
 
 mod accelerator;
 mod builder;
 pub mod callbacks;
 pub use callbacks::hooks;
+pub mod checkpoint;
 pub mod collectives;
 pub mod data;
 mod device;
@@ -39,10 +43,12 @@ mod fabric;
 mod launcher;
 mod loggers;
 mod module;
+pub mod optim;
 mod optimizer;
 mod overrides;
 mod plugins;
 pub mod precision;
+mod progress;
 mod seed;
 mod shim;
 mod strategy;
@@ -62,10 +68,11 @@ pub use environment::{ClusterEnvironment, SingleProcessEnvironment};
 pub use error::{Error, Result};
 pub use fabric::{Fabric, GradClip};
 pub use fabric_macros::{Callback, fabric, hook, hooks};
-pub use loggers::{Logger, LoggerError, Metric};
+pub use loggers::{CsvLogger, Hyperparams, Logger, LoggerError, Metric, TensorBoardLogger};
 pub use module::FabricModule;
-pub use optimizer::FabricOptimizer;
+pub use optimizer::{AnyOptimizer, FabricOptimizer};
 pub use plugins::{IntoPlugin, Plugin};
+pub use progress::Progress;
 
 /// The option types and their parser, shared with `#[fabric(...)]`.
 pub use fabric_options as options;

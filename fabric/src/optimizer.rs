@@ -6,16 +6,54 @@ use tch::Tensor;
 use tch::nn::Optimizer;
 
 use crate::error::{Error, Result};
+use crate::optim;
 use crate::precision::GradScaler;
+
+/// What [`Fabric::setup`](crate::Fabric::setup) and
+/// [`Fabric::setup_optimizer`](crate::Fabric::setup_optimizer) accept: tch's
+/// optimizer, or one of fabric's own ([`optim`]), whose state checkpoints
+/// save. Both convert into it with `From`.
+pub enum AnyOptimizer {
+    /// tch's `nn::Optimizer` (its state is not reachable, so it cannot be
+    /// checkpointed).
+    Tch(Optimizer),
+    /// fabric's optimizer, with reachable state.
+    Fabric(optim::Optimizer),
+}
+
+impl From<Optimizer> for AnyOptimizer {
+    fn from(optimizer: Optimizer) -> Self {
+        AnyOptimizer::Tch(optimizer)
+    }
+}
+
+impl From<optim::Optimizer> for AnyOptimizer {
+    fn from(optimizer: optim::Optimizer) -> Self {
+        AnyOptimizer::Fabric(optimizer)
+    }
+}
+
+impl std::fmt::Debug for AnyOptimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnyOptimizer::Tch(o) => f
+                .debug_struct("tch::nn::Optimizer")
+                .field("parameters", &o.trainable_variables().len())
+                .finish(),
+            AnyOptimizer::Fabric(o) => o.fmt(f),
+        }
+    }
+}
 
 /// An optimizer returned by [`Fabric::setup`](crate::Fabric::setup) or
 /// [`Fabric::setup_optimizer`](crate::Fabric::setup_optimizer).
 ///
-/// It wraps tch's [`Optimizer`] and knows the parameters it updates. Under
-/// `16-mixed` its [`step`](Self::step) unscales the gradients, skips the
-/// update when they hold an infinity or NaN, and adapts the loss scale.
+/// It wraps tch's [`Optimizer`] or fabric's own [`optim::Optimizer`] and
+/// knows the parameters it updates. Under `16-mixed` its
+/// [`step`](Self::step) unscales the gradients, skips the update when they
+/// hold an infinity or NaN, and adapts the loss scale.
 pub struct FabricOptimizer {
-    inner: Optimizer,
+    inner: AnyOptimizer,
     scaler: Option<Arc<Mutex<GradScaler>>>,
     /// Set once the gradients of this iteration are unscaled: whether any
     /// holds an infinity or NaN (a one-element tensor).
@@ -25,7 +63,7 @@ pub struct FabricOptimizer {
 impl std::fmt::Debug for FabricOptimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FabricOptimizer")
-            .field("parameters", &self.inner.trainable_variables().len())
+            .field("optimizer", &self.inner)
             .field("loss_scaling", &self.scaler.is_some())
             .finish()
     }
@@ -38,7 +76,7 @@ fn lock(scaler: &Mutex<GradScaler>) -> std::sync::MutexGuard<'_, GradScaler> {
 }
 
 impl FabricOptimizer {
-    pub(crate) fn new(inner: Optimizer, scaler: Option<Arc<Mutex<GradScaler>>>) -> Self {
+    pub(crate) fn new(inner: AnyOptimizer, scaler: Option<Arc<Mutex<GradScaler>>>) -> Self {
         FabricOptimizer {
             inner,
             scaler,
@@ -48,7 +86,10 @@ impl FabricOptimizer {
 
     /// Sets the gradients of every parameter to zero.
     pub fn zero_grad(&mut self) {
-        self.inner.zero_grad();
+        match &mut self.inner {
+            AnyOptimizer::Tch(o) => o.zero_grad(),
+            AnyOptimizer::Fabric(o) => o.zero_grad(),
+        }
         self.found_inf = None;
     }
 
@@ -57,7 +98,7 @@ impl FabricOptimizer {
     /// infinity or NaN, `true` otherwise.
     pub fn step(&mut self) -> Result<bool> {
         let Some(scaler) = self.scaler.clone() else {
-            self.inner.step();
+            self.inner_step()?;
             return Ok(true);
         };
         self.unscale_gradients()?;
@@ -67,10 +108,20 @@ impl FabricOptimizer {
             .ok_or_else(|| Error::InvalidArgument("gradients were not unscaled".into()))?;
         let finite = found_inf.f_double_value(&[0])? == 0.0;
         if finite {
-            self.inner.step();
+            self.inner_step()?;
         }
         lock(&scaler).update(&found_inf)?;
         Ok(finite)
+    }
+
+    fn inner_step(&mut self) -> Result<()> {
+        match &mut self.inner {
+            AnyOptimizer::Tch(o) => {
+                o.step();
+                Ok(())
+            }
+            AnyOptimizer::Fabric(o) => o.step(),
+        }
     }
 
     /// Divides this iteration's gradients by the loss scale, once (before
@@ -93,16 +144,42 @@ impl FabricOptimizer {
 
     /// Sets the learning rate of every parameter group.
     pub fn set_lr(&mut self, lr: f64) {
-        self.inner.set_lr(lr);
+        match &mut self.inner {
+            AnyOptimizer::Tch(o) => o.set_lr(lr),
+            AnyOptimizer::Fabric(o) => o.set_lr(lr),
+        }
     }
 
     /// The parameters this optimizer updates.
     pub fn parameters(&self) -> Vec<Tensor> {
-        self.inner.trainable_variables()
+        match &self.inner {
+            AnyOptimizer::Tch(o) => o.trainable_variables(),
+            AnyOptimizer::Fabric(o) => o.parameters().iter().map(Tensor::shallow_clone).collect(),
+        }
     }
 
-    /// The wrapped tch optimizer.
-    pub fn inner_mut(&mut self) -> &mut Optimizer {
-        &mut self.inner
+    /// The wrapped tch optimizer, `None` when this wraps one of fabric's.
+    pub fn inner_mut(&mut self) -> Option<&mut Optimizer> {
+        match &mut self.inner {
+            AnyOptimizer::Tch(o) => Some(o),
+            AnyOptimizer::Fabric(_) => None,
+        }
+    }
+
+    /// The wrapped fabric optimizer (its algorithm, learning rate and state),
+    /// `None` when this wraps tch's.
+    pub fn optimizer(&self) -> Option<&optim::Optimizer> {
+        match &self.inner {
+            AnyOptimizer::Fabric(o) => Some(o),
+            AnyOptimizer::Tch(_) => None,
+        }
+    }
+
+    /// The wrapped fabric optimizer, mutably.
+    pub fn optimizer_mut(&mut self) -> Option<&mut optim::Optimizer> {
+        match &mut self.inner {
+            AnyOptimizer::Fabric(o) => Some(o),
+            AnyOptimizer::Tch(_) => None,
+        }
     }
 }

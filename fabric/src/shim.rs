@@ -6,6 +6,7 @@ use std::ffi::{CStr, c_char, c_int};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::optim::{Adam, Sgd};
 
 unsafe extern "C" {
     fn fabric_free_error(error: *mut c_char);
@@ -18,6 +19,38 @@ unsafe extern "C" {
         n: usize,
         found_inf: *mut torch_sys::C_tensor,
         inv_scale: *mut torch_sys::C_tensor,
+    ) -> *mut c_char;
+    fn fabric_fused_sgd(
+        params: *const *mut torch_sys::C_tensor,
+        grads: *const *mut torch_sys::C_tensor,
+        momentum_buffers: *const *mut torch_sys::C_tensor,
+        n: usize,
+        n_buffers: usize,
+        weight_decay: f64,
+        momentum: f64,
+        lr: f64,
+        dampening: f64,
+        nesterov: bool,
+        maximize: bool,
+        is_first_step: bool,
+    ) -> *mut c_char;
+    fn fabric_fused_adam(
+        params: *const *mut torch_sys::C_tensor,
+        grads: *const *mut torch_sys::C_tensor,
+        exp_avgs: *const *mut torch_sys::C_tensor,
+        exp_avg_sqs: *const *mut torch_sys::C_tensor,
+        max_exp_avg_sqs: *const *mut torch_sys::C_tensor,
+        n_max: usize,
+        steps: *const *mut torch_sys::C_tensor,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        amsgrad: bool,
+        maximize: bool,
+        decoupled_weight_decay: bool,
     ) -> *mut c_char;
 }
 
@@ -108,6 +141,115 @@ pub(crate) fn non_finite_check_and_unscale(
             pointers.len(),
             found_inf.as_ptr() as *mut _,
             inv_scale.as_ptr() as *mut _,
+        )
+    })
+}
+
+/// The `at::Tensor*` handles of `tensors`, for a call that borrows them.
+fn pointers(tensors: &[Tensor]) -> Vec<*mut torch_sys::C_tensor> {
+    tensors.iter().map(|t| t.as_ptr() as *mut _).collect()
+}
+
+/// Checks that every list of a fused call has `n` tensors.
+fn check_lengths(n: usize, lists: &[(&str, usize)]) -> Result<()> {
+    match lists.iter().find(|(_, len)| *len != n) {
+        Some((name, len)) => Err(Error::InvalidArgument(format!(
+            "fused optimizer kernel: {len} {name} for {n} parameters"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `torch._fused_sgd_`: one SGD step over `params` (one device and dtype).
+pub(crate) fn fused_sgd(
+    params: &[Tensor],
+    grads: &[Tensor],
+    momentum_buffers: &[Tensor],
+    sgd: &Sgd,
+    is_first_step: bool,
+) -> Result<()> {
+    let n = params.len();
+    let buffers = if sgd.momentum == 0.0 {
+        n
+    } else {
+        momentum_buffers.len()
+    };
+    check_lengths(
+        n,
+        &[("gradients", grads.len()), ("momentum buffers", buffers)],
+    )?;
+    let (p, g, b) = (
+        pointers(params),
+        pointers(grads),
+        pointers(momentum_buffers),
+    );
+    // SAFETY: every pointer comes from a `Tensor` borrowed for the call, and
+    // the lengths passed are those of the pointer vectors.
+    check(unsafe {
+        fabric_fused_sgd(
+            p.as_ptr(),
+            g.as_ptr(),
+            b.as_ptr(),
+            n,
+            b.len(),
+            sgd.weight_decay,
+            sgd.momentum,
+            sgd.lr,
+            sgd.dampening,
+            sgd.nesterov,
+            sgd.maximize,
+            is_first_step,
+        )
+    })
+}
+
+/// `torch._fused_adam_` / `torch._fused_adamw_`: one Adam step over
+/// `params` (one device and dtype), incrementing `steps` first.
+pub(crate) fn fused_adam(
+    params: &[Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[Tensor],
+    exp_avg_sqs: &[Tensor],
+    max_exp_avg_sqs: &[Tensor],
+    steps: &[Tensor],
+    adam: &Adam,
+) -> Result<()> {
+    let n = params.len();
+    let max = if adam.amsgrad {
+        max_exp_avg_sqs.len()
+    } else {
+        n
+    };
+    check_lengths(
+        n,
+        &[
+            ("gradients", grads.len()),
+            ("exp_avgs", exp_avgs.len()),
+            ("exp_avg_sqs", exp_avg_sqs.len()),
+            ("max_exp_avg_sqs", max),
+            ("steps", steps.len()),
+        ],
+    )?;
+    let lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps].map(pointers);
+    // SAFETY: as in `fused_sgd`.
+    check(unsafe {
+        fabric_fused_adam(
+            lists[0].as_ptr(),
+            lists[1].as_ptr(),
+            lists[2].as_ptr(),
+            lists[3].as_ptr(),
+            lists[4].as_ptr(),
+            lists[4].len(),
+            lists[5].as_ptr(),
+            n,
+            adam.lr,
+            adam.betas.0,
+            adam.betas.1,
+            adam.weight_decay,
+            adam.eps,
+            adam.amsgrad,
+            adam.maximize,
+            adam.decoupled_weight_decay,
         )
     })
 }

@@ -1,4 +1,19 @@
-//! [`Logger`]: where `fabric.log` sends metrics.
+//! [`Logger`]: where `fabric.log` sends metrics, and the built-in loggers
+//! [`CsvLogger`] and [`TensorBoardLogger`].
+
+mod csv;
+mod tensorboard;
+mod version;
+
+pub use csv::CsvLogger;
+pub use tensorboard::TensorBoardLogger;
+
+use std::any::Any;
+
+/// Hyperparameters as [`Logger::log_hyperparams`] receives them: a JSON
+/// object, built by [`Fabric::log_hyperparams`](crate::Fabric::log_hyperparams)
+/// from any serde-serialisable value (a struct, a map, `serde_json::json!`).
+pub type Hyperparams = serde_json::Map<String, serde_json::Value>;
 
 /// An error a logger reports; fabric wraps it with the logger's name.
 pub type LoggerError = Box<dyn std::error::Error + Send + Sync>;
@@ -9,7 +24,13 @@ pub type LoggerError = Box<dyn std::error::Error + Send + Sync>;
 /// [`Fabric::log`](crate::Fabric::log) and
 /// [`Fabric::log_dict`](crate::Fabric::log_dict) send metrics to every
 /// registered logger from the process with global rank 0 only. Loggers are
-/// finalised when the `Fabric` is dropped.
+/// finalised by [`Fabric::finish`](crate::Fabric::finish), or when the
+/// `Fabric` is dropped: also when training ends with an error or a panic, so
+/// what was logged reaches the disk.
+///
+/// fabric ships [`CsvLogger`] and [`TensorBoardLogger`]; the first
+/// registered logger of a type is reachable with
+/// [`Fabric::logger`](crate::Fabric::logger).
 ///
 /// ```
 /// use fabric::{Fabric, Logger, LoggerError};
@@ -30,7 +51,7 @@ pub type LoggerError = Box<dyn std::error::Error + Send + Sync>;
     label = "this is registered as a logger",
     note = "implement `fabric::Logger` for `{Self}`"
 )]
-pub trait Logger: Send + 'static {
+pub trait Logger: Any + Send {
     /// A name for messages; the type's name by default.
     fn name(&self) -> &str {
         let full = std::any::type_name::<Self>();
@@ -43,6 +64,12 @@ pub trait Logger: Send + 'static {
         metrics: &[(&str, f64)],
         step: Option<u64>,
     ) -> Result<(), LoggerError>;
+
+    /// Records the run's hyperparameters; does nothing by default.
+    fn log_hyperparams(&mut self, params: &Hyperparams) -> Result<(), LoggerError> {
+        let _ = params;
+        Ok(())
+    }
 
     /// Writes out anything buffered; called when training ends, also when it
     /// ends with an error (`success` is then `false`).
@@ -88,5 +115,35 @@ impl Metric for tch::Tensor {
 impl<T: Metric + ?Sized> Metric for &T {
     fn to_f64(&self) -> crate::Result<f64> {
         (**self).to_f64()
+    }
+}
+
+/// Flattens nested objects into `parent/child` keys, as Lightning's
+/// `_flatten_dict`; arrays and `null` are kept as values.
+pub(crate) fn flatten(params: &Hyperparams) -> Vec<(String, serde_json::Value)> {
+    fn walk(prefix: &str, map: &Hyperparams, out: &mut Vec<(String, serde_json::Value)>) {
+        for (key, value) in map {
+            let key = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}/{key}")
+            };
+            match value {
+                serde_json::Value::Object(inner) if !inner.is_empty() => walk(&key, inner, out),
+                other => out.push((key, other.clone())),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", params, &mut out);
+    out
+}
+
+/// Adds `prefix` to a metric name with Lightning's join character `-`.
+pub(crate) fn prefixed(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}-{name}")
     }
 }
