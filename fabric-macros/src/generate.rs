@@ -312,6 +312,12 @@ fn builder(
     let mut calls = TokenStream::new();
     if with_options {
         for key in VALUE_KEYS {
+            if let Some(setting) = config.setting(key).filter(|s| s.passthrough) {
+                let expr = &setting.expr;
+                let method = format_ident!("{}", key.name(), span = expr.span());
+                calls.extend(quote_spanned!(expr.span()=> .#method(#expr)));
+                continue;
+            }
             let Some(value) = config.setting(key).and_then(|s| s.value.as_ref()) else {
                 continue;
             };

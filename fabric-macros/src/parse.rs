@@ -25,8 +25,12 @@ pub(crate) struct Setting {
     /// The value as written, for errors about the value.
     pub expr: Expr,
     /// The value as a [`Value`]; `None` when it is not written as a literal
-    /// (an error has been reported).
+    /// (an error has been reported, or the expression is passed through).
     pub value: Option<Value>,
+    /// A `strategy` written as an expression building a strategy object
+    /// (`DdpStrategy::new().bucket_cap_mb(50.0)`): handed to the builder
+    /// as it is, checked by the type system.
+    pub passthrough: bool,
 }
 
 /// An option taking expressions: `callbacks = [A::new(), B]` or
@@ -117,11 +121,23 @@ impl Config {
             cx.error_at(ident.span(), format!("`{key}` set multiple times"));
             return;
         }
+        if key == Key::Strategy && is_strategy_object(&expr) {
+            *slot = Some(Setting {
+                expr,
+                value: None,
+                passthrough: true,
+            });
+            return;
+        }
         let value = literal_value(key, &expr).map_err(|e| cx.syn_error(e)).ok();
         if let Some(value) = &value {
             validate::check_value(key, &expr, value, cx);
         }
-        *slot = Some(Setting { expr, value });
+        *slot = Some(Setting {
+            expr,
+            value,
+            passthrough: false,
+        });
     }
 
     fn set_exprs(&mut self, key: Key, ident: &Ident, expr: Expr, cx: &Ctxt) {
@@ -318,6 +334,28 @@ fn literal_value(key: Key, expr: &Expr) -> syn::Result<Value> {
             None => Err(wrong_form(key, expr)),
         },
     }
+}
+
+/// Whether `expr` builds a strategy object of fabric's (`DdpStrategy::new()`,
+/// possibly with method calls): a call, a path or a method chain that is not
+/// a literal and names no Lightning strategy class.
+fn is_strategy_object(expr: &Expr) -> bool {
+    let root = {
+        let mut e = strip_groups(expr);
+        while let Expr::MethodCall(call) = e {
+            e = strip_groups(&call.receiver);
+        }
+        e
+    };
+    // A lone lower-case name (`strategy = ddp`) is a forgotten string, not
+    // an object: the literal parser reports it with the fix.
+    let lone_name = matches!(root, Expr::Path(path)
+        if path.path.segments.len() == 1
+            && path.path.segments[0].ident.to_string().starts_with(|c: char| c.is_lowercase()));
+    matches!(root, Expr::Call(_) | Expr::Path(_) | Expr::Struct(_))
+        && !lone_name
+        && !matches!(root, Expr::Path(path) if is_none(path))
+        && strategy_class(expr).is_none()
 }
 
 /// The Lightning strategy class that `expr` builds, as Lightning's docs

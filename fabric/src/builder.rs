@@ -81,10 +81,11 @@ impl FabricBuilder {
         self
     }
 
-    /// `strategy`: `"auto"` (the default), `"single_device"`, `"ddp"`, ... .
-    pub fn strategy(mut self, value: impl Into<Value>) -> Self {
-        self.strategy = Some(value.into());
-        self
+    /// `strategy`: a name, `"auto"` (the default), `"single_device"`,
+    /// `"ddp"`, ..., or a strategy with parameters such as
+    /// [`DdpStrategy`](crate::DdpStrategy).
+    pub fn strategy(self, strategy: impl IntoStrategy) -> Self {
+        strategy.configure(self)
     }
 
     /// `devices`: a count, a list of indices, `"1, 4"`, `-1` for all,
@@ -506,4 +507,36 @@ fn validate_environment(env: &dyn ClusterEnvironment) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// What `strategy` takes: a name (anything that converts into a
+/// [`Value`]), or a strategy with parameters such as
+/// [`DdpStrategy`](crate::DdpStrategy).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a strategy",
+    note = "`strategy` takes a name such as \"ddp\", or `fabric::DdpStrategy::new()` with parameters"
+)]
+pub trait IntoStrategy {
+    /// Sets the strategy, and its parameters, on the builder.
+    fn configure(self, builder: FabricBuilder) -> FabricBuilder;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T: Into<Value>> IntoStrategy for T {
+    fn configure(self, mut builder: FabricBuilder) -> FabricBuilder {
+        builder.strategy = Some(self.into());
+        builder
+    }
+}
+
+impl IntoStrategy for strategy::DdpStrategy {
+    fn configure(self, mut builder: FabricBuilder) -> FabricBuilder {
+        builder.strategy = Some(Value::Str("ddp".into()));
+        if let Some(megabytes) = self.bucket_cap_mb {
+            builder = builder.bucket_cap_mb(megabytes);
+        }
+        builder.collective_timeout = self.collective_timeout.or(builder.collective_timeout);
+        builder.failure_timeout = self.failure_timeout.or(builder.failure_timeout);
+        builder
+    }
 }

@@ -60,7 +60,9 @@ pub mod __private {
 }
 mod private;
 
-pub use builder::{DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_FAILURE_TIMEOUT, FabricBuilder};
+pub use builder::{
+    DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_FAILURE_TIMEOUT, FabricBuilder, IntoStrategy,
+};
 pub use callbacks::{Callback, Handles, HookTable, IntoOutcome, Outcome};
 pub use collectives::ReduceOp;
 pub use device::ToDevice;
@@ -73,6 +75,7 @@ pub use module::FabricModule;
 pub use optimizer::{AnyOptimizer, FabricOptimizer};
 pub use plugins::{IntoPlugin, Plugin};
 pub use progress::Progress;
+pub use strategy::DdpStrategy;
 
 /// The option types and their parser, shared with `#[fabric(...)]`.
 pub use fabric_options as options;

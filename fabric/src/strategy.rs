@@ -260,3 +260,51 @@ pub(crate) fn agree_on_seed(comm: &MpiComm, seed: u64) -> Result<u64> {
     let value = comm.broadcast(&Tensor::from_slice(&[seed as i64]), 0)?;
     Ok(value.f_int64_value(&[0])? as u64)
 }
+
+/// The `ddp` strategy with parameters, for `strategy = DdpStrategy::new()...`,
+/// as Lightning's `strategy=DDPStrategy(...)`.
+///
+/// ```
+/// use std::time::Duration;
+/// use fabric::{DdpStrategy, Fabric};
+///
+/// let fabric = Fabric::builder()
+///     .accelerator("cpu")
+///     .strategy(DdpStrategy::new().bucket_cap_mb(50.0).collective_timeout(Duration::from_secs(600)))
+///     .build()
+///     .unwrap();
+/// assert_eq!(fabric.strategy(), fabric::Strategy::Ddp);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DdpStrategy {
+    pub(crate) bucket_cap_mb: Option<f64>,
+    pub(crate) collective_timeout: Option<std::time::Duration>,
+    pub(crate) failure_timeout: Option<std::time::Duration>,
+}
+
+impl DdpStrategy {
+    /// `ddp` with PyTorch's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The size of the gradient buckets, in megabytes (25 by default).
+    pub fn bucket_cap_mb(mut self, megabytes: f64) -> Self {
+        self.bucket_cap_mb = Some(megabytes);
+        self
+    }
+
+    /// How long a collective may wait for the other ranks (30 minutes by
+    /// default).
+    pub fn collective_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.collective_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a rank may take to end once the run failed elsewhere (10
+    /// seconds by default).
+    pub fn failure_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.failure_timeout = Some(timeout);
+        self
+    }
+}
