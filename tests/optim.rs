@@ -409,3 +409,119 @@ fn fused_against_per_tensor_timing() {
         }
     }
 }
+
+/// float32 weights with dynamic loss scaling on the CPU: the path
+/// `16-mixed` takes on CUDA, through a precision plugin of our own.
+struct ScaledF32;
+
+impl fabric::precision::PrecisionPlugin for ScaledF32 {
+    fn loss_scaling(&self) -> Option<fabric::precision::GradScalerConfig> {
+        Some(fabric::precision::GradScalerConfig {
+            init_scale: 1024.0,
+            growth_interval: 2,
+            ..Default::default()
+        })
+    }
+}
+
+#[test]
+fn loss_scaling_unscales_and_skips_non_finite_steps_with_fabrics_optimizers() {
+    use fabric::checkpoint::State;
+    let build = |scaled: bool| {
+        let builder = Fabric::builder().accelerator("cpu");
+        let builder = if scaled {
+            builder.plugin(fabric::Plugin::precision(ScaledF32))
+        } else {
+            builder
+        };
+        builder.build().unwrap()
+    };
+    let run = |fabric: &mut Fabric| {
+        tch::manual_seed(5);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let net = nn::linear(vs.root() / "l", 4, 1, Default::default());
+        let opt = AdamW::new(0.01).build(&vs).unwrap();
+        let (model, mut opt) = fabric.setup(&mut vs, net, opt).unwrap();
+        let x = Tensor::randn([16, 4], (Kind::Float, Device::Cpu));
+        let mut stepped = Vec::new();
+        for step in 0..4 {
+            opt.zero_grad();
+            let mut loss = model.forward(&x).pow_tensor_scalar(2).mean(None);
+            if step == 1 {
+                // An overflow: the scaled step is skipped.
+                loss *= f64::INFINITY;
+            }
+            fabric.backward(&loss).unwrap();
+            stepped.push(opt.step().unwrap());
+        }
+        (vs, opt, stepped)
+    };
+
+    let mut scaled = build(true);
+    let (mut vs, mut opt, stepped) = run(&mut scaled);
+    assert_eq!(stepped, [true, false, true, true]);
+    // Backed off once (1024 -> 512), then grew after two clean steps.
+    assert_eq!(scaled.loss_scale(), Some(1024.0));
+    let state = opt.optimizer().unwrap().state("l.weight").unwrap();
+    assert_eq!(
+        state["step"].double_value(&[]),
+        3.0,
+        "the skipped step is not counted"
+    );
+
+    // The same run without the overflowing step and without scaling gives
+    // the same weights: scaling by a power of two and unscaling is exact.
+    let mut plain = build(false);
+    tch::manual_seed(5);
+    let mut plain_vs = nn::VarStore::new(Device::Cpu);
+    let net = nn::linear(plain_vs.root() / "l", 4, 1, Default::default());
+    let plain_opt = AdamW::new(0.01).build(&plain_vs).unwrap();
+    let (model, mut plain_opt) = plain.setup(&mut plain_vs, net, plain_opt).unwrap();
+    let x = Tensor::randn([16, 4], (Kind::Float, Device::Cpu));
+    for _ in 0..3 {
+        plain_opt.zero_grad();
+        let loss = model.forward(&x).pow_tensor_scalar(2).mean(None);
+        plain.backward(&loss).unwrap();
+        plain_opt.step().unwrap();
+    }
+    for (name, tensor) in vs.variables() {
+        assert!(tensor.equal(&plain_vs.variables()[&name]), "{name}");
+    }
+
+    // The scaler travels with the checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt");
+    scaled
+        .save(
+            &path,
+            &State::new()
+                .model("model", &mut vs)
+                .optimizer("optimizer", &mut opt)
+                .grad_scaler("scaler", scaled.grad_scaler()),
+        )
+        .unwrap();
+    let mut fresh = build(true);
+    let (mut vs2, mut opt2, _) = run(&mut fresh);
+    // A different scale before loading.
+    let scaler = fresh.grad_scaler().unwrap();
+    let state = scaler.lock().unwrap().state();
+    scaler
+        .lock()
+        .unwrap()
+        .load_state(fabric::precision::GradScalerState {
+            scale: 8.0,
+            ..state
+        })
+        .unwrap();
+    assert_eq!(fresh.loss_scale(), Some(8.0));
+    fresh
+        .load(
+            &path,
+            &mut State::new()
+                .model("model", &mut vs2)
+                .optimizer("optimizer", &mut opt2)
+                .grad_scaler("scaler", fresh.grad_scaler()),
+        )
+        .unwrap();
+    assert_eq!(fresh.loss_scale(), Some(1024.0));
+}

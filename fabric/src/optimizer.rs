@@ -18,7 +18,7 @@ pub enum AnyOptimizer {
     /// checkpointed).
     Tch(Optimizer),
     /// fabric's optimizer, with reachable state.
-    Fabric(optim::Optimizer),
+    Optim(optim::Optimizer),
 }
 
 impl From<Optimizer> for AnyOptimizer {
@@ -29,7 +29,7 @@ impl From<Optimizer> for AnyOptimizer {
 
 impl From<optim::Optimizer> for AnyOptimizer {
     fn from(optimizer: optim::Optimizer) -> Self {
-        AnyOptimizer::Fabric(optimizer)
+        AnyOptimizer::Optim(optimizer)
     }
 }
 
@@ -40,7 +40,7 @@ impl std::fmt::Debug for AnyOptimizer {
                 .debug_struct("tch::nn::Optimizer")
                 .field("parameters", &o.trainable_variables().len())
                 .finish(),
-            AnyOptimizer::Fabric(o) => o.fmt(f),
+            AnyOptimizer::Optim(o) => o.fmt(f),
         }
     }
 }
@@ -88,7 +88,7 @@ impl FabricOptimizer {
     pub fn zero_grad(&mut self) {
         match &mut self.inner {
             AnyOptimizer::Tch(o) => o.zero_grad(),
-            AnyOptimizer::Fabric(o) => o.zero_grad(),
+            AnyOptimizer::Optim(o) => o.zero_grad(),
         }
         self.found_inf = None;
     }
@@ -120,7 +120,7 @@ impl FabricOptimizer {
                 o.step();
                 Ok(())
             }
-            AnyOptimizer::Fabric(o) => o.step(),
+            AnyOptimizer::Optim(o) => o.step(),
         }
     }
 
@@ -146,7 +146,7 @@ impl FabricOptimizer {
     pub fn set_lr(&mut self, lr: f64) {
         match &mut self.inner {
             AnyOptimizer::Tch(o) => o.set_lr(lr),
-            AnyOptimizer::Fabric(o) => o.set_lr(lr),
+            AnyOptimizer::Optim(o) => o.set_lr(lr),
         }
     }
 
@@ -154,7 +154,7 @@ impl FabricOptimizer {
     pub fn parameters(&self) -> Vec<Tensor> {
         match &self.inner {
             AnyOptimizer::Tch(o) => o.trainable_variables(),
-            AnyOptimizer::Fabric(o) => o.parameters().iter().map(Tensor::shallow_clone).collect(),
+            AnyOptimizer::Optim(o) => o.parameters().iter().map(Tensor::shallow_clone).collect(),
         }
     }
 
@@ -162,7 +162,7 @@ impl FabricOptimizer {
     pub fn inner_mut(&mut self) -> Option<&mut Optimizer> {
         match &mut self.inner {
             AnyOptimizer::Tch(o) => Some(o),
-            AnyOptimizer::Fabric(_) => None,
+            AnyOptimizer::Optim(_) => None,
         }
     }
 
@@ -170,7 +170,7 @@ impl FabricOptimizer {
     /// `None` when this wraps tch's.
     pub fn optimizer(&self) -> Option<&optim::Optimizer> {
         match &self.inner {
-            AnyOptimizer::Fabric(o) => Some(o),
+            AnyOptimizer::Optim(o) => Some(o),
             AnyOptimizer::Tch(_) => None,
         }
     }
@@ -178,7 +178,7 @@ impl FabricOptimizer {
     /// The wrapped fabric optimizer, mutably.
     pub fn optimizer_mut(&mut self) -> Option<&mut optim::Optimizer> {
         match &mut self.inner {
-            AnyOptimizer::Fabric(o) => Some(o),
+            AnyOptimizer::Optim(o) => Some(o),
             AnyOptimizer::Tch(_) => None,
         }
     }
