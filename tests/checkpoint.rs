@@ -15,6 +15,14 @@ use fabric::{Error, Fabric, FabricOptimizer};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's generator is process-wide: every test of this file holds this
+/// lock, so that tests seeding and drawing from it do not interleave.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn fabric() -> Fabric {
     Fabric::builder()
         .accelerator("cpu")
@@ -150,6 +158,7 @@ fn resume_is_bit_identical(optimizer: fn(&nn::VarStore) -> Optimizer) {
 
 #[test]
 fn resuming_sgd_with_momentum_is_bit_identical_to_not_stopping() {
+    let _rng = rng_lock();
     resume_is_bit_identical(|vs| {
         Sgd::new(0.05)
             .momentum(0.9)
@@ -162,11 +171,13 @@ fn resuming_sgd_with_momentum_is_bit_identical_to_not_stopping() {
 
 #[test]
 fn resuming_adamw_is_bit_identical_to_not_stopping() {
+    let _rng = rng_lock();
     resume_is_bit_identical(|vs| AdamW::new(1e-2).amsgrad(true).build(vs).unwrap());
 }
 
 #[test]
 fn a_saved_model_loads_in_python_with_safetensors() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt");
     let mut fabric = fabric();
@@ -332,6 +343,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn every_bad_checkpoint_is_a_clear_error_and_changes_nothing() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let good = good_checkpoint(dir.path());
 
@@ -456,6 +468,7 @@ fn crc32c_of(bytes: &[u8]) -> u32 {
 
 #[test]
 fn state_that_does_not_fit_the_checkpoint_is_an_error_listing_every_problem() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let good = good_checkpoint(dir.path());
     let mut fabric = fabric();
@@ -491,6 +504,7 @@ fn state_that_does_not_fit_the_checkpoint_is_an_error_listing_every_problem() {
 
 #[test]
 fn tch_optimizers_cannot_be_checkpointed() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut fabric = fabric();
     let mut vs = nn::VarStore::new(Device::Cpu);
@@ -514,6 +528,7 @@ fn tch_optimizers_cannot_be_checkpointed() {
 
 #[test]
 fn non_strict_loading_takes_what_fits_and_reports_the_rest() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let good = good_checkpoint(dir.path());
     let saved: BTreeMap<String, Tensor> = Tensor::read_safetensors(good.join("model.safetensors"))
@@ -566,6 +581,7 @@ fn non_strict_loading_takes_what_fits_and_reports_the_rest() {
 
 #[test]
 fn the_loss_scaler_and_values_round_trip() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scaler");
     let mut fabric = fabric();
@@ -626,6 +642,7 @@ fn the_loss_scaler_and_values_round_trip() {
 
 #[test]
 fn saving_replaces_a_checkpoint_but_never_a_foreign_path() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/ckpt");
     let mut fabric = fabric();
@@ -725,6 +742,7 @@ fn kill_child(dir: &Path) {
 
 #[test]
 fn a_process_killed_while_saving_leaves_the_previous_checkpoint() {
+    let _rng = rng_lock();
     if let Some(dir) = std::env::var_os(KILL_CHILD) {
         kill_child(Path::new(&dir));
         return;

@@ -12,6 +12,14 @@ use tch::{Device, Kind, Tensor, nn};
 const STEPS: usize = 6;
 const SHAPES: [&[i64]; 3] = [&[4, 3], &[3], &[2, 2, 2]];
 
+/// libtorch's generator is process-wide: tests that seed it and draw from
+/// it hold this lock, so that tests running in parallel do not interleave.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn python() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
 }
@@ -165,6 +173,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// default on CPU): parameters and every state tensor.
 #[test]
 fn optimizers_match_torch_optim() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let kinds = [(Kind::Double, 1e-12), (Kind::Float, 2e-6)];
     let cases = cases();
@@ -249,6 +258,7 @@ fn optimizers_match_torch_optim() {
 
 #[test]
 fn invalid_settings_are_errors() {
+    let _rng = rng_lock();
     let p = || {
         vec![(
             "w".to_owned(),
@@ -287,6 +297,7 @@ fn invalid_settings_are_errors() {
 
 #[test]
 fn parameters_without_gradients_are_skipped() {
+    let _rng = rng_lock();
     let a = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     let b = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     let mut opt = AdamW::new(0.1)
@@ -305,6 +316,7 @@ fn parameters_without_gradients_are_skipped() {
 
 #[test]
 fn fabric_optimizers_train_through_setup_and_clip() {
+    let _rng = rng_lock();
     let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
     tch::manual_seed(0);
     let mut vs = nn::VarStore::new(Device::Cpu);
@@ -338,6 +350,7 @@ fn fabric_optimizers_train_through_setup_and_clip() {
 #[test]
 #[ignore = "a measurement, run on demand"]
 fn fused_against_per_tensor_timing() {
+    let _rng = rng_lock();
     let layers: [(&str, &[&[i64]]); 2] = [
         (
             "small MLP 32-64-10 (4 tensors)",
@@ -426,6 +439,7 @@ impl fabric::precision::PrecisionPlugin for ScaledF32 {
 
 #[test]
 fn loss_scaling_unscales_and_skips_non_finite_steps_with_fabrics_optimizers() {
+    let _rng = rng_lock();
     use fabric::checkpoint::State;
     let build = |scaled: bool| {
         let builder = Fabric::builder().accelerator("cpu");
