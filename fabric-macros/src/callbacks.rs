@@ -200,6 +200,7 @@ fn handler(
     // not an outcome is reported there.
     let returned = syn::Ident::new("__returned", *output_span);
     let convert = quote_spanned!(*output_span=> {
+        #[allow(clippy::let_unit_value)]
         let #returned = #call;
         ::fabric::IntoOutcome::into_outcome(#returned)
     });
