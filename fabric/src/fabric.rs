@@ -101,6 +101,7 @@ pub struct Fabric {
     bucket_bytes: usize,
     /// The trainable parameters whose gradients `ddp` averages.
     ddp_params: Vec<Tensor>,
+    buckets: strategy::GradientBuckets,
     sync_gradients: bool,
     stop_requested: bool,
     finished: bool,
@@ -162,6 +163,7 @@ impl Fabric {
             comm: parts.comm,
             bucket_bytes: parts.bucket_bytes,
             ddp_params: Vec::new(),
+            buckets: strategy::GradientBuckets::default(),
             sync_gradients: true,
             stop_requested: false,
             finished: false,
@@ -352,7 +354,8 @@ impl Fabric {
         if let Some(comm) = &self.comm
             && self.sync_gradients
         {
-            strategy::average_gradients(comm, &self.ddp_params, self.bucket_bytes)?;
+            self.buckets
+                .average(comm, &self.ddp_params, self.bucket_bytes)?;
         }
         Ok(())
     }

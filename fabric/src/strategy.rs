@@ -144,54 +144,104 @@ fn not_dp() -> Error {
 /// The default gradient bucket size, as PyTorch's DDP.
 pub(crate) const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
 
-/// Averages the gradients of `params` over every rank, in buckets of about
-/// `bucket_bytes`: each bucket is flattened into one tensor, all-reduced in
-/// one MPI call, and copied back.
-pub(crate) fn average_gradients(
-    comm: &MpiComm,
-    params: &[Tensor],
-    bucket_bytes: usize,
-) -> Result<()> {
-    let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
-    if let Some(i) = grads.iter().position(|g| !g.defined()) {
-        return Err(Error::Distributed(format!(
-            "parameter {i} (shape {:?}) received no gradient on rank {}: under ddp every trainable parameter must take part in the loss",
-            params[i].size(),
-            comm.rank()
-        )));
-    }
-    let mut start = 0;
-    while start < grads.len() {
-        let kind = grads[start].kind();
-        let mut end = start;
-        let mut bytes = 0;
-        while end < grads.len()
-            && grads[end].kind() == kind
-            && (end == start || bytes < bucket_bytes)
-        {
-            bytes += grads[end].numel() * kind.elt_size_in_bytes();
-            end += 1;
+/// One bucket of gradients: which parameters, where in the flat buffers.
+struct Bucket {
+    /// (parameter index, offset, number of elements).
+    members: Vec<(usize, i64, i64)>,
+    /// The gradients, packed, before the all-reduce.
+    packed: Tensor,
+    /// The all-reduced sums.
+    reduced: Tensor,
+}
+
+/// The gradient buckets of `ddp`, allocated once and reused every step, so
+/// averaging allocates nothing: gradients are packed into a flat buffer per
+/// bucket, all-reduced into a second one in one MPI call, divided by the
+/// world size in place, and copied back.
+#[derive(Default)]
+pub(crate) struct GradientBuckets {
+    buckets: Vec<Bucket>,
+    /// (shape, kind) of every parameter the buckets were laid out for.
+    layout: Vec<(Vec<i64>, tch::Kind)>,
+}
+
+impl GradientBuckets {
+    fn lay_out(&mut self, params: &[Tensor], bucket_bytes: usize) -> Result<()> {
+        let layout: Vec<_> = params.iter().map(|p| (p.size(), p.kind())).collect();
+        if layout == self.layout {
+            return Ok(());
         }
-        let bucket = &grads[start..end];
-        let flat = Tensor::f_cat(&bucket.iter().map(|g| g.view([-1])).collect::<Vec<_>>(), 0)?;
-        let averaged = comm.all_reduce(&flat, ReduceOp::Mean)?.f_to_kind(kind)?;
-        let mut offset = 0;
-        tch::no_grad(|| -> Result<()> {
-            for grad in bucket {
-                let n = grad.numel() as i64;
-                let mut grad = grad.shallow_clone();
-                grad.f_copy_(
-                    &averaged
-                        .f_narrow(0, offset, n)?
-                        .f_view(grad.size().as_slice())?,
-                )?;
+        self.buckets.clear();
+        let mut start = 0;
+        while start < params.len() {
+            let kind = params[start].kind();
+            let (mut end, mut elements) = (start, 0i64);
+            while end < params.len()
+                && params[end].kind() == kind
+                && (end == start || (elements as usize) * kind.elt_size_in_bytes() < bucket_bytes)
+            {
+                elements += params[end].numel() as i64;
+                end += 1;
+            }
+            let mut members = Vec::with_capacity(end - start);
+            let mut offset = 0;
+            for (i, param) in params.iter().enumerate().take(end).skip(start) {
+                let n = param.numel() as i64;
+                members.push((i, offset, n));
                 offset += n;
             }
-            Ok(())
-        })?;
-        start = end;
+            let options = (kind, params[start].device());
+            self.buckets.push(Bucket {
+                members,
+                packed: Tensor::f_empty([elements], options)?,
+                reduced: Tensor::f_empty([elements], options)?,
+            });
+            start = end;
+        }
+        self.layout = layout;
+        Ok(())
     }
-    Ok(())
+
+    /// Averages the gradients of `params` over every rank.
+    pub(crate) fn average(
+        &mut self,
+        comm: &MpiComm,
+        params: &[Tensor],
+        bucket_bytes: usize,
+    ) -> Result<()> {
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        if let Some(i) = grads.iter().position(|g| !g.defined()) {
+            return Err(Error::Distributed(format!(
+                "parameter {i} (shape {:?}) received no gradient on rank {}: under ddp every trainable parameter must take part in the loss",
+                params[i].size(),
+                comm.rank()
+            )));
+        }
+        self.lay_out(params, bucket_bytes)?;
+        let world = comm.size() as f64;
+        tch::no_grad(|| {
+            for bucket in &mut self.buckets {
+                for &(i, offset, n) in &bucket.members {
+                    bucket
+                        .packed
+                        .f_narrow(0, offset, n)?
+                        .f_copy_(&grads[i].f_reshape([-1])?)?;
+                }
+                comm.all_reduce_into(&bucket.packed, &bucket.reduced, ReduceOp::Sum)?;
+                let _ = bucket.reduced.f_div_scalar_(world)?;
+                for &(i, offset, n) in &bucket.members {
+                    let mut grad = grads[i].shallow_clone();
+                    grad.f_copy_(
+                        &bucket
+                            .reduced
+                            .f_narrow(0, offset, n)?
+                            .f_view(grad.size().as_slice())?,
+                    )?;
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Makes every rank's variables equal to rank 0's.

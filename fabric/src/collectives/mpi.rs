@@ -234,6 +234,58 @@ impl MpiComm {
             .f_view(tensor.size().as_slice())?)
     }
 
+    /// The element-wise reduction of `input` over every rank, written into
+    /// `output`: both contiguous CPU tensors of the same kind and size that
+    /// MPI transports directly. Allocates nothing.
+    pub(crate) fn all_reduce_into(
+        &self,
+        input: &Tensor,
+        output: &Tensor,
+        op: ReduceOp,
+    ) -> Result<()> {
+        let direct = input.device() == Device::Cpu
+            && input.is_contiguous()
+            && output.is_contiguous()
+            && input.kind() == output.kind()
+            && input.numel() == output.numel()
+            && op != ReduceOp::Mean;
+        let datatype =
+            Self::datatype(input.kind()).filter(|_| direct && input.kind() != Kind::Bool);
+        let Some(datatype) = datatype else {
+            return Err(Error::Distributed(
+                "all_reduce_into needs two contiguous CPU tensors of one plain kind and size"
+                    .into(),
+            ));
+        };
+        if input.numel() == 0 {
+            return Ok(());
+        }
+        // SAFETY: reading the predefined operation handles.
+        let mpi_op = unsafe {
+            match op {
+                ReduceOp::Sum | ReduceOp::Mean => ffi::RSMPI_SUM,
+                ReduceOp::Max => ffi::RSMPI_MAX,
+                ReduceOp::Min => ffi::RSMPI_MIN,
+            }
+        };
+        let _armed = watchdog::arm("all_reduce", self.timeout);
+        // SAFETY: both tensors are contiguous CPU tensors of `count`
+        // elements of `datatype`, alive for the call, and distinct.
+        unsafe {
+            check(
+                ffi::MPI_Allreduce(
+                    input.data_ptr() as *const c_void,
+                    output.data_ptr(),
+                    Self::count(input)?,
+                    datatype,
+                    mpi_op,
+                    self.comm,
+                ),
+                "MPI_Allreduce",
+            )
+        }
+    }
+
     /// `tensor` as held by rank `src`, on every rank.
     pub(crate) fn broadcast(&self, tensor: &Tensor, src: usize) -> Result<Tensor> {
         if src >= self.size {
