@@ -1,7 +1,7 @@
 //! Callbacks: objects registered with fabric whose hooks
 //! [`Fabric::call`](crate::Fabric::call) dispatches by type.
 //!
-//! A hook is a type ([`hooks::Hook`](crate::hooks::Hook)); a callback
+//! A hook is a type ([`hooks::Hook`]); a callback
 //! handles it by implementing [`Handles`], which `#[fabric::hooks]` writes
 //! from its `#[hook]` methods. Dispatch looks the hook's type up once and
 //! calls the handlers in registration order: a callback without the hook is
