@@ -234,6 +234,12 @@ impl MpiComm {
             .f_view(tensor.size().as_slice())?)
     }
 
+    /// Whether MPI carries tensors of this kind as they are, so that
+    /// [`all_reduce_into`](Self::all_reduce_into) takes them.
+    pub(crate) fn carries(kind: Kind) -> bool {
+        kind != Kind::Bool && Self::datatype(kind).is_some()
+    }
+
     /// The element-wise reduction of `input` over every rank, written into
     /// `output`: both contiguous CPU tensors of the same kind and size that
     /// MPI transports directly. Allocates nothing.
