@@ -116,6 +116,8 @@ def training_command(system, exes, model, precision, devices, steps, args):
         "--model", model, "--precision", precision, "--devices", devices,
         "--warmup", args.warmup, "--repeats", args.repeats, "--steps", steps, "--threads", threads,
     ]
+    if system == "fabric-nosync":
+        return [exes["training"], "--system", "fabric", "--no-sync", *common]
     if system in ("fabric", "raw"):
         return [exes["training"], "--system", system, *common]
     return [PYTHON, "bench/train_lightning.py", "--system", system, *common]
@@ -127,6 +129,10 @@ def systems_for(precision, devices):
         systems.append("raw")
         if precision == "32-true":
             systems.append("torch")
+    else:
+        # Diagnostic: fabric's ddp without the gradient averaging (each rank
+        # trains alone), the floor the averaging adds to.
+        systems.append("fabric-nosync")
     return systems
 
 
@@ -141,12 +147,13 @@ def run_training(exes, args):
                 out = run(command, what=f"{name} ({system})")
                 if out is None:
                     continue
-                entry = results.setdefault((name, system), {"times": [], "rss": [], "threads": None})
+                entry = results.setdefault((name, system), {"times": [], "cpu": [], "rss": [], "threads": None})
                 ranks = []
                 for line in out.splitlines():
                     if line.startswith("RESULT "):
                         f = fields(line)
                         entry["times"].extend(float(t) for t in f["all"].split(","))
+                        entry["cpu"].extend(float(t) for t in f.get("cpu", "").split(",") if t)
                         entry["threads"] = f.get("threads")
                     elif line.startswith("RSS "):
                         ranks.append(int(fields(line)["kb"]))
@@ -172,7 +179,7 @@ def fmt_ms(ms):
 
 def training_table(results, args):
     lines = [
-        "| workload | fabric | Lightning Fabric | raw tch | plain PyTorch | fabric / Lightning | fabric / raw tch | target |",
+        "| workload | fabric | Lightning Fabric | raw tch | plain PyTorch | fabric / Lightning (throughput) | fabric / raw tch (throughput) | target |",
         "|---|---|---|---|---|---|---|---|",
     ]
     targets = {
@@ -180,8 +187,13 @@ def training_table(results, args):
         "medium-32": ("lightning", 1.0),
         "medium-ddp": ("lightning", 1.5),
     }
+    notes = []
+    cpu = [
+        "| workload | fabric | Lightning Fabric | raw tch | plain PyTorch | fabric / Lightning (throughput) | fabric / raw tch (throughput) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     memory = [
-        "| workload | fabric | Lightning Fabric | raw tch | plain PyTorch | fabric / Lightning |",
+        "| workload | fabric | Lightning Fabric | raw tch | plain PyTorch | fabric / Lightning (memory) |",
         "|---|---|---|---|---|---|",
     ]
     for name, model, precision, devices, steps in workloads(args.short):
@@ -191,11 +203,14 @@ def training_table(results, args):
         procs = "1 process" if devices == 1 else f"{devices} processes ddp"
         title = f"{label}, batch {batch}, {precision}, {procs}"
         median = {}
+        cpu_median = {}
         rss = {}
-        for system in ("fabric", "lightning", "raw", "torch"):
+        for system in ("fabric", "lightning", "raw", "torch", "fabric-nosync"):
             entry = results.get((name, system))
             if entry and entry["times"]:
                 median[system] = statistics.median(entry["times"])
+                if entry["cpu"]:
+                    cpu_median[system] = statistics.median(entry["cpu"])
                 rss[system] = max(entry["rss"]) / 1024 if entry["rss"] else None
 
         def cell(system):
@@ -224,6 +239,20 @@ def training_table(results, args):
             f"| {ratio('lightning')} | {ratio('raw')} | {target} |"
         )
 
+        def cpu_cell(system):
+            return fmt_ms(cpu_median[system]) if system in cpu_median else "n/a"
+
+        def cpu_ratio(other):
+            if "fabric" in cpu_median and other in cpu_median:
+                return f"{cpu_median[other] / cpu_median['fabric']:.2f}x"
+            return "n/a"
+
+        if devices == 1:
+            cpu.append(
+                f"| {title} | {cpu_cell('fabric')} | {cpu_cell('lightning')} | {cpu_cell('raw')} | {cpu_cell('torch')} "
+                f"| {cpu_ratio('lightning')} | {cpu_ratio('raw')} |"
+            )
+
         def mb(system):
             if rss.get(system) is None:
                 return "n/a"
@@ -233,7 +262,15 @@ def training_table(results, args):
         if rss.get("fabric") and rss.get("lightning"):
             mem_ratio = f"{rss['fabric'] / rss['lightning']:.2f}x"
         memory.append(f"| {title} | {mb('fabric')} | {mb('lightning')} | {mb('raw')} | {mb('torch')} | {mem_ratio} |")
-    return lines, memory
+        if "fabric-nosync" in median:
+            floor = median["fabric-nosync"]
+            notes.append(
+                f"{title}: fabric without the gradient averaging (each rank trains alone): {fmt_ms(floor)} per step; "
+                f"the averaging adds {median['fabric'] - floor:.2f} ms" if "fabric" in median else ""
+            )
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes if n]
+    return lines, cpu, memory
 
 
 # ---- hooks, all-reduce, compile time --------------------------------------
@@ -267,7 +304,9 @@ def run_hooks(exes, args):
 
 
 def run_allreduce(exes, args):
-    out = run([exes["allreduce"], *(["--short"] if args.short else [])], what="all-reduce")
+    # 7.11 MB: the gradients of the medium MLP, what its ddp step all-reduces.
+    sizes = ["--short", "--sizes", "7.11"] if args.short else ["--sizes", "4,7.11,64"]
+    out = run([exes["allreduce"], *sizes], what="all-reduce")
     lines = [
         "| ranks | size (f32) | fabric (Open MPI) | Gloo (Lightning's CPU backend) | fabric GB/s | Gloo GB/s | fabric / Gloo |",
         "|---|---|---|---|---|---|---|",
@@ -288,7 +327,7 @@ def run_allreduce(exes, args):
 def run_compile(args):
     """Wall time of `cargo build` (dev profile) of the two twins after touching
     their source, alternated, median of the repeats."""
-    repeats = 1 if args.short else 5
+    repeats = 1 if args.short else 9
     subjects = ["compile_attribute", "compile_builder"]
     times = {s: [] for s in subjects}
     for s in subjects:  # build once, so that only the subject recompiles
@@ -351,6 +390,10 @@ def main():
     )
     p.add_argument("--profile", help="cargo profile of the benchmark programs (release; short: dev)")
     p.add_argument(
+        "--nice", type=int, default=0,
+        help="run the measurements at this niceness, inherited by every system alike (for example -10 on a shared machine, as root)",
+    )
+    p.add_argument(
         "--only", nargs="+", default=[],
         help="run only these parts: training workloads (tiny, medium-32, medium-bf16-mixed, medium-bf16-true, medium-ddp), hooks, allreduce, compile",
     )
@@ -370,11 +413,20 @@ def main():
     started = time.time()
     load_before = uptime_load()
     exes = build(args.profile)
+    if args.nice:
+        try:
+            os.nice(args.nice)
+        except OSError as e:
+            sys.exit(f"--nice {args.nice}: {e}")
     sections = []
     if any(wanted(args, name) for name in training_names):
         results = run_training(exes, args)
-        speed, memory = training_table(results, args)
+        speed, cpu, memory = training_table(results, args)
         sections.append(("Training step (median time per step; throughput in samples/s over all processes)", speed))
+        sections.append((
+            "Process CPU time per step, one process (less sensitive to other load than wall-clock time; ratios as throughput)",
+            cpu,
+        ))
         sections.append(("Peak resident memory per process (largest rank for ddp)", memory))
     if wanted(args, "hooks"):
         log("hook dispatch")
@@ -392,7 +444,8 @@ def main():
         f"Machine: {machine()}",
         "",
         f"Mode: {mode}; cargo profile `{args.profile}`; {args.threads} intra-op thread(s) per single process, "
-        f"{max(1, args.threads // 2)} per ddp rank; {args.rounds} round(s) x {args.repeats} repeats after {args.warmup} warm-up steps.",
+        f"{max(1, args.threads // 2)} per ddp rank; {args.rounds} round(s) x {args.repeats} repeats after {args.warmup} warm-up steps"
+        f"{f'; niceness {args.nice}' if args.nice else ''}.",
         "",
         f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}; took {time.time() - started:.0f} s.",
     ]

@@ -13,7 +13,8 @@ fn train(fabric: &mut Fabric) -> anyhow::Result<f64> {
     let y = x.sum_dim_intlist(1, true, Kind::Float);
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
     let net = nn::linear(vs.root(), 8, 1, Default::default());
-    let (model, mut opt) = fabric.setup(&mut vs, net, nn::Adam::default().build(&vs, 1e-2)?)?;
+    let opt = nn::Adam::default().build(&vs, 1e-2)?;
+    let (model, mut opt) = fabric.setup(&mut vs, net, opt)?;
     let mut loader = fabric.setup_dataloaders(
         DataLoader::new(TensorDataset::new((x, y))?)
             .batch_size(32)
