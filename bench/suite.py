@@ -1,7 +1,7 @@
 """fabric against Lightning Fabric and raw tch, side by side: runs every
 comparison of BENCHMARKS.md in one go and prints the tables in markdown.
 
-    ./dev bench            # full run (release build; about 5 minutes)
+    ./dev bench            # full run (release build; about 8 minutes)
     ./dev bench --short    # CI smoke run (debug build, few steps; numbers not representative)
 
 or, once `./dev setup` has installed Lightning into .venv:
@@ -324,6 +324,47 @@ def run_allreduce(exes, args):
     return lines
 
 
+def run_instructions(exes, args):
+    """Instructions per training step, fabric against raw tch, counted by
+    callgrind (independent of other load): the difference between runs of
+    two step counts, so that start-up cancels out."""
+    if shutil.which("valgrind") is None:
+        return ["(valgrind is not installed: skipped; Debian: `apt-get install valgrind`)"]
+    if args.short:
+        return ["(skipped in the short mode: valgrind takes about 3 minutes)"]
+    plans = [("tiny", "32-true", 100, 600), ("medium", "32-true", 4, 14)]
+    lines = [
+        "| workload | raw tch | fabric | fabric - raw |",
+        "|---|---|---|---|",
+    ]
+    for model, precision, n1, n2 in plans:
+        counts = {}
+        for system in ("raw", "fabric"):
+            collected = []
+            for steps in (n1, n2):
+                command = [
+                    "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", exes["training"],
+                    "--system", system, "--model", model, "--precision", precision,
+                    "--warmup", "0", "--repeats", "1", "--steps", steps, "--threads", "1",
+                ]
+                log(f"instructions: {model} {system} {steps} steps")
+                done = subprocess.run([str(c) for c in command], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+                found = re.search(r"Collected : (\d+)", done.stderr)
+                if done.returncode != 0 or not found:
+                    FAILURES.append(f"instructions {model} {system}: {done.stderr[-2000:]}")
+                    break
+                collected.append(int(found.group(1)))
+            if len(collected) == 2:
+                counts[system] = (collected[1] - collected[0]) / (n2 - n1)
+        label, batch = MODELS[model]
+        if len(counts) == 2:
+            raw, ours = counts["raw"], counts["fabric"]
+            lines.append(
+                f"| {label}, batch {batch}, {precision} | {raw:,.0f} | {ours:,.0f} | {ours - raw:+,.0f} ({(ours / raw - 1) * 100:+.2f}%) |"
+            )
+    return lines
+
+
 def run_compile(args):
     """Wall time of `cargo build` (dev profile) of the two twins after touching
     their source, alternated, median of the repeats."""
@@ -395,14 +436,14 @@ def main():
     )
     p.add_argument(
         "--only", nargs="+", default=[],
-        help="run only these parts: training workloads (tiny, medium-32, medium-bf16-mixed, medium-bf16-true, medium-ddp), hooks, allreduce, compile",
+        help="run only these parts: training workloads (tiny, medium-32, medium-bf16-mixed, medium-bf16-true, medium-ddp), hooks, allreduce, instructions, compile",
     )
     args = p.parse_args()
     args.rounds = args.rounds or (1 if args.short else 3)
     args.repeats = args.repeats or (3 if args.short else 5)
     args.warmup = args.warmup if args.warmup is not None else (5 if args.short else 20)
     args.profile = args.profile or ("dev" if args.short else "release")
-    parts = {"training", "hooks", "allreduce", "compile"}
+    parts = {"training", "hooks", "allreduce", "instructions", "compile"}
     training_names = {w[0] for w in workloads(False)}
     unknown = set(args.only) - training_names - parts
     if unknown:
@@ -434,6 +475,12 @@ def main():
     if wanted(args, "allreduce"):
         log("all-reduce")
         sections.append(("All-reduce (median time per call)", run_allreduce(exes, args)))
+    if wanted(args, "instructions"):
+        log("instructions per step (callgrind)")
+        sections.append((
+            "Instructions per training step, counted by callgrind (independent of load)",
+            run_instructions(exes, args),
+        ))
     if wanted(args, "compile"):
         log("compile time")
         sections.append(("Compile time of an example, with and without the attribute", run_compile(args)))
