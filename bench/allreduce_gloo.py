@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-WARMUP, REPEATS = 5, 20
+WARMUP = int(os.environ.get("GLOO_WARMUP", 5))
+REPEATS = int(os.environ.get("GLOO_REPEATS", 20))
 
 
 def worker(rank, world, sizes, port):

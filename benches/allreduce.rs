@@ -2,7 +2,9 @@
 //! Gloo (Lightning Fabric's CPU backend), on this machine, in one run.
 //!
 //! `cargo bench --bench allreduce` prints, for 2 and 4 ranks and 4 MB and
-//! 64 MB of f32, the median time of an all-reduce after warm-up.
+//! 64 MB of f32, the median time of an all-reduce after warm-up, as a table
+//! and as `RESULT` lines (which `bench/suite.py` reads). With `--short`:
+//! 2 ranks and 4 MB only, fewer repeats.
 
 use std::process::Command;
 use std::time::Instant;
@@ -13,6 +15,34 @@ use tch::{Device, Kind, Tensor};
 const SIZES_MB: [f64; 2] = [4.0, 64.0];
 const WARMUP: usize = 5;
 const REPEATS: usize = 20;
+
+/// What this run measures: (ranks, sizes in MB, warm-up, repeats).
+/// `--ranks 2,4` and `--sizes 4,64` override the defaults.
+fn plan() -> (Vec<usize>, Vec<f64>, usize, usize) {
+    let args: Vec<String> = std::env::args().collect();
+    let list = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|x| x.parse().ok())
+                    .collect::<Vec<f64>>()
+            })
+    };
+    let (mut ranks, mut sizes, warmup, repeats) = if args.iter().any(|a| a == "--short") {
+        (vec![2], vec![SIZES_MB[0]], 2, 5)
+    } else {
+        (vec![2, 4], SIZES_MB.to_vec(), WARMUP, REPEATS)
+    };
+    if let Some(r) = list("--ranks") {
+        ranks = r.into_iter().map(|r| r as usize).collect();
+    }
+    if let Some(s) = list("--sizes") {
+        sizes = s;
+    }
+    (ranks, sizes, warmup, repeats)
+}
 
 fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
@@ -27,17 +57,18 @@ fn ranks(world: usize) {
         .devices(world)
         .build()
         .unwrap();
-    for mb in SIZES_MB {
+    let (_, sizes, warmup, repeats) = plan();
+    for mb in sizes {
         let x = Tensor::ones(
             [(mb * 1024.0 * 1024.0 / 4.0) as i64],
             (Kind::Float, Device::Cpu),
         );
         let mut times = Vec::new();
-        for i in 0..WARMUP + REPEATS {
+        for i in 0..warmup + repeats {
             fabric.barrier().unwrap();
             let start = Instant::now();
             let _ = fabric.all_reduce(&x, ReduceOp::Sum).unwrap();
-            if i >= WARMUP {
+            if i >= warmup {
                 times.push(start.elapsed().as_secs_f64());
             }
         }
@@ -71,10 +102,13 @@ fn main() {
     if let Ok(world) = std::env::var("BENCH_RANKS") {
         return ranks(world.parse().unwrap());
     }
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    // The Python of the project's venv, or the one `./dev bench` names.
+    let python = std::env::var("FABRIC_BENCH_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/allreduce_gloo.py");
+    let (worlds, sizes, warmup, repeats) = plan();
     let mut rows = Vec::new();
-    for world in [2usize, 4] {
+    for &world in &worlds {
         let exe = std::env::current_exe().unwrap();
         let ours = Command::new(exe)
             .args(std::env::args_os().skip(1))
@@ -82,10 +116,12 @@ fn main() {
             .output()
             .unwrap();
         rows.extend(parse(&String::from_utf8_lossy(&ours.stdout)));
-        let mut gloo = Command::new(python);
+        let mut gloo = Command::new(&python);
         gloo.arg(script)
+            .env("GLOO_WARMUP", warmup.to_string())
+            .env("GLOO_REPEATS", repeats.to_string())
             .arg(world.to_string())
-            .args(SIZES_MB.map(|s| s.to_string()));
+            .args(sizes.iter().map(|s| s.to_string()));
         let gloo = gloo.output().unwrap();
         if !gloo.status.success() {
             eprintln!("gloo run failed: {}", String::from_utf8_lossy(&gloo.stderr));
@@ -94,8 +130,9 @@ fn main() {
     }
     println!("| ranks | size | fabric (Open MPI) | Gloo | fabric GB/s | Gloo GB/s | speed-up |");
     println!("|---|---|---|---|---|---|---|");
-    for world in [2usize, 4] {
-        for mb in SIZES_MB {
+    let mut lines = Vec::new();
+    for &world in &worlds {
+        for &mb in &sizes {
             let find = |system: &str| {
                 rows.iter()
                     .find(|r| r.0 == system && r.1 == world && r.2 == mb)
@@ -109,7 +146,13 @@ fn main() {
                     bandwidth(gloo),
                     gloo / ours
                 );
+                lines.push(format!(
+                    "RESULT ranks={world} mb={mb} fabric_ms={ours:.4} gloo_ms={gloo:.4}"
+                ));
             }
         }
+    }
+    for line in lines {
+        println!("{line}");
     }
 }

@@ -875,3 +875,76 @@ fn ddp_spawn_with_four_processes_via_the_attribute() {
     );
     assert!(leftovers(&token).is_empty());
 }
+
+/// In each rank: gradients of a model with one parameter large enough to be
+/// all-reduced from where it is (a bucket of its own) and small ones packed
+/// together, in `precision`, are the mean of the ranks' local gradients.
+fn averaging_scenario(precision: &str) {
+    let mut fabric = Fabric::builder()
+        .accelerator("cpu")
+        .strategy("ddp")
+        .devices(2)
+        .precision(precision)
+        .build()
+        .unwrap();
+    fabric.seed_everything(0);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    // 512 x 600 f32 weights: 1.2 MB, a bucket of their own.
+    let net = nn::seq()
+        .add(nn::linear(vs.root() / "big", 600, 512, Default::default()))
+        .add_fn(|x| x.relu())
+        .add(nn::linear(vs.root() / "small", 512, 3, Default::default()));
+    let opt = nn::Sgd::default().build(&vs, 0.1).unwrap();
+    let (model, mut opt) = fabric.setup(&mut vs, net, opt).unwrap();
+    let rank = fabric.global_rank();
+    tch::manual_seed(100 + rank as i64);
+    let x = Tensor::randn([4, 600], (Kind::Float, Device::Cpu));
+    let y = Tensor::randn([4, 3], (Kind::Float, Device::Cpu));
+    let loss = || model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    opt.zero_grad();
+    fabric
+        .no_backward_sync(true, |f| f.backward(&loss()))
+        .unwrap();
+    let local: Vec<Tensor> = variables.iter().map(|(_, v)| v.grad().copy()).collect();
+    opt.zero_grad();
+    fabric.backward(&loss()).unwrap();
+    for ((name, variable), local) in variables.iter().zip(&local) {
+        let expected = fabric.all_reduce(local, ReduceOp::Mean).unwrap();
+        let averaged = variable.grad();
+        assert_eq!(averaged.kind(), fabric.param_kind(), "{name}");
+        assert!(
+            averaged.to_kind(Kind::Float).allclose(
+                &expected.to_kind(Kind::Float),
+                1e-5,
+                1e-6,
+                false
+            ),
+            "{precision}: the gradient of {name} is the mean of the ranks' gradients"
+        );
+    }
+    println!("RESULT rank={rank} ok=true");
+}
+
+#[test]
+fn ddp_averages_large_and_small_gradients() {
+    let test = "ddp_averages_large_and_small_gradients";
+    if scenario().as_deref() == Some(test) {
+        return averaging_scenario("32-true");
+    }
+    let (output, text) = run(this_test(test, &token()));
+    assert!(output.status.success(), "{text}");
+    assert_eq!(text.matches("ok=true").count(), 2, "{text}");
+}
+
+#[test]
+fn ddp_averages_bf16_gradients() {
+    let test = "ddp_averages_bf16_gradients";
+    if scenario().as_deref() == Some(test) {
+        return averaging_scenario("bf16-true");
+    }
+    let (output, text) = run(this_test(test, &token()));
+    assert!(output.status.success(), "{text}");
+    assert_eq!(text.matches("ok=true").count(), 2, "{text}");
+}

@@ -2,7 +2,7 @@
 //! gradient averaging of `ddp`.
 
 use fabric_options::{Devices, Strategy};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::collectives::{MpiComm, ReduceOp};
 use crate::environment::ClusterEnvironment;
@@ -144,20 +144,28 @@ fn not_dp() -> Error {
 /// The default gradient bucket size, as PyTorch's DDP.
 pub(crate) const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
 
+/// Gradients of at least this many bytes are a bucket of their own and are
+/// all-reduced from where they are, without being packed first.
+const OWN_BUCKET_BYTES: usize = 1024 * 1024;
+
 /// One bucket of gradients: which parameters, where in the flat buffers.
 struct Bucket {
     /// (parameter index, offset, number of elements).
     members: Vec<(usize, i64, i64)>,
-    /// The gradients, packed, before the all-reduce.
-    packed: Tensor,
+    /// The gradients, packed, before the all-reduce; `None` for a bucket of
+    /// one large gradient, which is all-reduced from where it is.
+    packed: Option<Tensor>,
     /// The all-reduced sums.
     reduced: Tensor,
 }
 
 /// The gradient buckets of `ddp`, allocated once and reused every step, so
-/// averaging allocates nothing: gradients are packed into a flat buffer per
-/// bucket, all-reduced into a second one in one MPI call, divided by the
-/// world size in place, and copied back.
+/// averaging allocates nothing. A gradient of [`OWN_BUCKET_BYTES`] or more
+/// is a bucket of its own, all-reduced straight from the gradient; smaller
+/// ones are packed into a flat buffer per bucket first. Each bucket is
+/// all-reduced in one MPI call into a second buffer, and the sums come back
+/// into the gradients divided by the world size, in one pass. Gradients of
+/// 16-bit kinds, which MPI does not carry, travel as f32.
 #[derive(Default)]
 pub(crate) struct GradientBuckets {
     buckets: Vec<Bucket>,
@@ -171,17 +179,22 @@ impl GradientBuckets {
         if layout == self.layout {
             return Ok(());
         }
+        let bytes = |p: &Tensor| p.numel() * p.kind().elt_size_in_bytes();
+        let alone = |p: &Tensor| bytes(p) >= OWN_BUCKET_BYTES && MpiComm::carries(p.kind());
         self.buckets.clear();
         let mut start = 0;
         while start < params.len() {
             let kind = params[start].kind();
-            let (mut end, mut elements) = (start, 0i64);
-            while end < params.len()
-                && params[end].kind() == kind
-                && (end == start || (elements as usize) * kind.elt_size_in_bytes() < bucket_bytes)
-            {
-                elements += params[end].numel() as i64;
-                end += 1;
+            let (mut end, mut size) = (start + 1, bytes(&params[start]));
+            if !alone(&params[start]) {
+                while end < params.len()
+                    && params[end].kind() == kind
+                    && !alone(&params[end])
+                    && size < bucket_bytes
+                {
+                    size += bytes(&params[end]);
+                    end += 1;
+                }
             }
             let mut members = Vec::with_capacity(end - start);
             let mut offset = 0;
@@ -190,11 +203,21 @@ impl GradientBuckets {
                 members.push((i, offset, n));
                 offset += n;
             }
-            let options = (kind, params[start].device());
+            let wire = if MpiComm::carries(kind) {
+                kind
+            } else {
+                Kind::Float
+            };
+            let options = (wire, params[start].device());
+            let packed = if end == start + 1 && alone(&params[start]) {
+                None
+            } else {
+                Some(Tensor::f_empty([offset], options)?)
+            };
             self.buckets.push(Bucket {
                 members,
-                packed: Tensor::f_empty([elements], options)?,
-                reduced: Tensor::f_empty([elements], options)?,
+                packed,
+                reduced: Tensor::f_empty([offset], options)?,
             });
             start = end;
         }
@@ -218,25 +241,35 @@ impl GradientBuckets {
             )));
         }
         self.lay_out(params, bucket_bytes)?;
-        let world = comm.size() as f64;
+        let scale = Tensor::from(1.0 / comm.size() as f64);
         tch::no_grad(|| {
-            for bucket in &mut self.buckets {
-                for &(i, offset, n) in &bucket.members {
-                    bucket
-                        .packed
-                        .f_narrow(0, offset, n)?
-                        .f_copy_(&grads[i].f_reshape([-1])?)?;
+            for bucket in &self.buckets {
+                match &bucket.packed {
+                    Some(packed) => {
+                        for &(i, offset, n) in &bucket.members {
+                            packed
+                                .f_narrow(0, offset, n)?
+                                .f_copy_(&grads[i].f_reshape([-1])?)?;
+                        }
+                        comm.all_reduce_into(packed, &bucket.reduced, ReduceOp::Sum)?;
+                    }
+                    None => {
+                        let grad = grads[bucket.members[0].0].f_contiguous()?;
+                        comm.all_reduce_into(&grad.f_view([-1])?, &bucket.reduced, ReduceOp::Sum)?;
+                    }
                 }
-                comm.all_reduce_into(&bucket.packed, &bucket.reduced, ReduceOp::Sum)?;
-                let _ = bucket.reduced.f_div_scalar_(world)?;
                 for &(i, offset, n) in &bucket.members {
-                    let mut grad = grads[i].shallow_clone();
-                    grad.f_copy_(
-                        &bucket
-                            .reduced
-                            .f_narrow(0, offset, n)?
-                            .f_view(grad.size().as_slice())?,
-                    )?;
+                    let grad = &grads[i];
+                    let sum = bucket
+                        .reduced
+                        .f_narrow(0, offset, n)?
+                        .f_view(grad.size().as_slice())?;
+                    if grad.kind() == sum.kind() && grad.is_contiguous() {
+                        // Divided and written back in one pass.
+                        let _ = sum.f_mul_out(grad, &scale)?;
+                    } else {
+                        grad.shallow_clone().f_copy_(&sum.f_mul(&scale)?)?;
+                    }
                 }
             }
             Ok(())
