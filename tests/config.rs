@@ -304,3 +304,12 @@ fn inconsistent_ranks_from_an_environment_are_rejected() {
         "{err}"
     );
 }
+
+#[test]
+fn zero_or_none_devices_with_auto_mean_the_cpu_even_where_cuda_is() {
+    for devices in [fabric::options::Value::None, 0.into(), "0".into()] {
+        let fabric = Fabric::builder().devices(devices.clone()).build().unwrap();
+        assert_eq!(fabric.device(), Device::Cpu, "devices = {devices}");
+        assert_eq!(fabric.accelerator(), "cpu");
+    }
+}

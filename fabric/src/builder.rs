@@ -217,7 +217,14 @@ impl FabricBuilder {
             }
         };
         validate_environment(&*environment)?;
-        let accelerator = accelerator::resolve(options.accelerator)?;
+        // `devices = 0`/`None` mean the CPU (the seed's documented default),
+        // so with `accelerator = "auto"` they pick the CPU even where CUDA is.
+        let accelerator =
+            if options.devices == Devices::Cpu && options.accelerator == Accelerator::Auto {
+                accelerator::ResolvedAccelerator::Cpu
+            } else {
+                accelerator::resolve(options.accelerator)?
+            };
         let devices = accelerator::select_devices(accelerator, &options.devices)?;
         let layout = strategy::resolve(
             options.strategy,
