@@ -181,35 +181,49 @@ impl GradientBuckets {
         }
         let bytes = |p: &Tensor| p.numel() * p.kind().elt_size_in_bytes();
         let alone = |p: &Tensor| bytes(p) >= OWN_BUCKET_BYTES && MpiComm::carries(p.kind());
-        self.buckets.clear();
-        let mut start = 0;
-        while start < params.len() {
-            let kind = params[start].kind();
-            let (mut end, mut size) = (start + 1, bytes(&params[start]));
-            if !alone(&params[start]) {
-                while end < params.len()
-                    && params[end].kind() == kind
-                    && !alone(&params[end])
-                    && size < bucket_bytes
-                {
-                    size += bytes(&params[end]);
-                    end += 1;
-                }
+        // Each large gradient alone; the others, in parameter order, share
+        // buckets of their kind of about `bucket_bytes`, however they are
+        // interleaved with the large ones.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut filling: Vec<(Kind, Vec<usize>, usize)> = Vec::new();
+        for (i, param) in params.iter().enumerate() {
+            if alone(param) {
+                groups.push(vec![i]);
+                continue;
             }
-            let mut members = Vec::with_capacity(end - start);
+            let kind = param.kind();
+            match filling.iter().position(|(k, _, _)| *k == kind) {
+                Some(f) if filling[f].2 < bucket_bytes => {
+                    filling[f].1.push(i);
+                    filling[f].2 += bytes(param);
+                }
+                Some(f) => {
+                    let (_, full, _) =
+                        std::mem::replace(&mut filling[f], (kind, vec![i], bytes(param)));
+                    groups.push(full);
+                }
+                None => filling.push((kind, vec![i], bytes(param))),
+            }
+        }
+        groups.extend(filling.into_iter().map(|(_, members, _)| members));
+        self.buckets.clear();
+        for group in groups {
+            let first = &params[group[0]];
+            let mut members = Vec::with_capacity(group.len());
             let mut offset = 0;
-            for (i, param) in params.iter().enumerate().take(end).skip(start) {
-                let n = param.numel() as i64;
+            for i in group {
+                let n = params[i].numel() as i64;
                 members.push((i, offset, n));
                 offset += n;
             }
+            let kind = first.kind();
             let wire = if MpiComm::carries(kind) {
                 kind
             } else {
                 Kind::Float
             };
-            let options = (wire, params[start].device());
-            let packed = if end == start + 1 && alone(&params[start]) {
+            let options = (wire, first.device());
+            let packed = if members.len() == 1 && alone(first) {
                 None
             } else {
                 Some(Tensor::f_empty([offset], options)?)
@@ -219,7 +233,6 @@ impl GradientBuckets {
                 packed,
                 reduced: Tensor::f_empty([offset], options)?,
             });
-            start = end;
         }
         self.layout = layout;
         Ok(())
