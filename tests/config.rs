@@ -183,18 +183,7 @@ fn impossible_combinations_suggest_the_fix() {
 }
 
 #[test]
-fn later_capabilities_are_typed_errors_naming_the_option() {
-    // `dp` (one process over several CUDA devices) is not implemented.
-    let err = Fabric::builder().strategy("dp").build().unwrap_err();
-    match &err {
-        Error::NotAvailableYet { option, value, .. } => {
-            assert_eq!(*option, "strategy");
-            assert_eq!(value, "\"dp\"");
-        }
-        other => panic!("expected NotAvailableYet, got {other:?}"),
-    }
-    assert!(err.to_string().contains("is not available yet"), "{err}");
-    assert!(err.to_string().contains("use \"ddp\""), "{err}");
+fn one_device_ddp_builds_and_foreign_precisions_are_option_errors() {
     // `ddp` on one device is one process: it builds.
     let fabric = Fabric::builder()
         .accelerator("cpu")

@@ -56,6 +56,9 @@ pub struct FabricBuilder {
     failure_timeout: Option<Duration>,
     bucket_bytes: Option<usize>,
     progress_bar: Option<bool>,
+    /// `dp` over this many CPU "devices", for testing `dp` where there is
+    /// no CUDA (`__private::simulate_dp_on_cpu`).
+    pub(crate) simulated_dp: Option<usize>,
 }
 
 impl std::fmt::Debug for FabricBuilder {
@@ -242,6 +245,23 @@ impl FabricBuilder {
         } else {
             devices
         };
+        let dp_devices = if layout.strategy == Strategy::Dp {
+            match self.simulated_dp {
+                Some(n) => vec![tch::Device::Cpu; n.max(1)],
+                None if accelerator == accelerator::ResolvedAccelerator::Cuda => {
+                    node_devices.clone()
+                }
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "\"dp\" splits each batch between the CUDA devices of one process, but the accelerator is \"{}\" (this machine has: {}); use `strategy = \"ddp\"` to train with several processes",
+                        accelerator.name(),
+                        accelerator::available()
+                    )));
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let device = node_devices[environment.local_rank() % node_devices.len()];
         if matches!(layout.plan, Plan::Join) && device != tch::Device::Cpu {
             return Err(Error::NotAvailableYet {
@@ -271,6 +291,7 @@ impl FabricBuilder {
             plan: layout.plan,
             accelerator,
             device,
+            dp_devices,
             strategy: layout.strategy,
             precision,
             scaler,
@@ -420,6 +441,7 @@ struct Prepared {
     plan: Plan,
     accelerator: accelerator::ResolvedAccelerator,
     device: tch::Device,
+    dp_devices: Vec<tch::Device>,
     strategy: fabric_options::Strategy,
     precision: Box<dyn PrecisionPlugin>,
     scaler: Option<GradScaler>,
@@ -461,6 +483,7 @@ impl Prepared {
         Ok(Fabric::new_resolved(crate::fabric::Parts {
             accelerator: self.accelerator,
             device: self.device,
+            dp_devices: self.dp_devices,
             strategy: self.strategy,
             precision: self.precision,
             scaler: self.scaler,

@@ -113,6 +113,12 @@ pub struct Fabric {
     /// The trainable parameters whose gradients `ddp` averages.
     ddp_params: Vec<Tensor>,
     buckets: strategy::GradientBuckets,
+    /// Under `dp`: every device the batch is split between, the first
+    /// being [`device`](Self::device).
+    dp_devices: Vec<Device>,
+    /// Under `dp`: the parameters whose replicas' gradients `backward`
+    /// adds up.
+    replica_gradients: strategy::dp::ReplicaGradients,
     sync_gradients: bool,
     stop_requested: bool,
     latest_metrics: SharedMetrics,
@@ -124,6 +130,7 @@ pub struct Fabric {
 pub(crate) struct Parts {
     pub(crate) accelerator: ResolvedAccelerator,
     pub(crate) device: Device,
+    pub(crate) dp_devices: Vec<Device>,
     pub(crate) strategy: Strategy,
     pub(crate) precision: Box<dyn PrecisionPlugin>,
     pub(crate) scaler: Option<GradScaler>,
@@ -180,6 +187,8 @@ impl Fabric {
             bucket_bytes: parts.bucket_bytes,
             ddp_params: Vec::new(),
             buckets: strategy::GradientBuckets::default(),
+            dp_devices: parts.dp_devices,
+            replica_gradients: Default::default(),
             sync_gradients: true,
             stop_requested: false,
             latest_metrics: SharedMetrics::default(),
@@ -195,9 +204,20 @@ impl Fabric {
 
     // ---- where and what -------------------------------------------------
 
-    /// The device this process trains on.
+    /// The device this process trains on (under `dp`, the first of its
+    /// devices, where the model the optimizer steps lives).
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Every device this process trains on: one, or under `dp` the devices
+    /// each batch is split between.
+    pub fn devices(&self) -> Vec<Device> {
+        if self.dp_devices.is_empty() {
+            vec![self.device]
+        } else {
+            self.dp_devices.clone()
+        }
     }
 
     /// The accelerator in use, once `"auto"`/`"gpu"` are resolved: `"cpu"`,
@@ -276,7 +296,68 @@ impl Fabric {
     /// Moves the variables of `vs` to the run's device and casts them to the
     /// run's precision, in place (models and optimizers built from `vs` keep
     /// working), and wraps `module`, the model built on `vs`.
+    ///
+    /// Under `dp` with several devices the model must be built once per
+    /// device: use [`setup_module_with`](Self::setup_module_with), which
+    /// works under every strategy.
     pub fn setup_module<M: ModuleT>(
+        &mut self,
+        vs: &mut VarStore,
+        module: M,
+    ) -> Result<FabricModule<M>> {
+        if self.dp_devices.len() > 1 {
+            return Err(Error::InvalidArgument(format!(
+                "\"dp\" runs a replica of the model on each of its {} devices, and a built model cannot be copied: \
+                 set it up with `fabric.setup_module_with(&mut vs, |path| build_model(path))`, which builds it once per device",
+                self.dp_devices.len()
+            )));
+        }
+        let module = self.setup_built_module(vs, module)?;
+        self.call::<OnAfterSetup>(())?;
+        Ok(module)
+    }
+
+    /// Builds a model with `build` on `vs` (`build` gets `vs.root()`) and
+    /// sets it up as [`setup_module`](Self::setup_module) does. Under `dp`
+    /// it also builds one replica per further device, each on its own var
+    /// store; a forward pass then splits the batch between the devices,
+    /// and [`backward`](Self::backward) adds the replicas' gradients to the
+    /// model on the first device, the one the optimizer steps (build the
+    /// optimizer on `vs`, after this call). Under every other strategy it
+    /// is `setup_module(vs, build(&vs.root()))`.
+    ///
+    /// ```
+    /// use fabric::Fabric;
+    /// use tch::{nn, nn::OptimizerConfig};
+    ///
+    /// # fn main() -> fabric::Result<()> {
+    /// let mut fabric = Fabric::builder().accelerator("cpu").build()?;
+    /// let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    /// let model = fabric.setup_module_with(&mut vs, |p| nn::linear(p / "fc", 4, 2, Default::default()))?;
+    /// let optimizer = fabric.setup_optimizer(nn::Sgd::default().build(&vs, 0.1)?)?;
+    /// # let _ = (model, optimizer);
+    /// # Ok(()) }
+    /// ```
+    pub fn setup_module_with<M: ModuleT>(
+        &mut self,
+        vs: &mut VarStore,
+        build: impl Fn(&tch::nn::Path) -> M,
+    ) -> Result<FabricModule<M>> {
+        let module = build(&vs.root());
+        let mut module = self.setup_built_module(vs, module)?;
+        if self.dp_devices.len() > 1 {
+            let precision = Arc::clone(&self.precision);
+            let prepare = |replica: &mut VarStore| precision.convert_module(replica);
+            let (replicas, gradients) =
+                strategy::dp::replicate(vs, &self.dp_devices[1..], &build, &prepare)?;
+            self.replica_gradients.extend(gradients);
+            module = module.with_replicas(replicas);
+        }
+        self.call::<OnAfterSetup>(())?;
+        Ok(module)
+    }
+
+    fn setup_built_module<M: ModuleT>(
         &mut self,
         vs: &mut VarStore,
         module: M,
@@ -293,7 +374,7 @@ impl Fabric {
             strategy::broadcast_parameters(comm, &variables)?;
             self.ddp_params.extend(vs.trainable_variables());
         }
-        self.call::<OnAfterSetup>(())?;
+
         Ok(FabricModule::new(
             module,
             Arc::clone(&self.precision),
@@ -379,6 +460,7 @@ impl Fabric {
             }
             None => loss.f_backward()?,
         }
+        self.replica_gradients.reduce()?;
         if let Some(comm) = &self.comm
             && self.sync_gradients
         {

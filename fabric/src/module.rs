@@ -8,6 +8,7 @@ use tch::nn::ModuleT;
 use tch::{Device, Tensor};
 
 use crate::precision::{AutocastGuard, PrecisionPlugin};
+use crate::strategy::dp::Replicas;
 
 /// A model returned by [`Fabric::setup`](crate::Fabric::setup): calling
 /// [`forward`](Self::forward) converts the input to the run's precision,
@@ -18,11 +19,17 @@ use crate::precision::{AutocastGuard, PrecisionPlugin};
 /// with [`train`](Self::train) and [`eval`](Self::eval), and passed to
 /// [`ModuleT::forward_t`] (dropout, batch norm). The wrapped model is
 /// reachable through `Deref` and [`inner`](Self::inner).
+///
+/// Under `strategy = "dp"` it also holds the model's replicas on the other
+/// devices: a forward pass splits the batch between the devices and
+/// gathers the outputs on the first (see
+/// [`Fabric::setup_module_with`](crate::Fabric::setup_module_with)).
 pub struct FabricModule<M> {
     module: M,
     precision: Arc<dyn PrecisionPlugin>,
     device: Device,
     training: Cell<bool>,
+    replicas: Option<Replicas<M>>,
 }
 
 impl<M: std::fmt::Debug> std::fmt::Debug for FabricModule<M> {
@@ -32,6 +39,7 @@ impl<M: std::fmt::Debug> std::fmt::Debug for FabricModule<M> {
             .field("precision", &self.precision.name())
             .field("device", &self.device)
             .field("training", &self.training.get())
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
@@ -43,7 +51,13 @@ impl<M> FabricModule<M> {
             precision,
             device,
             training: Cell::new(true),
+            replicas: None,
         }
+    }
+
+    pub(crate) fn with_replicas(mut self, replicas: Replicas<M>) -> Self {
+        self.replicas = Some(replicas);
+        self
     }
 
     /// Switches to training mode (the default).
@@ -66,7 +80,19 @@ impl<M> FabricModule<M> {
         &self.module
     }
 
-    /// The wrapped model, taken out of the wrapper.
+    /// The devices the model runs on: one, or under `dp` every device the
+    /// batch is split between (the first holds the model the optimizer
+    /// steps).
+    pub fn devices(&self) -> Vec<Device> {
+        let mut devices = vec![self.device];
+        if let Some(replicas) = &self.replicas {
+            devices.extend(replicas.devices());
+        }
+        devices
+    }
+
+    /// The wrapped model, taken out of the wrapper (under `dp`, the first
+    /// device's; the replicas are dropped).
     pub fn into_inner(self) -> M {
         self.module
     }
@@ -82,14 +108,18 @@ impl<M: ModuleT> FabricModule<M> {
 impl<M: ModuleT> ModuleT for FabricModule<M> {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let xs = self.precision.convert_input(xs);
-        let ys = {
+        let run = |module: &M, xs: &Tensor, device: Device| {
             // The device type and dtype were validated when the Fabric was
             // built, so entering autocast cannot fail here.
             let _autocast = self
                 .precision
                 .autocast_dtype()
-                .and_then(|dtype| AutocastGuard::new(self.device, dtype).ok());
-            self.module.forward_t(&xs, train)
+                .and_then(|dtype| AutocastGuard::new(device, dtype).ok());
+            module.forward_t(xs, train)
+        };
+        let ys = match &self.replicas {
+            Some(replicas) => replicas.forward(&self.module, self.device, &xs, &run),
+            None => run(&self.module, &xs, self.device),
         };
         self.precision.convert_output(ys)
     }

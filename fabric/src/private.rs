@@ -302,3 +302,12 @@ mod tests {
         assert_eq!(kind(crate::__plugin_kind!(42u8)), "NotAPlugin");
     }
 }
+
+/// Runs `strategy = "dp"` over `replicas` copies of the model on the CPU,
+/// where `dp` proper needs CUDA devices: the batch is split, the replicas
+/// run and their gradients are added up exactly as between GPUs, which lets
+/// `dp` be tested on machines without GPUs. Not for training.
+pub fn simulate_dp_on_cpu(mut builder: FabricBuilder, replicas: usize) -> FabricBuilder {
+    builder.simulated_dp = Some(replicas);
+    builder
+}

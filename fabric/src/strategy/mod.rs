@@ -8,6 +8,8 @@ use crate::collectives::{MpiComm, ReduceOp};
 use crate::environment::ClusterEnvironment;
 use crate::error::{Error, Result};
 
+pub(crate) mod dp;
+
 /// What `build` does with the resolved options.
 pub(crate) enum Plan {
     /// One process: no collectives.
@@ -94,6 +96,15 @@ pub(crate) fn resolve(
             plan: Plan::Join,
         });
     }
+    if strategy == Strategy::Dp {
+        // One process, whatever the number of devices; that the devices
+        // are CUDA devices is checked by the builder.
+        return Ok(Layout {
+            strategy,
+            per_node: 1,
+            plan: Plan::Single,
+        });
+    }
     let processes = selected * num_nodes;
     if processes == 1 {
         let strategy = if strategy == Strategy::Auto {
@@ -101,9 +112,6 @@ pub(crate) fn resolve(
         } else {
             strategy
         };
-        if strategy == Strategy::Dp {
-            return Err(not_dp());
-        }
         return Ok(Layout {
             strategy,
             per_node: 1,
@@ -126,18 +134,9 @@ pub(crate) fn resolve(
             per_node: processes,
             plan: Plan::Spawn(processes),
         }),
-        Strategy::Dp => Err(not_dp()),
         other => Err(Error::InvalidArgument(format!(
             "\"{other}\" runs on one device, but {processes} were selected; use \"ddp\""
         ))),
-    }
-}
-
-fn not_dp() -> Error {
-    Error::NotAvailableYet {
-        option: "strategy",
-        value: "\"dp\"".into(),
-        reason: "data parallelism in one process over several CUDA devices is not implemented; use \"ddp\" (one process per device), which is also faster".into(),
     }
 }
 

@@ -1,0 +1,289 @@
+//! `strategy = "dp"`: one process, the batch split between replicas of the
+//! model, their gradients added up on the first device.
+//!
+//! `dp` proper needs several CUDA devices (tests/gpu.rs runs it there).
+//! Here the same code runs over replicas on the CPU
+//! (`__private::simulate_dp_on_cpu`): the batch is split, each replica runs
+//! its chunk, outputs are gathered and gradients reduced exactly as between
+//! GPUs, so the results must equal one model trained on the whole batch.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fabric::{Fabric, FabricBuilder, Strategy};
+use tch::nn::{self, Module, ModuleT, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+/// Tests that seed tch's global generator run one at a time.
+fn seeded() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn dp(replicas: usize) -> FabricBuilder {
+    fabric::__private::simulate_dp_on_cpu(Fabric::builder().strategy("dp"), replicas)
+}
+
+fn mlp(p: &nn::Path) -> nn::Sequential {
+    nn::seq()
+        .add(nn::linear(p / "l1", 5, 16, Default::default()))
+        .add_fn(|x| x.tanh())
+        .add(nn::linear(p / "l2", 16, 3, Default::default()))
+}
+
+fn data(rows: i64) -> (Tensor, Tensor) {
+    let x = Tensor::randn([rows, 5], (Kind::Double, Device::Cpu));
+    let y = (&x * 0.5)
+        .sum_dim_intlist(1, true, Kind::Double)
+        .sin()
+        .repeat([1, 3]);
+    (x, y)
+}
+
+/// Trains the MLP for `steps` SGD steps on one fixed batch; returns the
+/// losses and the final parameters by name.
+fn train(builder: FabricBuilder, steps: usize, rows: i64) -> (Vec<f64>, Vec<(String, Tensor)>) {
+    let mut fabric = builder.precision("64-true").build().unwrap();
+    tch::manual_seed(7);
+    let (x, y) = data(rows);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = fabric.setup_module_with(&mut vs, mlp).unwrap();
+    let mut opt = fabric
+        .setup_optimizer(nn::Sgd::default().build(&vs, 0.2).unwrap())
+        .unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        opt.zero_grad();
+        let loss = model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+        fabric.backward(&loss).unwrap();
+        opt.step().unwrap();
+        losses.push(loss.double_value(&[]));
+    }
+    let mut params: Vec<_> = vs.variables().into_iter().collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    (losses, params)
+}
+
+fn max_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn dp_trains_as_one_model_on_the_whole_batch() {
+    let _seed = seeded();
+    let (single_losses, single) = train(Fabric::builder().accelerator("cpu"), 40, 10);
+    for replicas in [2, 3, 4] {
+        // 10 rows over 3 replicas: chunks of 4, 4 and 2; over 4: 3, 3, 3, 1.
+        let (losses, params) = train(dp(replicas), 40, 10);
+        let difference = max_difference(&single, &params);
+        assert!(
+            difference < 1e-12,
+            "{replicas} replicas: parameters differ by {difference}"
+        );
+        for (a, b) in single_losses.iter().zip(&losses) {
+            assert!((a - b).abs() < 1e-12, "losses {a} and {b}");
+        }
+    }
+    assert!(
+        single_losses[39] < single_losses[0] * 0.5,
+        "training does not converge: {single_losses:?}"
+    );
+}
+
+/// A linear layer that records which replica ran how many rows.
+#[derive(Debug)]
+struct Recorder {
+    id: usize,
+    linear: nn::Linear,
+    seen: Arc<Mutex<Vec<(usize, i64)>>>,
+}
+
+impl ModuleT for Recorder {
+    fn forward_t(&self, xs: &Tensor, _train: bool) -> Tensor {
+        self.seen.lock().unwrap().push((self.id, xs.size()[0]));
+        self.linear.forward(xs)
+    }
+}
+
+#[test]
+fn dp_splits_each_batch_between_the_replicas() {
+    let mut fabric = dp(3).build().unwrap();
+    assert_eq!(fabric.strategy(), Strategy::Dp);
+    assert_eq!(fabric.world_size(), 1);
+    assert_eq!(fabric.devices(), vec![Device::Cpu; 3]);
+    let built = AtomicUsize::new(0);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = fabric
+        .setup_module_with(&mut vs, |p| Recorder {
+            id: built.fetch_add(1, Ordering::SeqCst),
+            linear: nn::linear(p / "fc", 2, 1, Default::default()),
+            seen: Arc::clone(&seen),
+        })
+        .unwrap();
+    assert_eq!(built.load(Ordering::SeqCst), 3, "one model per device");
+    assert_eq!(model.devices().len(), 3);
+
+    let out = model.forward(&Tensor::ones([10, 2], (Kind::Float, Device::Cpu)));
+    assert_eq!(out.size(), [10, 1]);
+    assert_eq!(*seen.lock().unwrap(), [(0, 4), (1, 4), (2, 2)]);
+
+    // Fewer rows than devices: as torch.chunk, fewer chunks.
+    seen.lock().unwrap().clear();
+    let out = model.forward(&Tensor::ones([2, 2], (Kind::Float, Device::Cpu)));
+    assert_eq!(out.size(), [2, 1]);
+    assert_eq!(*seen.lock().unwrap(), [(0, 1), (1, 1)]);
+}
+
+#[test]
+fn dp_outputs_and_accumulated_gradients_equal_one_models() {
+    let _seed = seeded();
+    let build = |builder: FabricBuilder| {
+        let mut fabric = builder.precision("64-true").build().unwrap();
+        tch::manual_seed(11);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = fabric.setup_module_with(&mut vs, mlp).unwrap();
+        (fabric, vs, model)
+    };
+    let (mut one, one_vs, one_model) = build(Fabric::builder().accelerator("cpu"));
+    let (mut many, many_vs, many_model) = build(dp(3));
+    tch::manual_seed(12);
+    let (x1, y1) = data(9);
+    let (x2, y2) = data(7);
+
+    // Replicas follow the first device's weights, in and out of no_grad.
+    tch::no_grad(|| {
+        let a = one_model.forward(&x1);
+        let b = many_model.forward(&x1);
+        assert!(a.allclose(&b, 1e-12, 1e-12, false));
+    });
+
+    // Two backward passes without zeroing accumulate: the replicas'
+    // gradients are added once and cleared, never counted twice.
+    for (x, y) in [(&x1, &y1), (&x2, &y2)] {
+        let loss = one_model.forward(x).mse_loss(y, tch::Reduction::Mean);
+        one.backward(&loss).unwrap();
+        let loss = many_model.forward(x).mse_loss(y, tch::Reduction::Mean);
+        many.backward(&loss).unwrap();
+    }
+    let grads = |vs: &nn::VarStore| {
+        let mut grads: Vec<(String, Tensor)> = vs
+            .trainable_variables()
+            .iter()
+            .zip(0..)
+            .map(|(t, i)| (i.to_string(), t.grad()))
+            .collect();
+        grads.sort_by(|a, b| a.0.cmp(&b.0));
+        grads
+    };
+    let difference = max_difference(&grads(&one_vs), &grads(&many_vs));
+    assert!(difference < 1e-12, "gradients differ by {difference}");
+    let norm: f64 = grads(&many_vs)
+        .iter()
+        .map(|(_, g)| g.norm().double_value(&[]))
+        .sum();
+    assert!(norm > 1e-3, "the gradients are not all zero: {norm}");
+}
+
+#[test]
+fn dp_with_bf16_mixed_autocasts_every_replica() {
+    let _seed = seeded();
+    let run = |builder: FabricBuilder| {
+        let mut fabric = builder.precision("bf16-mixed").build().unwrap();
+        tch::manual_seed(5);
+        let x = Tensor::randn([12, 5], (Kind::Float, Device::Cpu));
+        let y = x.sum_dim_intlist(1, true, Kind::Float).repeat([1, 3]);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = fabric.setup_module_with(&mut vs, mlp).unwrap();
+        let mut opt = fabric
+            .setup_optimizer(nn::Sgd::default().build(&vs, 0.05).unwrap())
+            .unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..30 {
+            opt.zero_grad();
+            let out = model.forward(&x);
+            assert_eq!(out.kind(), Kind::Float, "outputs come back f32");
+            let loss = out.mse_loss(&y, tch::Reduction::Mean);
+            fabric.backward(&loss).unwrap();
+            opt.step().unwrap();
+            losses.push(loss.double_value(&[]));
+        }
+        losses
+    };
+    let single = run(Fabric::builder().accelerator("cpu"));
+    let split = run(dp(2));
+    assert!(split[29] < split[0] * 0.5, "no convergence: {split:?}");
+    // bf16 matmuls over 6 rows instead of 12 round differently; the runs
+    // stay close.
+    for (a, b) in single.iter().zip(&split) {
+        assert!((a - b).abs() <= 0.05 * a.abs().max(0.1), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn dp_needs_cuda_devices() {
+    if tch::Cuda::device_count() > 0 {
+        return; // the error is about machines without CUDA
+    }
+    let err = Fabric::builder()
+        .strategy("dp")
+        .devices(2)
+        .build()
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("\"dp\""), "{message}");
+    assert!(message.contains("CUDA devices"), "{message}");
+    assert!(message.contains("strategy = \"ddp\""), "{message}");
+    // Named explicitly, the CPU is rejected with the attribute's message.
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .strategy("dp")
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("strategy = \"ddp\""), "{err}");
+}
+
+#[test]
+fn dp_asks_for_a_build_function() {
+    let mut fabric = dp(2).build().unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = mlp(&vs.root());
+    let err = fabric.setup_module(&mut vs, model).unwrap_err();
+    assert!(err.to_string().contains("setup_module_with"), "{err}");
+    // One device: nothing to replicate, a built model is fine.
+    let mut fabric = dp(1).build().unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = mlp(&vs.root());
+    fabric.setup_module(&mut vs, model).unwrap();
+}
+
+#[test]
+fn dp_rejects_a_build_function_that_builds_different_models() {
+    let mut fabric = dp(2).build().unwrap();
+    let calls = AtomicUsize::new(0);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let err = fabric
+        .setup_module_with(&mut vs, |p| {
+            let width = if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                4
+            } else {
+                5
+            };
+            nn::linear(p / "fc", 3, width, Default::default())
+        })
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("same variables on every call"),
+        "{message}"
+    );
+    assert!(message.contains("fc.weight [4, 3]"), "{message}");
+    assert!(message.contains("fc.weight [5, 3]"), "{message}");
+}
