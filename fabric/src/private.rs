@@ -270,6 +270,15 @@ impl<T> NoHooks<T> for HookProbe<T> {
     fn register_hooks(&self, _table: &mut crate::HookTable<T>) {}
 }
 
+/// Runs `strategy = "dp"` over `replicas` copies of the model on the CPU,
+/// where `dp` proper needs CUDA devices: the batch is split, the replicas
+/// run and their gradients are added up exactly as between GPUs, which lets
+/// `dp` be tested on machines without GPUs. Not for training.
+pub fn simulate_dp_on_cpu(mut builder: FabricBuilder, replicas: usize) -> FabricBuilder {
+    builder.simulated_dp = Some(replicas);
+    builder
+}
+
 #[cfg(test)]
 mod tests {
     use crate::precision::{BitsandbytesPrecision, MixedPrecision, PrecisionPlugin};
@@ -301,13 +310,4 @@ mod tests {
         assert_eq!(kind(crate::__plugin_kind!(plain)), "NotAPlugin");
         assert_eq!(kind(crate::__plugin_kind!(42u8)), "NotAPlugin");
     }
-}
-
-/// Runs `strategy = "dp"` over `replicas` copies of the model on the CPU,
-/// where `dp` proper needs CUDA devices: the batch is split, the replicas
-/// run and their gradients are added up exactly as between GPUs, which lets
-/// `dp` be tested on machines without GPUs. Not for training.
-pub fn simulate_dp_on_cpu(mut builder: FabricBuilder, replicas: usize) -> FabricBuilder {
-    builder.simulated_dp = Some(replicas);
-    builder
 }
