@@ -3,7 +3,10 @@
 // - autocast state per device type (enabled flag and dtype), the autocast
 //   nesting counter and cache;
 // - tensor-list kernels: `_amp_foreach_non_finite_check_and_unscale_` and the
-//   fused optimizers.
+//   fused optimizers;
+// - the current CUDA device and stream, through c10's device-guard registry
+//   (no CUDA header needed; an error where libtorch's CUDA backend is not
+//   loaded), for NCCL.
 //
 // Every function catches C++ exceptions and returns the message as a
 // malloc'ed string (NULL on success), freed by `fabric_free_error`.
@@ -11,6 +14,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -136,6 +140,33 @@ char *fabric_fused_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **ex
       at::_fused_adam_(p, g, m, v, v_max, step_list, lr, beta1, beta2, weight_decay, eps,
                        amsgrad, maximize);
     }
+  });
+}
+
+// Makes `index` the calling thread's current CUDA device.
+char *fabric_cuda_set_device(int index) {
+  return guarded([&] {
+    c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(
+        at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index)));
+  });
+}
+
+// The `cudaStream_t` of the current stream of CUDA device `index`.
+char *fabric_cuda_current_stream(int index, void **stream) {
+  return guarded([&] {
+    auto current = c10::impl::getDeviceGuardImpl(at::kCUDA)->getStream(
+        at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index)));
+    *stream = current.native_handle();
+  });
+}
+
+// Whether all work queued on the current stream of CUDA device `index` is
+// done.
+char *fabric_cuda_stream_query(int index, bool *done) {
+  return guarded([&] {
+    auto *impl = c10::impl::getDeviceGuardImpl(at::kCUDA);
+    *done = impl->queryStream(
+        impl->getStream(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index))));
   });
 }
 

@@ -29,6 +29,9 @@ impl ResolvedAccelerator {
 }
 
 fn cuda_count() -> usize {
+    // Before the first question about CUDA: a Rust binary does not load
+    // libtorch's CUDA backend by itself (see `crate::cuda`).
+    crate::cuda::load_backend(false);
     if tch::Cuda::is_available() {
         tch::Cuda::device_count().max(0) as usize
     } else {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::accelerator;
 use crate::callbacks::{Callback, Callbacks};
-use crate::collectives::MpiComm;
+use crate::collectives::{Comm, MpiComm, NcclComm};
 use crate::environment::{ClusterEnvironment, SingleProcessEnvironment};
 use crate::error::{Error, Result};
 use crate::fabric::Fabric;
@@ -56,9 +56,9 @@ pub struct FabricBuilder {
     failure_timeout: Option<Duration>,
     bucket_bytes: Option<usize>,
     progress_bar: Option<bool>,
-    /// `dp` over this many CPU "devices", for testing `dp` where there is
-    /// no CUDA (`__private::simulate_dp_on_cpu`).
-    pub(crate) simulated_dp: Option<usize>,
+    /// `dp` over these devices, repeats allowed, for testing `dp` without
+    /// several GPUs (`__private::simulate_dp`).
+    pub(crate) simulated_dp: Option<Vec<tch::Device>>,
 }
 
 impl std::fmt::Debug for FabricBuilder {
@@ -246,8 +246,8 @@ impl FabricBuilder {
             devices
         };
         let dp_devices = if layout.strategy == Strategy::Dp {
-            match self.simulated_dp {
-                Some(n) => vec![tch::Device::Cpu; n.max(1)],
+            match self.simulated_dp.take().filter(|d| !d.is_empty()) {
+                Some(devices) => devices,
                 None if accelerator == accelerator::ResolvedAccelerator::Cuda => {
                     node_devices.clone()
                 }
@@ -263,12 +263,19 @@ impl FabricBuilder {
             Vec::new()
         };
         let device = node_devices[environment.local_rank() % node_devices.len()];
-        if matches!(layout.plan, Plan::Join) && device != tch::Device::Cpu {
-            return Err(Error::NotAvailableYet {
-                option: "accelerator",
-                value: format!("\"{}\" with \"ddp\"", accelerator.name()),
-                reason: "collectives between CUDA devices need NCCL, which fabric does not drive yet; use `accelerator = \"cpu\"` for multi-process runs".into(),
-            });
+        if matches!(device, tch::Device::Cuda(_)) && !matches!(layout.plan, Plan::Single) {
+            // Say now, before any rank starts, when NCCL cannot be loaded.
+            // The ranks fabric starts itself find it through a link the
+            // launcher makes where it is installed under its soname only.
+            let linked = !matches!(layout.plan, Plan::Join)
+                && crate::collectives::nccl::library_link_dir().is_some();
+            if !linked {
+                crate::collectives::nccl::ensure_loadable()?;
+            }
+        } else if matches!(layout.plan, Plan::Join) && device != tch::Device::Cpu {
+            return Err(Error::InvalidArgument(format!(
+                "several processes on {device:?}: fabric's collectives run on the CPU (Open MPI) and on CUDA devices (NCCL); use `accelerator = \"cpu\"` or \"cuda\""
+            )));
         }
         let precision = match precision_plugin {
             Some(plugin) => plugin,
@@ -321,7 +328,7 @@ impl FabricBuilder {
     pub fn build(self) -> Result<Fabric> {
         let prepared = self.prepare()?;
         match prepared.plan {
-            Plan::Launch(processes) => match launcher::supervise(processes)? {},
+            Plan::Launch(processes) => match launcher::supervise(processes, prepared.device.is_cuda())? {},
             Plan::Spawn(_) => Err(Error::Launch(
                 "`ddp_spawn` runs a function in worker processes: use `FabricBuilder::launch_spawn(train)` or `#[fabric(strategy = \"ddp_spawn\")]`".into(),
             )),
@@ -339,7 +346,7 @@ impl FabricBuilder {
             Err(error) => return R::from_error(error),
         };
         match prepared.plan {
-            Plan::Launch(processes) => match launcher::supervise(processes) {
+            Plan::Launch(processes) => match launcher::supervise(processes, prepared.device.is_cuda()) {
                 Ok(never) => match never {},
                 Err(error) => R::from_error(error),
             },
@@ -372,9 +379,11 @@ impl FabricBuilder {
     {
         let prepared = self.prepare()?;
         match prepared.plan {
-            Plan::Launch(processes) => match launcher::supervise(processes)? {},
+            Plan::Launch(processes) => {
+                match launcher::supervise(processes, prepared.device.is_cuda())? {}
+            }
             Plan::Spawn(processes) => {
-                let serialised = launcher::spawn(processes)?;
+                let serialised = launcher::spawn(processes, prepared.device.is_cuda())?;
                 serde_json::from_str(&serialised).map_err(|e| {
                     E::from(Error::Launch(format!(
                         "rank 0's result could not be read back: {e}"
@@ -466,7 +475,14 @@ impl Prepared {
                     self.failure_timeout,
                 )?;
                 launcher::install_panic_hook(rank);
-                if std::env::var_os("OMP_NUM_THREADS").is_none() {
+                let nccl = match self.device {
+                    tch::Device::Cuda(index) => {
+                        Some(NcclComm::join(&comm, index, self.collective_timeout)?)
+                    }
+                    _ => None,
+                };
+                if self.device == tch::Device::Cpu && std::env::var_os("OMP_NUM_THREADS").is_none()
+                {
                     // Share the cores between the ranks of a node.
                     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
                     let per_node = self
@@ -475,7 +491,7 @@ impl Prepared {
                         .div_ceil(self.environment.num_nodes().unwrap_or(1));
                     tch::set_num_threads((cores / per_node.max(1)).max(1) as i32);
                 }
-                Some(comm)
+                Some(Comm::new(comm, nccl))
             }
             _ => None,
         };

@@ -14,7 +14,7 @@ use crate::builder::FabricBuilder;
 use crate::callbacks::hooks::{Hook, OnAfterSetup};
 use crate::callbacks::{Callback, Callbacks, Outcome};
 use crate::checkpoint::{self, LoadReport, State};
-use crate::collectives::{MpiComm, ReduceOp};
+use crate::collectives::{Comm, ReduceOp};
 use crate::data::{DataLoader, Dataset, FabricDataLoader};
 use crate::device::ToDevice;
 use crate::environment::ClusterEnvironment;
@@ -108,7 +108,7 @@ pub struct Fabric {
     environment: Box<dyn ClusterEnvironment>,
     callbacks: Callbacks,
     loggers: Vec<Box<dyn Logger>>,
-    comm: Option<MpiComm>,
+    comm: Option<Comm>,
     bucket_bytes: usize,
     /// The trainable parameters whose gradients `ddp` averages.
     ddp_params: Vec<Tensor>,
@@ -137,7 +137,7 @@ pub(crate) struct Parts {
     pub(crate) environment: Box<dyn ClusterEnvironment>,
     pub(crate) callbacks: Callbacks,
     pub(crate) loggers: Vec<Box<dyn Logger>>,
-    pub(crate) comm: Option<MpiComm>,
+    pub(crate) comm: Option<Comm>,
     pub(crate) bucket_bytes: usize,
 }
 

@@ -18,8 +18,14 @@ pub(crate) const LAUNCHED_VAR: &str = "FABRIC_LAUNCHED";
 pub(crate) const SPAWN_RESULT_VAR: &str = "FABRIC_SPAWN_RESULT";
 
 /// Runs `processes` ranks of the current executable, with its arguments,
-/// under `mpirun`; returns when all have ended.
-pub(crate) fn run_ranks(processes: usize, env: &[(&str, String)]) -> Result<ExitStatus> {
+/// under `mpirun`; returns when all have ended. For ranks on CUDA devices,
+/// NCCL is put on their library path where it is installed under its
+/// soname only (see `collectives::nccl`).
+pub(crate) fn run_ranks(
+    processes: usize,
+    env: &[(&str, String)],
+    cuda: bool,
+) -> Result<ExitStatus> {
     let exe = std::env::current_exe().map_err(|e| {
         Error::Launch(format!(
             "cannot find the current executable to start the ranks: {e}"
@@ -40,6 +46,25 @@ pub(crate) fn run_ranks(processes: usize, env: &[(&str, String)]) -> Result<Exit
     command.args(["-x", &format!("{LAUNCHED_VAR}=1")]);
     for (name, value) in env {
         command.args(["-x", &format!("{name}={value}")]);
+    }
+    if let Some(dir) = cuda
+        .then(crate::collectives::nccl::library_link_dir)
+        .flatten()
+    {
+        let mut path = dir.into_os_string();
+        if let Some(existing) = std::env::var_os("LD_LIBRARY_PATH").filter(|p| !p.is_empty()) {
+            path.push(":");
+            path.push(existing);
+        }
+        command.args([
+            "-x".as_ref(),
+            {
+                let mut assignment = std::ffi::OsString::from("LD_LIBRARY_PATH=");
+                assignment.push(&path);
+                assignment
+            }
+            .as_os_str(),
+        ]);
     }
     command.arg(exe).args(std::env::args_os().skip(1));
     // SAFETY: prctl is async-signal-safe; it makes mpirun (and through it
@@ -70,8 +95,8 @@ fn describe(status: ExitStatus) -> String {
 
 /// Starts the ranks of a `ddp` run and ends this process with their status:
 /// 0 when every rank succeeded.
-pub(crate) fn supervise(processes: usize) -> Result<std::convert::Infallible> {
-    let status = run_ranks(processes, &[])?;
+pub(crate) fn supervise(processes: usize, cuda: bool) -> Result<std::convert::Infallible> {
+    let status = run_ranks(processes, &[], cuda)?;
     if status.success() {
         std::process::exit(0);
     }
@@ -84,14 +109,18 @@ pub(crate) fn supervise(processes: usize) -> Result<std::convert::Infallible> {
 
 /// Starts `processes` workers for `ddp_spawn` and returns what rank 0's
 /// function returned, serialised.
-pub(crate) fn spawn(processes: usize) -> Result<String> {
+pub(crate) fn spawn(processes: usize, cuda: bool) -> Result<String> {
     let dir = std::env::temp_dir();
     let path: PathBuf = dir.join(format!(
         "fabric-spawn-{}-{}.json",
         std::process::id(),
         rand::random::<u64>()
     ));
-    let status = run_ranks(processes, &[(SPAWN_RESULT_VAR, path.display().to_string())])?;
+    let status = run_ranks(
+        processes,
+        &[(SPAWN_RESULT_VAR, path.display().to_string())],
+        cuda,
+    )?;
     let result = std::fs::read_to_string(&path);
     let _ = std::fs::remove_file(&path);
     if !status.success() {

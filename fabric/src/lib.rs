@@ -34,6 +34,7 @@ pub mod callbacks;
 pub use callbacks::hooks;
 pub mod checkpoint;
 pub mod collectives;
+mod cuda;
 pub mod data;
 mod device;
 pub mod environment;

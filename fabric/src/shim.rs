@@ -52,6 +52,32 @@ unsafe extern "C" {
         maximize: bool,
         decoupled_weight_decay: bool,
     ) -> *mut c_char;
+    fn fabric_cuda_set_device(index: c_int) -> *mut c_char;
+    fn fabric_cuda_current_stream(index: c_int, stream: *mut *mut std::ffi::c_void) -> *mut c_char;
+    fn fabric_cuda_stream_query(index: c_int, done: *mut bool) -> *mut c_char;
+}
+
+/// Makes CUDA device `index` the calling thread's current device.
+pub(crate) fn cuda_set_device(index: usize) -> Result<()> {
+    // SAFETY: plain values in, an error string or null out.
+    check(unsafe { fabric_cuda_set_device(index as c_int) })
+}
+
+/// The `cudaStream_t` of the current stream of CUDA device `index`.
+pub(crate) fn cuda_current_stream(index: usize) -> Result<*mut std::ffi::c_void> {
+    let mut stream = std::ptr::null_mut();
+    // SAFETY: `stream` is a valid out-pointer.
+    check(unsafe { fabric_cuda_current_stream(index as c_int, &mut stream) })?;
+    Ok(stream)
+}
+
+/// Whether the work queued on the current stream of CUDA device `index` is
+/// done.
+pub(crate) fn cuda_stream_done(index: usize) -> Result<bool> {
+    let mut done = false;
+    // SAFETY: `done` is a valid out-pointer.
+    check(unsafe { fabric_cuda_stream_query(index as c_int, &mut done) })?;
+    Ok(done)
 }
 
 /// Turns the shim's error string into an `Error`, freeing it.

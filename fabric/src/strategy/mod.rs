@@ -4,7 +4,7 @@
 use fabric_options::{Devices, Strategy};
 use tch::{Kind, Tensor};
 
-use crate::collectives::{MpiComm, ReduceOp};
+use crate::collectives::{Comm, ReduceOp};
 use crate::environment::ClusterEnvironment;
 use crate::error::{Error, Result};
 
@@ -179,7 +179,7 @@ impl GradientBuckets {
             return Ok(());
         }
         let bytes = |p: &Tensor| p.numel() * p.kind().elt_size_in_bytes();
-        let alone = |p: &Tensor| bytes(p) >= OWN_BUCKET_BYTES && MpiComm::carries(p.kind());
+        let alone = |p: &Tensor| bytes(p) >= OWN_BUCKET_BYTES && Comm::carries(p.kind());
         // Each large gradient alone; the others, in parameter order, share
         // buckets of their kind of about `bucket_bytes`, however they are
         // interleaved with the large ones.
@@ -216,7 +216,7 @@ impl GradientBuckets {
                 offset += n;
             }
             let kind = first.kind();
-            let wire = if MpiComm::carries(kind) {
+            let wire = if Comm::carries(kind) {
                 kind
             } else {
                 Kind::Float
@@ -240,7 +240,7 @@ impl GradientBuckets {
     /// Averages the gradients of `params` over every rank.
     pub(crate) fn average(
         &mut self,
-        comm: &MpiComm,
+        comm: &Comm,
         params: &[Tensor],
         bucket_bytes: usize,
     ) -> Result<()> {
@@ -290,7 +290,7 @@ impl GradientBuckets {
 }
 
 /// Makes every rank's variables equal to rank 0's.
-pub(crate) fn broadcast_parameters(comm: &MpiComm, variables: &[Tensor]) -> Result<()> {
+pub(crate) fn broadcast_parameters(comm: &Comm, variables: &[Tensor]) -> Result<()> {
     tch::no_grad(|| {
         for variable in variables {
             let value = comm.broadcast(variable, 0)?;
@@ -301,7 +301,7 @@ pub(crate) fn broadcast_parameters(comm: &MpiComm, variables: &[Tensor]) -> Resu
 }
 
 /// A seed every rank agrees on: rank 0's.
-pub(crate) fn agree_on_seed(comm: &MpiComm, seed: u64) -> Result<u64> {
+pub(crate) fn agree_on_seed(comm: &Comm, seed: u64) -> Result<u64> {
     let value = comm.broadcast(&Tensor::from_slice(&[seed as i64]), 0)?;
     Ok(value.f_int64_value(&[0])? as u64)
 }

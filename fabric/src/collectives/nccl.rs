@@ -1,0 +1,389 @@
+//! NCCL for CUDA tensors, through cudarc's `nccl` module, loaded at run time.
+//!
+//! One communicator per run, made when the `Fabric` of a multi-process CUDA
+//! run is built: rank 0 creates NCCL's unique id, MPI broadcasts it, every
+//! rank joins with `ncclCommInitRank` on its own device. Collectives run on
+//! the device's current stream (the one libtorch queues the tensors' work
+//! on), then the rank waits for the stream without spinning hard, under
+//! the same watchdog as the MPI collectives, so a failed rank cannot hang
+//! the others forever.
+//!
+//! cudarc finds NCCL by the names `libnccl.so`, `libnccl.so.{13,12,...}`,
+//! but NCCL's own soname is `libnccl.so.2`, which is all the `nvidia-nccl`
+//! wheel installed with PyTorch ships. [`library_link_dir`] makes a
+//! `libnccl.so` link to it for the processes fabric's launcher starts; with
+//! another launcher, the error says how to do the same.
+
+use std::ffi::{CStr, c_void};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cudarc::nccl::result;
+use cudarc::nccl::sys::{self, ncclComm_t, ncclDataType_t, ncclRedOp_t};
+use tch::{Device, Kind, Tensor};
+
+use super::{MpiComm, ReduceOp, watchdog};
+use crate::error::{Error, Result};
+use crate::shim;
+
+/// NCCL's message for a result code.
+fn describe(code: sys::ncclResult_t) -> String {
+    // SAFETY: NCCL returns a static string for every code.
+    let text = unsafe { sys::ncclGetErrorString(code) };
+    if text.is_null() {
+        format!("{code:?}")
+    } else {
+        // SAFETY: a non-null result is a NUL-terminated static string.
+        let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+        format!("{text} ({code:?})")
+    }
+}
+
+fn check(
+    what: &str,
+    status: std::result::Result<result::NcclStatus, result::NcclError>,
+) -> Result<()> {
+    status
+        .map(|_| ())
+        .map_err(|e| Error::Distributed(format!("{what}: {}", describe(e.0))))
+}
+
+/// Where NCCL's library is, when it is installed under its soname only:
+/// loaded in this process already (libtorch's CUDA backend links it), or
+/// beside libtorch in the `nvidia-nccl` wheel.
+fn soname_library() -> Option<PathBuf> {
+    if let Some(path) = crate::cuda::loaded("libnccl.so.2") {
+        return Some(path);
+    }
+    let torch_lib = crate::cuda::loaded("libtorch_cpu.so")?;
+    let wheel = torch_lib
+        .parent()?
+        .join("../../nvidia/nccl/lib/libnccl.so.2");
+    wheel.exists().then_some(wheel)
+}
+
+/// Whether cudarc finds NCCL by its names.
+fn cudarc_finds_nccl() -> bool {
+    // SAFETY: tries to load libraries by name and unloads them.
+    unsafe { sys::is_culib_present() }
+}
+
+/// A clear error unless cudarc can load NCCL; never a panic (cudarc panics
+/// when the library is missing at the first call).
+pub(crate) fn ensure_loadable() -> Result<()> {
+    if cudarc_finds_nccl() {
+        return Ok(());
+    }
+    Err(Error::Distributed(match soname_library() {
+        Some(path) => format!(
+            "NCCL is installed as {} but is loaded by the name libnccl.so, which is not on the library path; \
+             link it and put the link on LD_LIBRARY_PATH (`mkdir -p ~/.nccl && ln -sf {} ~/.nccl/libnccl.so && export LD_LIBRARY_PATH=~/.nccl:$LD_LIBRARY_PATH`); \
+             fabric's own launcher (a plain `cargo run` with `devices = N`) does this itself",
+            path.display(),
+            path.display()
+        ),
+        None => "NCCL, which fabric uses for collectives between CUDA devices, is not installed: \
+                 install NVIDIA's libnccl2 and libnccl-dev packages or `pip install nvidia-nccl-cu13`, \
+                 or train on the CPU (`accelerator = \"cpu\"`)"
+            .into(),
+    }))
+}
+
+/// For fabric's launcher: a directory holding a `libnccl.so` link to the
+/// NCCL library, to put on the ranks' `LD_LIBRARY_PATH`, when cudarc would
+/// not find NCCL by itself but it is installed under its soname. `None`
+/// when nothing is needed or NCCL is not installed.
+pub(crate) fn library_link_dir() -> Option<PathBuf> {
+    if cudarc_finds_nccl() {
+        return None;
+    }
+    let target = soname_library()?.canonicalize().ok()?;
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("fabric-nccl-{uid}"));
+    std::fs::create_dir_all(&dir).ok()?;
+    let link = dir.join("libnccl.so");
+    if std::fs::read_link(&link).ok().as_ref() != Some(&target) {
+        // Made beside and renamed over, so that concurrent launches never
+        // see a missing or half-made link.
+        let temporary = dir.join(format!("libnccl.so.{}", std::process::id()));
+        let _ = std::fs::remove_file(&temporary);
+        std::os::unix::fs::symlink(&target, &temporary).ok()?;
+        std::fs::rename(&temporary, &link).ok()?;
+    }
+    Some(dir)
+}
+
+/// NCCL's version, as `(major, minor, patch)`, or why it cannot be loaded.
+pub(crate) fn version() -> Result<(i32, i32, i32)> {
+    ensure_loadable()?;
+    let code = result::get_nccl_version()
+        .map_err(|e| Error::Distributed(format!("ncclGetVersion: {}", describe(e.0))))?;
+    Ok((code / 10000, (code % 10000) / 100, code % 100))
+}
+
+/// An NCCL communicator over every rank of the run, on this rank's device.
+pub(crate) struct NcclComm {
+    comm: ncclComm_t,
+    device: usize,
+    rank: usize,
+    size: usize,
+    timeout: Duration,
+}
+
+// SAFETY: an NCCL communicator may be used from any thread, one at a time;
+// `NcclComm` is only used through `&self` from the thread that owns the
+// `Fabric` (it is not `Sync`).
+unsafe impl Send for NcclComm {}
+
+impl std::fmt::Debug for NcclComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NcclComm")
+            .field("device", &self.device)
+            .field("rank", &self.rank)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl NcclComm {
+    /// Joins every rank of `mpi` in one NCCL communicator, this rank on
+    /// CUDA device `device`. A collective call: every rank must make it.
+    pub(crate) fn join(mpi: &MpiComm, device: usize, timeout: Duration) -> Result<Self> {
+        // Every rank learns whether NCCL works everywhere before any of
+        // them waits in `ncclCommInitRank` for the others.
+        let usable = ensure_loadable().and_then(|()| {
+            shim::cuda_set_device(device).map_err(|e| {
+                Error::Distributed(format!(
+                    "NCCL needs CUDA device {device}, which this process cannot use: {e}"
+                ))
+            })
+        });
+        let flag = Tensor::from_slice(&[i64::from(usable.is_err())]);
+        let failures = mpi.all_reduce(&flag, ReduceOp::Sum)?.f_int64_value(&[0])?;
+        usable?;
+        if failures > 0 {
+            return Err(Error::Distributed(format!(
+                "NCCL cannot start on {failures} other rank(s); see their messages"
+            )));
+        }
+        let id = if mpi.rank() == 0 {
+            result::get_uniqueid()
+                .map_err(|e| Error::Distributed(format!("ncclGetUniqueId: {}", describe(e.0))))?
+        } else {
+            sys::ncclUniqueId { internal: [0; 128] }
+        };
+        let bytes: Vec<u8> = id.internal.iter().map(|&c| c as u8).collect();
+        let bytes = mpi.broadcast(&Tensor::from_slice(&bytes), 0)?;
+        let bytes = Vec::<u8>::try_from(&bytes)?;
+        let mut id = id;
+        for (slot, byte) in id.internal.iter_mut().zip(bytes) {
+            *slot = byte as std::ffi::c_char;
+        }
+        let mut comm: ncclComm_t = std::ptr::null_mut();
+        {
+            let _armed = watchdog::arm("ncclCommInitRank", timeout);
+            // SAFETY: `comm` is a valid out-pointer; every rank passes the
+            // same id, the world size and its own rank.
+            check("ncclCommInitRank", unsafe {
+                result::comm_init_rank(&mut comm, mpi.size() as i32, id, mpi.rank() as i32)
+            })?;
+        }
+        Ok(NcclComm {
+            comm,
+            device,
+            rank: mpi.rank(),
+            size: mpi.size(),
+            timeout,
+        })
+    }
+
+    fn datatype(kind: Kind) -> Option<ncclDataType_t> {
+        Some(match kind {
+            Kind::Float => ncclDataType_t::ncclFloat32,
+            Kind::Double => ncclDataType_t::ncclFloat64,
+            Kind::Half => ncclDataType_t::ncclFloat16,
+            Kind::BFloat16 => ncclDataType_t::ncclBfloat16,
+            Kind::Int64 => ncclDataType_t::ncclInt64,
+            Kind::Int => ncclDataType_t::ncclInt32,
+            Kind::Int8 => ncclDataType_t::ncclInt8,
+            Kind::Uint8 | Kind::Bool => ncclDataType_t::ncclUint8,
+            _ => return None,
+        })
+    }
+
+    /// `tensor` contiguous on this rank's device, with its NCCL type.
+    fn wire(&self, tensor: &Tensor, what: &str) -> Result<(Tensor, ncclDataType_t)> {
+        if tensor.device() != Device::Cuda(self.device) {
+            return Err(Error::Distributed(format!(
+                "{what} of a tensor on {:?}: this rank's collectives run on Cuda({}); move it there first",
+                tensor.device(),
+                self.device
+            )));
+        }
+        let datatype = Self::datatype(tensor.kind()).ok_or_else(|| {
+            Error::Distributed(format!(
+                "{what} of {:?} tensors is not supported by NCCL",
+                tensor.kind()
+            ))
+        })?;
+        Ok((tensor.f_contiguous()?, datatype))
+    }
+
+    fn stream(&self) -> Result<sys::cudaStream_t> {
+        Ok(shim::cuda_current_stream(self.device)? as sys::cudaStream_t)
+    }
+
+    /// Waits until the queued collective is done, yielding the CPU, bounded
+    /// by the watchdog; an NCCL failure reported meanwhile is an error.
+    fn wait(&self, what: &'static str) -> Result<()> {
+        let _armed = watchdog::arm(what, self.timeout);
+        let mut polls = 0u32;
+        while !shim::cuda_stream_done(self.device)? {
+            let mut state = sys::ncclResult_t::ncclSuccess;
+            // SAFETY: `self.comm` is a live communicator.
+            unsafe { sys::ncclCommGetAsyncError(self.comm, &mut state) };
+            if !matches!(
+                state,
+                sys::ncclResult_t::ncclSuccess | sys::ncclResult_t::ncclInProgress
+            ) {
+                return Err(Error::Distributed(format!("{what}: {}", describe(state))));
+            }
+            if polls >= 200 {
+                std::thread::sleep(Duration::from_micros(20));
+            } else {
+                std::thread::yield_now();
+            }
+            polls = polls.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    fn count(tensor: &Tensor) -> usize {
+        tensor.numel()
+    }
+
+    /// The element-wise reduction of `input` over every rank, into `output`
+    /// (same kind and size, contiguous, on this rank's device).
+    pub(crate) fn all_reduce_into(
+        &self,
+        input: &Tensor,
+        output: &Tensor,
+        op: ReduceOp,
+    ) -> Result<()> {
+        let (input, datatype) = self.wire(input, "all_reduce")?;
+        if !output.is_contiguous()
+            || output.numel() != input.numel()
+            || output.kind() != input.kind()
+        {
+            return Err(Error::Distributed(
+                "all_reduce_into needs an output of the input's kind and size, contiguous".into(),
+            ));
+        }
+        if input.numel() == 0 {
+            return Ok(());
+        }
+        let nccl_op = match (op, input.kind()) {
+            (ReduceOp::Sum, Kind::Bool) | (ReduceOp::Max, Kind::Bool) => ncclRedOp_t::ncclMax,
+            (ReduceOp::Min, _) => ncclRedOp_t::ncclMin,
+            (ReduceOp::Max, _) => ncclRedOp_t::ncclMax,
+            (ReduceOp::Sum, _) => ncclRedOp_t::ncclSum,
+            (ReduceOp::Mean, _) => ncclRedOp_t::ncclAvg,
+        };
+        // SAFETY: both tensors are contiguous on this rank's device, with
+        // `count` elements of `datatype`, alive until `wait` returns.
+        check("ncclAllReduce", unsafe {
+            result::all_reduce(
+                input.data_ptr() as *const c_void,
+                output.data_ptr(),
+                Self::count(&input),
+                datatype,
+                nccl_op,
+                self.comm,
+                self.stream()?,
+            )
+        })?;
+        self.wait("ncclAllReduce")
+    }
+
+    /// The element-wise reduction of `tensor` over every rank, as
+    /// [`MpiComm::all_reduce`]: the mean of an integer tensor is f32.
+    pub(crate) fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {
+        if tensor.kind() == Kind::Bool && op == ReduceOp::Mean {
+            return Err(Error::Distributed(
+                "the mean of a bool tensor is undefined; convert it first".into(),
+            ));
+        }
+        let input = if op == ReduceOp::Mean && !tensor.is_floating_point() {
+            tensor.f_to_kind(Kind::Float)?
+        } else {
+            tensor.shallow_clone()
+        };
+        let (input, _) = self.wire(&input, "all_reduce")?;
+        let output = input.f_empty_like()?;
+        self.all_reduce_into(&input, &output, op)?;
+        Ok(output)
+    }
+
+    /// `tensor` as held by rank `src`, on every rank.
+    pub(crate) fn broadcast(&self, tensor: &Tensor, src: usize) -> Result<Tensor> {
+        if src >= self.size {
+            return Err(Error::InvalidArgument(format!(
+                "broadcast from rank {src}, but the world has {} ranks",
+                self.size
+            )));
+        }
+        let (input, datatype) = self.wire(tensor, "broadcast")?;
+        let output = input.f_empty_like()?;
+        if input.numel() == 0 {
+            return Ok(output);
+        }
+        // SAFETY: contiguous tensors of `count` elements on this device.
+        check("ncclBroadcast", unsafe {
+            result::broadcast(
+                input.data_ptr() as *const c_void,
+                output.data_ptr(),
+                Self::count(&input),
+                datatype,
+                src as i32,
+                self.comm,
+                self.stream()?,
+            )
+        })?;
+        self.wait("ncclBroadcast")?;
+        Ok(output)
+    }
+
+    /// Every rank's `tensor`, stacked along a new first dimension.
+    pub(crate) fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
+        let (input, datatype) = self.wire(tensor, "all_gather")?;
+        let mut shape = vec![self.size as i64];
+        shape.extend(tensor.size());
+        let output = Tensor::f_empty(shape.as_slice(), (input.kind(), input.device()))?;
+        if input.numel() == 0 {
+            return Ok(output);
+        }
+        // SAFETY: `output` holds `size` times `input`'s elements, both
+        // contiguous on this device.
+        check("ncclAllGather", unsafe {
+            result::all_gather(
+                input.data_ptr() as *const c_void,
+                output.data_ptr(),
+                Self::count(&input),
+                datatype,
+                self.comm,
+                self.stream()?,
+            )
+        })?;
+        self.wait("ncclAllGather")?;
+        Ok(output)
+    }
+}
+
+impl Drop for NcclComm {
+    fn drop(&mut self) {
+        // SAFETY: the communicator is live and no collective is queued
+        // that this process still waits for.
+        let _ = unsafe { result::comm_destroy(self.comm) };
+    }
+}

@@ -1,0 +1,196 @@
+//! Loading libtorch's CUDA backend and NCCL, which must work (or fail
+//! clearly) on machines without a GPU. Each check that changes what the
+//! process has loaded runs in a child: this test binary re-run with
+//! `FABRIC_CUDA_LIBRARIES_CHILD` naming the check.
+
+use std::path::Path;
+use std::process::Command;
+
+use fabric::__private::{self, CudaBackend};
+
+const CHILD: &str = "FABRIC_CUDA_LIBRARIES_CHILD";
+
+/// Runs `check` (an ignored test of this file) in a child with `env`;
+/// returns its output, asserting it succeeded.
+fn child(check: &str, env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            check,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, check);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{check} failed:\n{text}");
+    assert!(text.contains("1 passed"), "{check} did not run:\n{text}");
+    text
+}
+
+fn in_child(check: &str) -> bool {
+    std::env::var(CHILD).is_ok_and(|c| c == check)
+}
+
+fn loaded(file_name: &str) -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines().any(|l| l.ends_with(&format!("/{file_name}")))
+}
+
+#[test]
+fn libtorchs_cuda_backend_is_loaded_from_libtorchs_directory() {
+    child("load_the_cuda_backend", &[]);
+}
+
+#[test]
+#[ignore = "run by libtorchs_cuda_backend_is_loaded_from_libtorchs_directory"]
+fn load_the_cuda_backend() {
+    assert!(in_child("load_the_cuda_backend"));
+    // A Rust binary does not load it by itself (`--as-needed`).
+    assert!(!loaded("libtorch_cuda.so"), "loaded before fabric asked");
+    match __private::load_cuda_backend(true) {
+        CudaBackend::Loaded(path) => {
+            assert!(path.ends_with("libtorch_cuda.so"), "{path:?}");
+            assert!(loaded("libtorch_cuda.so"));
+            // Without a driver CUDA stays unavailable, without crashing.
+            let available = tch::Cuda::is_available();
+            let driver = Path::new("/dev/nvidiactl").exists();
+            assert!(
+                available || !driver,
+                "a driver exists but CUDA is not available"
+            );
+            println!("loaded {}, CUDA available: {available}", path.display());
+        }
+        CudaBackend::NotInLibtorch => {
+            println!("CPU-only libtorch: nothing to load");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Once loaded, it is not loaded again.
+    assert_eq!(
+        __private::load_cuda_backend(true),
+        if loaded("libtorch_cuda.so") {
+            CudaBackend::AlreadyLoaded
+        } else {
+            CudaBackend::NotInLibtorch
+        }
+    );
+}
+
+#[test]
+fn without_a_driver_nothing_is_loaded() {
+    child("nothing_without_a_driver", &[]);
+}
+
+#[test]
+#[ignore = "run by without_a_driver_nothing_is_loaded"]
+fn nothing_without_a_driver() {
+    assert!(in_child("nothing_without_a_driver"));
+    let driver = Command::new("sh")
+        .args(["-c", "ldconfig -p | grep -q 'libcuda.so.1 '"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let backend = __private::load_cuda_backend(false);
+    if driver {
+        assert!(
+            matches!(backend, CudaBackend::Loaded(_) | CudaBackend::NotInLibtorch),
+            "{backend:?}"
+        );
+    } else {
+        assert_eq!(backend, CudaBackend::NoDriver);
+        assert!(!loaded("libtorch_cuda.so"));
+    }
+    // And the builder's question about CUDA goes through the same loader.
+    let fabric = fabric::Fabric::builder().build().unwrap();
+    println!("{backend:?}, device {:?}", fabric.device());
+}
+
+#[test]
+fn nccl_is_loaded_or_explained_never_a_panic() {
+    match fabric::collectives::nccl_version() {
+        Ok((major, minor, _)) => {
+            assert_eq!(major, 2, "NCCL {major}.{minor}");
+        }
+        Err(error) => {
+            let message = error.to_string();
+            assert!(message.contains("NCCL"), "{message}");
+            // Installed under its soname only (as by PyTorch's wheel):
+            // the message says where and what to do.
+            if message.contains("libnccl.so.2") {
+                assert!(message.contains("LD_LIBRARY_PATH"), "{message}");
+                assert!(message.contains("ln -sf"), "{message}");
+            } else {
+                assert!(message.contains("not installed"), "{message}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_launchers_link_makes_the_wheels_nccl_loadable() {
+    let Some(dir) = __private::nccl_library_link_dir() else {
+        // Either cudarc finds NCCL by itself (no link needed) or NCCL is
+        // not installed; both are covered by the test above.
+        return;
+    };
+    let link = dir.join("libnccl.so");
+    let target = std::fs::read_link(&link).unwrap();
+    assert!(target.ends_with("libnccl.so.2"), "{target:?}");
+    // Made again, it is the same link (made beside and renamed over).
+    assert_eq!(__private::nccl_library_link_dir(), Some(dir.clone()));
+    let out = child(
+        "nccl_through_the_link",
+        &[("LD_LIBRARY_PATH", dir.as_os_str())],
+    );
+    assert!(out.contains("NCCL 2."), "{out}");
+}
+
+#[test]
+#[ignore = "run by the_launchers_link_makes_the_wheels_nccl_loadable"]
+fn nccl_through_the_link() {
+    assert!(in_child("nccl_through_the_link"));
+    let (major, minor, patch) = fabric::collectives::nccl_version().unwrap();
+    println!("NCCL {major}.{minor}.{patch}");
+}
+
+#[test]
+fn nccl_without_a_gpu_is_an_error_not_a_crash() {
+    if tch::Cuda::device_count() > 0 {
+        return; // tests/gpu.rs checks NCCL where there are GPUs
+    }
+    let mut env: Vec<(&str, std::ffi::OsString)> = Vec::new();
+    if let Some(dir) = __private::nccl_library_link_dir() {
+        env.push(("LD_LIBRARY_PATH", dir.into_os_string()));
+    }
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(n, v)| (*n, v.as_os_str())).collect();
+    let out = child("join_nccl_without_a_gpu", &env);
+    assert!(out.contains("error: "), "{out}");
+}
+
+#[test]
+#[ignore = "run by nccl_without_a_gpu_is_an_error_not_a_crash"]
+fn join_nccl_without_a_gpu() {
+    assert!(in_child("join_nccl_without_a_gpu"));
+    // With and without libtorch's CUDA backend loaded.
+    for force in [false, true] {
+        if force {
+            __private::load_cuda_backend(true);
+        }
+        let error = __private::nccl_single_rank_check(0).unwrap_err();
+        let message = error.to_string();
+        println!("error: {message}");
+        assert!(
+            message.to_lowercase().contains("cuda") || message.contains("NCCL"),
+            "{message}"
+        );
+    }
+}
