@@ -16,7 +16,7 @@ use std::ffi::{CStr, CString, c_int, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// What [`load_backend`] found.
+/// What loading libtorch's CUDA backend found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     /// `libtorch_cuda.so` was loaded already (linked with `--no-as-needed`,
