@@ -97,6 +97,12 @@ impl Comm {
     }
 
     pub(crate) fn broadcast(&self, tensor: &Tensor, src: usize) -> Result<Tensor> {
+        if src >= self.size() {
+            return Err(Error::InvalidArgument(format!(
+                "broadcast from rank {src}, but the world has {} ranks",
+                self.size()
+            )));
+        }
         match self.nccl_for(tensor, "broadcast")? {
             Some(nccl) => nccl.broadcast(tensor, src),
             None => self.mpi.broadcast(tensor, src),

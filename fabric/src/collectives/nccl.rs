@@ -325,14 +325,9 @@ impl NcclComm {
         Ok(output)
     }
 
-    /// `tensor` as held by rank `src`, on every rank.
+    /// `tensor` as held by rank `src` (checked by the caller to be a rank),
+    /// on every rank.
     pub(crate) fn broadcast(&self, tensor: &Tensor, src: usize) -> Result<Tensor> {
-        if src >= self.size {
-            return Err(Error::InvalidArgument(format!(
-                "broadcast from rank {src}, but the world has {} ranks",
-                self.size
-            )));
-        }
         let (input, datatype) = self.wire(tensor, "broadcast")?;
         let output = input.f_empty_like()?;
         if input.numel() == 0 {

@@ -70,20 +70,17 @@ pub(crate) fn replicate<M>(
 ) -> Result<(Replicas<M>, ReplicaGradients)> {
     let all = named(primary, false);
     let trainable = named(primary, true);
-    let mut variables: Vec<Replicated> = all
-        .iter()
-        .map(|(_, t)| Replicated {
-            primary: t.shallow_clone(),
-            copies: Vec::new(),
-        })
-        .collect();
-    let mut gradients: Vec<Replicated> = trainable
-        .iter()
-        .map(|(_, t)| Replicated {
-            primary: t.shallow_clone(),
-            copies: Vec::new(),
-        })
-        .collect();
+    let unreplicated = |named: &[(String, Tensor)]| -> Vec<Replicated> {
+        named
+            .iter()
+            .map(|(_, t)| Replicated {
+                primary: t.shallow_clone(),
+                copies: Vec::new(),
+            })
+            .collect()
+    };
+    let mut variables = unreplicated(&all);
+    let mut gradients = unreplicated(&trainable);
     let mut modules = Vec::with_capacity(devices.len());
     let mut stores = Vec::with_capacity(devices.len());
     for &device in devices {
