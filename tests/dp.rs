@@ -201,9 +201,8 @@ fn dp_with_bf16_mixed_autocasts_every_replica() {
         let x = Tensor::randn([12, 5], (Kind::Float, Device::Cpu));
         let y = x.sum_dim_intlist(1, true, Kind::Float).repeat([1, 3]);
         let mut vs = nn::VarStore::new(Device::Cpu);
-        let model = fabric.setup_module_with(&mut vs, mlp).unwrap();
-        let mut opt = fabric
-            .setup_optimizer(nn::Sgd::default().build(&vs, 0.05).unwrap())
+        let (model, mut opt) = fabric
+            .setup_with(&mut vs, mlp, |vs| nn::Sgd::default().build(vs, 0.05))
             .unwrap();
         let mut losses = Vec::new();
         for _ in 0..30 {

@@ -406,6 +406,45 @@ impl Fabric {
         Ok((module, optimizer))
     }
 
+    /// [`setup_module_with`](Self::setup_module_with) and
+    /// [`setup_optimizer`](Self::setup_optimizer) together: builds the model
+    /// with `build` on `vs`, then the optimizer with `optimizer` on `vs`
+    /// (once the model's variables exist and are on the run's device). The
+    /// form of [`setup`](Self::setup) that works under every strategy,
+    /// `dp` included.
+    ///
+    /// ```
+    /// use fabric::Fabric;
+    /// use tch::{nn, nn::OptimizerConfig};
+    ///
+    /// # fn main() -> fabric::Result<()> {
+    /// let mut fabric = Fabric::builder().accelerator("cpu").build()?;
+    /// let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    /// let (model, optimizer) = fabric.setup_with(
+    ///     &mut vs,
+    ///     |p| nn::linear(p / "fc", 4, 2, Default::default()),
+    ///     |vs| nn::Adam::default().build(vs, 1e-3),
+    /// )?;
+    /// # let _ = (model, optimizer);
+    /// # Ok(()) }
+    /// ```
+    pub fn setup_with<M, O, E>(
+        &mut self,
+        vs: &mut VarStore,
+        build: impl Fn(&tch::nn::Path) -> M,
+        optimizer: impl FnOnce(&VarStore) -> std::result::Result<O, E>,
+    ) -> Result<(FabricModule<M>, FabricOptimizer)>
+    where
+        M: ModuleT,
+        O: Into<AnyOptimizer>,
+        E: Into<Error>,
+    {
+        let module = self.setup_module_with(vs, build)?;
+        let optimizer = optimizer(vs).map_err(Into::into)?;
+        let optimizer = self.setup_optimizer(optimizer)?;
+        Ok((module, optimizer))
+    }
+
     /// Makes a loader's batches arrive on the run's device.
     ///
     /// With several processes each rank gets its own shard of every epoch,
