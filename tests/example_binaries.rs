@@ -73,3 +73,25 @@ fn callbacks_fire_and_report_the_best_epoch() {
         "{text}"
     );
 }
+
+#[test]
+fn dp_trains_on_gpus_or_says_it_needs_cuda() {
+    let output = Command::new(example("dp"))
+        .env("EPOCHS", "3")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        // A machine with CUDA: it trained.
+        assert!(text.contains("held-out accuracy: "), "{text}");
+    } else {
+        assert!(text.contains("accelerator"), "{text}");
+        assert!(text.contains("cuda"), "{text}");
+        assert!(!text.contains("panicked"), "an error, not a panic:\n{text}");
+    }
+}

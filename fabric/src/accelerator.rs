@@ -76,7 +76,20 @@ pub(crate) fn resolve(accelerator: Accelerator) -> Result<ResolvedAccelerator> {
         Accelerator::Gpu | Accelerator::Cuda if cuda => Ok(ResolvedAccelerator::Cuda),
         Accelerator::Gpu | Accelerator::Cuda => Err(unavailable(
             accelerator,
-            "libtorch finds no CUDA device (no NVIDIA GPU or driver)",
+            match crate::cuda::load_backend(false) {
+                crate::cuda::Backend::NoDriver => {
+                    "no NVIDIA driver is installed (libcuda.so.1 cannot be loaded)".to_owned()
+                }
+                crate::cuda::Backend::NotInLibtorch => {
+                    "the libtorch in use is a CPU-only build (no libtorch_cuda.so beside libtorch_cpu.so)"
+                        .to_owned()
+                }
+                crate::cuda::Backend::Failed(message) => {
+                    format!("libtorch's CUDA backend could not be loaded: {message}")
+                }
+                _ => "libtorch finds no CUDA device".to_owned(),
+            }
+            .as_str(),
         )),
         Accelerator::Mps if mps => Ok(ResolvedAccelerator::Mps),
         Accelerator::Mps => Err(unavailable(
