@@ -71,10 +71,14 @@ impl Comm {
         }
     }
 
-    /// Whether gradients of `kind` travel as they are (16-bit floats travel
-    /// as f32).
-    pub(crate) fn carries(kind: Kind) -> bool {
-        MpiComm::carries(kind)
+    /// Whether gradients of `kind` on `device` travel as they are: NCCL
+    /// carries 16-bit floats, MPI does not (they travel as f32).
+    pub(crate) fn carries(kind: Kind, device: tch::Device) -> bool {
+        if device.is_cuda() {
+            kind != Kind::Bool && NcclComm::carries(kind)
+        } else {
+            MpiComm::carries(kind)
+        }
     }
 
     pub(crate) fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {

@@ -212,6 +212,11 @@ impl NcclComm {
         })
     }
 
+    /// Whether NCCL reduces tensors of `kind`.
+    pub(crate) fn carries(kind: Kind) -> bool {
+        Self::datatype(kind).is_some()
+    }
+
     /// `tensor` contiguous on this rank's device, with its NCCL type.
     fn wire(&self, tensor: &Tensor, what: &str) -> Result<(Tensor, ncclDataType_t)> {
         if tensor.device() != Device::Cuda(self.device) {

@@ -179,7 +179,8 @@ impl GradientBuckets {
             return Ok(());
         }
         let bytes = |p: &Tensor| p.numel() * p.kind().elt_size_in_bytes();
-        let alone = |p: &Tensor| bytes(p) >= OWN_BUCKET_BYTES && Comm::carries(p.kind());
+        let alone =
+            |p: &Tensor| bytes(p) >= OWN_BUCKET_BYTES && Comm::carries(p.kind(), p.device());
         // Each large gradient alone; the others, in parameter order, share
         // buckets of their kind of about `bucket_bytes`, however they are
         // interleaved with the large ones.
@@ -216,7 +217,7 @@ impl GradientBuckets {
                 offset += n;
             }
             let kind = first.kind();
-            let wire = if Comm::carries(kind) {
+            let wire = if Comm::carries(kind, first.device()) {
                 kind
             } else {
                 Kind::Float
