@@ -104,7 +104,9 @@ pub(crate) fn resolve(accelerator: Accelerator) -> Result<ResolvedAccelerator> {
 }
 
 /// The devices `devices` selects on `accelerator`. On the CPU a count is a
-/// number of processes, each on the CPU device.
+/// number of processes, each on the CPU device. `"auto"` selects every
+/// CUDA device, as Lightning's `CUDAAccelerator.auto_device_count()`, and
+/// one process on the CPU.
 pub(crate) fn select_devices(
     accelerator: ResolvedAccelerator,
     devices: &Devices,
@@ -135,8 +137,7 @@ pub(crate) fn select_devices(
                 n => format!("{n} CUDA devices (0 to {})", n - 1),
             };
             let indices: Vec<usize> = match devices {
-                Devices::Auto => vec![0],
-                Devices::All => (0..count).collect(),
+                Devices::Auto | Devices::All => (0..count).collect(),
                 Devices::Count(n) if *n <= count => (0..*n).collect(),
                 Devices::Indices(indices) if indices.iter().all(|i| *i < count) => indices.clone(),
                 Devices::Count(_) | Devices::Indices(_) => return Err(unavailable(present())),
