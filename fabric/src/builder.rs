@@ -228,7 +228,11 @@ impl FabricBuilder {
             } else {
                 accelerator::resolve(options.accelerator)?
             };
-        let devices = accelerator::select_devices(accelerator, &options.devices)?;
+        let mut devices = accelerator::select_devices(accelerator, &options.devices)?;
+        if options.strategy == Strategy::SingleDevice && options.devices == Devices::Auto {
+            // "auto" devices are every GPU; one strategy uses only the first.
+            devices.truncate(1);
+        }
         let layout = strategy::resolve(
             options.strategy,
             &options.devices,
