@@ -14,7 +14,8 @@ use fabric::{Fabric, FabricBuilder, Strategy};
 use tch::nn::{self, Module, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-/// Tests that seed tch's global generator run one at a time.
+/// The tests run one at a time: they seed tch's global generator, or draw
+/// from it (initialising layers), which would change another's stream.
 fn seeded() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
@@ -114,6 +115,7 @@ impl ModuleT for Recorder {
 
 #[test]
 fn dp_splits_each_batch_between_the_replicas() {
+    let _seed = seeded();
     let mut fabric = dp(3).build().unwrap();
     assert_eq!(fabric.strategy(), Strategy::Dp);
     assert_eq!(fabric.world_size(), 1);
@@ -228,6 +230,7 @@ fn dp_with_bf16_mixed_autocasts_every_replica() {
 
 #[test]
 fn dp_needs_cuda_devices() {
+    let _seed = seeded();
     if tch::Cuda::device_count() > 0 {
         return; // the error is about machines without CUDA
     }
@@ -251,6 +254,7 @@ fn dp_needs_cuda_devices() {
 
 #[test]
 fn dp_asks_for_a_build_function() {
+    let _seed = seeded();
     let mut fabric = dp(2).build().unwrap();
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = mlp(&vs.root());
@@ -265,6 +269,7 @@ fn dp_asks_for_a_build_function() {
 
 #[test]
 fn dp_rejects_a_build_function_that_builds_different_models() {
+    let _seed = seeded();
     let mut fabric = dp(2).build().unwrap();
     let calls = AtomicUsize::new(0);
     let mut vs = nn::VarStore::new(Device::Cpu);
@@ -285,4 +290,147 @@ fn dp_rejects_a_build_function_that_builds_different_models() {
     );
     assert!(message.contains("fc.weight [4, 3]"), "{message}");
     assert!(message.contains("fc.weight [5, 3]"), "{message}");
+}
+
+/// `out = x * w` when the chunk's first value is positive, else `x`: a
+/// parameter some chunks do not use.
+#[derive(Debug)]
+struct Gate {
+    w: Tensor,
+}
+
+impl ModuleT for Gate {
+    fn forward_t(&self, xs: &Tensor, _train: bool) -> Tensor {
+        if xs.double_value(&[0, 0]) > 0.0 {
+            xs * &self.w
+        } else {
+            xs.shallow_clone()
+        }
+    }
+}
+
+#[test]
+fn dp_takes_gradients_of_parameters_only_some_replicas_used() {
+    let _seed = seeded();
+    let mut fabric = dp(2).precision("64-true").build().unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = fabric
+        .setup_module_with(&mut vs, |p| Gate {
+            w: p.ones("w", &[3]),
+        })
+        .unwrap();
+    let w = vs.trainable_variables()[0].shallow_clone();
+    // Chunk 0 (rows 0-1) starts negative: only the replica uses `w`.
+    let x = Tensor::from_slice(&[-1.0f64, 2., 3., 4., 5., 6., 1., 2., 3., 4., 5., 6.]).view([4, 3]);
+    for step in 0..3 {
+        let loss = model.forward(&x).sum(tch::Kind::Double);
+        fabric.backward(&loss).unwrap();
+        let grad = w.grad();
+        assert!(
+            grad.defined(),
+            "step {step}: the replica's gradient reached the first device"
+        );
+        let expected = x.narrow(0, 2, 2).sum_dim_intlist(0, false, Kind::Double);
+        assert!(
+            grad.allclose(&expected, 1e-12, 1e-12, false),
+            "step {step}: {grad:?}"
+        );
+        // As a tch optimizer's zero_grad: the gradient goes back to none.
+        tch::no_grad(|| fabric::__private::clear_grad(&w).unwrap());
+    }
+}
+
+#[test]
+fn dp_allows_several_forward_passes_before_one_backward() {
+    let _seed = seeded();
+    let run = |builder: FabricBuilder| {
+        let mut fabric = builder.precision("64-true").build().unwrap();
+        tch::manual_seed(21);
+        let (a, y) = data(8);
+        let b = Tensor::randn([8, 5], (Kind::Double, Device::Cpu));
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let (model, mut opt) = fabric
+            .setup_with(&mut vs, mlp, |vs| nn::Sgd::default().build(vs, 0.1))
+            .unwrap();
+        for _ in 0..5 {
+            opt.zero_grad();
+            // A siamese loss; in between, an evaluation forward without
+            // gradients, as for pseudo-labels.
+            let target = tch::no_grad(|| model.forward(&b));
+            let loss = model.forward(&a).mse_loss(&y, tch::Reduction::Mean)
+                + model
+                    .forward(&b)
+                    .mse_loss(&target.detach(), tch::Reduction::Mean);
+            fabric.backward(&loss).unwrap();
+            opt.step().unwrap();
+        }
+        let mut params: Vec<_> = vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        params
+    };
+    let single = run(Fabric::builder().accelerator("cpu"));
+    let split = run(dp(3));
+    let difference = max_difference(&single, &split);
+    assert!(difference < 1e-12, "parameters differ by {difference}");
+}
+
+#[test]
+fn dp_follows_freezing_and_unfreezing_after_setup() {
+    let _seed = seeded();
+    let build = |builder: FabricBuilder| {
+        let mut fabric = builder.precision("64-true").build().unwrap();
+        tch::manual_seed(31);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = fabric.setup_module_with(&mut vs, mlp).unwrap();
+        (fabric, vs, model)
+    };
+    let (mut one, mut one_vs, one_model) = build(Fabric::builder().accelerator("cpu"));
+    let (mut many, mut many_vs, many_model) = build(dp(2));
+    tch::manual_seed(32);
+    let (x, y) = data(6);
+    for vs in [&mut one_vs, &mut many_vs] {
+        vs.freeze();
+    }
+    // Frozen: no parameter requires a gradient, so the loss cannot be
+    // backpropagated, on one device or split.
+    let loss = many_model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+    assert!(!loss.requires_grad());
+    for vs in [&mut one_vs, &mut many_vs] {
+        vs.unfreeze();
+    }
+    let loss = one_model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+    one.backward(&loss).unwrap();
+    let loss = many_model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+    many.backward(&loss).unwrap();
+    let grads = |vs: &nn::VarStore| {
+        let mut g: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.grad()))
+            .collect();
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+        g
+    };
+    let difference = max_difference(&grads(&one_vs), &grads(&many_vs));
+    assert!(
+        difference < 1e-12,
+        "after unfreezing, gradients differ by {difference}"
+    );
+}
+
+#[test]
+fn dp_gathers_scalar_outputs_into_a_vector() {
+    let _seed = seeded();
+    let mut fabric = dp(2).build().unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = fabric
+        .setup_module_with(&mut vs, |p| {
+            let w = p.ones("w", &[2]);
+            nn::func_t(move |xs, _| (xs * &w).sum(Kind::Float))
+        })
+        .unwrap();
+    let out = model.forward(&Tensor::ones([4, 2], (Kind::Float, Device::Cpu)));
+    // One value per chunk, as DataParallel gathers scalars.
+    assert_eq!(out.size(), [2]);
+    assert_eq!(Vec::<f32>::try_from(&out).unwrap(), [4.0, 4.0]);
 }

@@ -170,4 +170,10 @@ char *fabric_cuda_stream_query(int index, bool *done) {
   });
 }
 
+// Sets `tensor`'s gradient to `grad`, or to none when `grad` is null (as
+// `tensor.grad = None` in Python).
+char *fabric_set_grad(at::Tensor *tensor, at::Tensor *grad) {
+  return guarded([&] { tensor->mutable_grad() = grad == nullptr ? at::Tensor() : *grad; });
+}
+
 }  // extern "C"

@@ -345,6 +345,13 @@ pub fn nccl_single_rank_check(device: usize) -> crate::Result<()> {
     Ok(())
 }
 
+/// Sets a tensor's gradient to none, as libtorch's optimizers'
+/// `zero_grad` does (tch's `Tensor::zero_grad` zeroes it instead). For
+/// tests.
+pub fn clear_grad(tensor: &tch::Tensor) -> crate::Result<()> {
+    crate::shim::set_grad(tensor, None)
+}
+
 pub use crate::cuda::Backend as CudaBackend;
 
 /// Loads libtorch's CUDA backend as fabric does before it first asks about

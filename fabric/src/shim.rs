@@ -52,9 +52,21 @@ unsafe extern "C" {
         maximize: bool,
         decoupled_weight_decay: bool,
     ) -> *mut c_char;
+    fn fabric_set_grad(
+        tensor: *mut torch_sys::C_tensor,
+        grad: *mut torch_sys::C_tensor,
+    ) -> *mut c_char;
     fn fabric_cuda_set_device(index: c_int) -> *mut c_char;
     fn fabric_cuda_current_stream(index: c_int, stream: *mut *mut std::ffi::c_void) -> *mut c_char;
     fn fabric_cuda_stream_query(index: c_int, done: *mut bool) -> *mut c_char;
+}
+
+/// Sets `tensor`'s gradient to `grad`, or to none (`tensor.grad = None`).
+pub(crate) fn set_grad(tensor: &Tensor, grad: Option<&Tensor>) -> Result<()> {
+    let grad = grad.map_or(std::ptr::null_mut(), |g| g.as_ptr() as *mut _);
+    // SAFETY: both pointers are live tensors (or null for none); the shim
+    // only assigns the gradient.
+    check(unsafe { fabric_set_grad(tensor.as_ptr() as *mut _, grad) })
 }
 
 /// Makes CUDA device `index` the calling thread's current device.

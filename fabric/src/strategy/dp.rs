@@ -2,32 +2,62 @@
 //!
 //! The model set up on the first device is the one the optimizer steps.
 //! Each further device holds a replica built by the same function. A
-//! forward pass copies the first device's variables (parameters and
-//! buffers) into every replica, splits the batch along its first dimension
-//! into one chunk per device (as `torch.chunk`), runs each chunk on its
-//! device, and concatenates the outputs on the first device. The gather is
+//! forward pass brings the replicas up to date with the first device's
+//! variables (parameters and buffers, and whether each requires a
+//! gradient), splits the batch along its first dimension into one chunk per
+//! device (as `torch.chunk`), runs each chunk on its device, and
+//! concatenates the outputs on the first device. The gather is
 //! differentiable, so `backward` gives every replica the gradients of its
 //! chunk; [`ReplicaGradients::reduce`] then adds them to the first device's
 //! gradients, which become the gradients of the whole batch.
+//!
+//! Variables are copied into the replicas only when the first device's may
+//! have changed since the last copy: after a `backward` (the optimizer
+//! steps after it; libtorch's optimizers do not bump version counters), or
+//! when a variable's version counter moved (a checkpoint load, any in-place
+//! change through tch). Copying bumps the replicas' version counters, and
+//! autograd refuses to go back through a graph whose saved weights were
+//! modified, so copying on every forward would break two forward passes
+//! before one backward (`loss = f(model(a)) + f(model(b))`).
+
+use std::sync::{Arc, Mutex, Weak};
 
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::shim;
 
 /// A variable of the first device's model and its copies on the other
 /// devices.
 struct Replicated {
     primary: Tensor,
     copies: Vec<Tensor>,
+    /// The first device's version counter at the last copy.
+    copied_version: Option<i64>,
+}
+
+/// What a model's replicas share with the `Fabric`.
+struct State {
+    variables: Vec<Replicated>,
+    /// Whether a `backward` ran since the last copy (so the optimizer may
+    /// have stepped).
+    stale: bool,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The replicas of a model on the devices after the first.
 pub(crate) struct Replicas<M> {
     devices: Vec<Device>,
     modules: Vec<M>,
-    /// Every variable, trainable or not, with its copies.
-    variables: Vec<Replicated>,
+    /// Every variable, trainable or not, with its copies (shared with the
+    /// `Fabric`'s [`ReplicaGradients`], which holds it weakly).
+    variables: Shared,
     /// Keeps the replicas' variables alive.
     _stores: Vec<VarStore>,
 }
@@ -40,21 +70,17 @@ impl<M> std::fmt::Debug for Replicas<M> {
     }
 }
 
-/// The trainable variables of the first device with their copies, whose
-/// gradients `backward` adds up.
+/// The variables of every model set up under `dp`, whose replicas'
+/// gradients `backward` adds up. Held weakly: a model that is dropped
+/// drops its replicas.
 #[derive(Default)]
 pub(crate) struct ReplicaGradients {
-    pairs: Vec<Replicated>,
+    models: Vec<Weak<Mutex<State>>>,
 }
 
 /// Sorted `(name, tensor)` pairs of a var store's variables.
-/// Trainable variables are the ones requiring a gradient.
-fn named(vs: &VarStore, trainable_only: bool) -> Vec<(String, Tensor)> {
-    let mut variables: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| !trainable_only || t.requires_grad())
-        .collect();
+fn named(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     variables
 }
@@ -68,31 +94,27 @@ pub(crate) fn replicate<M>(
     build: &dyn Fn(&tch::nn::Path) -> M,
     prepare: &dyn Fn(&mut VarStore) -> Result<()>,
 ) -> Result<(Replicas<M>, ReplicaGradients)> {
-    let all = named(primary, false);
-    let trainable = named(primary, true);
-    let unreplicated = |named: &[(String, Tensor)]| -> Vec<Replicated> {
-        named
-            .iter()
-            .map(|(_, t)| Replicated {
-                primary: t.shallow_clone(),
-                copies: Vec::new(),
-            })
-            .collect()
+    let all = named(primary);
+    let describe = |v: &[(String, Tensor)]| {
+        v.iter()
+            .map(|(n, t)| format!("{n} {:?} {:?}", t.size(), t.kind()))
+            .collect::<Vec<_>>()
     };
-    let mut variables = unreplicated(&all);
-    let mut gradients = unreplicated(&trainable);
+    let mut variables: Vec<Replicated> = all
+        .iter()
+        .map(|(_, t)| Replicated {
+            primary: t.shallow_clone(),
+            copies: Vec::new(),
+            copied_version: None,
+        })
+        .collect();
     let mut modules = Vec::with_capacity(devices.len());
     let mut stores = Vec::with_capacity(devices.len());
     for &device in devices {
         let mut vs = VarStore::new(device);
         let module = build(&vs.root());
         prepare(&mut vs)?;
-        let copies = named(&vs, false);
-        let describe = |v: &[(String, Tensor)]| {
-            v.iter()
-                .map(|(n, t)| format!("{n} {:?} {:?}", t.size(), t.kind()))
-                .collect::<Vec<_>>()
-        };
+        let copies = named(&vs);
         if describe(&copies) != describe(&all) {
             return Err(Error::InvalidArgument(format!(
                 "under \"dp\" the build function must create the same variables on every call, under the path it is given; \
@@ -101,23 +123,19 @@ pub(crate) fn replicate<M>(
                 describe(&copies).join(", ")
             )));
         }
-        let copied_trainable = named(&vs, true);
-        if copied_trainable.len() != trainable.len() {
-            return Err(Error::InvalidArgument(format!(
-                "under \"dp\" the replica on {device:?} has {} trainable variables, the first device's model {}; freeze variables after `setup_module_with`",
-                copied_trainable.len(),
-                trainable.len()
-            )));
-        }
         for (slot, (_, copy)) in variables.iter_mut().zip(copies) {
-            slot.copies.push(copy);
-        }
-        for (slot, (_, copy)) in gradients.iter_mut().zip(copied_trainable) {
             slot.copies.push(copy);
         }
         modules.push(module);
         stores.push(vs);
     }
+    let variables = Arc::new(Mutex::new(State {
+        variables,
+        stale: true,
+    }));
+    let gradients = ReplicaGradients {
+        models: vec![Arc::downgrade(&variables)],
+    };
     Ok((
         Replicas {
             devices: devices.to_vec(),
@@ -125,7 +143,7 @@ pub(crate) fn replicate<M>(
             variables,
             _stores: stores,
         },
-        ReplicaGradients { pairs: gradients },
+        gradients,
     ))
 }
 
@@ -140,7 +158,8 @@ impl<M: ModuleT> Replicas<M> {
     /// Runs `primary` and the replicas on their chunks of `xs` (already in
     /// the run's precision) and returns the outputs concatenated on
     /// `primary_device`. `run` runs one module on one chunk on a device
-    /// (under the precision's autocast).
+    /// (under the precision's autocast). Scalar outputs are gathered into
+    /// a vector of one value per chunk, as `DataParallel` does.
     pub(crate) fn forward(
         &self,
         primary: &M,
@@ -167,50 +186,80 @@ impl<M: ModuleT> Replicas<M> {
         if outputs.len() == 1 {
             return outputs.pop().expect("one output");
         }
+        if outputs[0].dim() == 0 {
+            return Tensor::stack(&outputs, 0);
+        }
         Tensor::cat(&outputs, 0)
     }
 
-    /// Copies every variable of the first device into the replicas.
+    /// Brings the replicas up to date: whether each variable requires a
+    /// gradient, always; its value, when the first device's may have
+    /// changed.
     fn synchronise(&self) {
+        let mut state = lock(&self.variables);
+        let stale = std::mem::replace(&mut state.stale, false);
         tch::no_grad(|| {
-            for variable in &self.variables {
+            for variable in state.variables.iter_mut() {
+                let requires_grad = variable.primary.requires_grad();
+                let version = variable.primary.internal_version();
+                let changed = stale || variable.copied_version != Some(version);
                 for copy in &variable.copies {
-                    copy.shallow_clone().copy_(&variable.primary);
+                    if copy.requires_grad() != requires_grad {
+                        let _ = copy.set_requires_grad(requires_grad);
+                    }
+                    if changed {
+                        copy.shallow_clone().copy_(&variable.primary);
+                    }
                 }
+                variable.copied_version = Some(version);
             }
         });
     }
 }
 
 impl ReplicaGradients {
-    /// Adds the gradients the replicas received to the first device's, and
-    /// clears the replicas' for the next pass.
-    pub(crate) fn reduce(&self) -> Result<()> {
-        tch::no_grad(|| {
-            for pair in &self.pairs {
-                let mut sum = pair.primary.grad();
-                for copy in &pair.copies {
-                    let mut grad = copy.grad();
-                    if !grad.defined() {
-                        continue;
+    /// Adds the gradients the replicas received to the first device's
+    /// (which become the replica's own where the first device got none:
+    /// a parameter used only on some chunks), and clears the replicas'.
+    pub(crate) fn reduce(&mut self) -> Result<()> {
+        self.models.retain(|model| model.strong_count() > 0);
+        for model in &self.models {
+            let Some(variables) = model.upgrade() else {
+                continue;
+            };
+            let mut state = lock(&variables);
+            state.stale = true;
+            tch::no_grad(|| {
+                for variable in state.variables.iter() {
+                    for copy in &variable.copies {
+                        let grad = copy.grad();
+                        if !grad.defined() {
+                            continue;
+                        }
+                        let sum = variable.primary.grad();
+                        let grad_here = grad.f_to_device(variable.primary.device())?;
+                        if sum.defined() {
+                            let mut sum = sum;
+                            let _ = sum.f_add_(&grad_here)?;
+                        } else {
+                            let own = if grad_here.data_ptr() == grad.data_ptr() {
+                                grad_here.f_detach_copy()?
+                            } else {
+                                grad_here
+                            };
+                            shim::set_grad(&variable.primary, Some(&own))?;
+                        }
+                        shim::set_grad(copy, None)?;
                     }
-                    if !sum.defined() {
-                        return Err(Error::Distributed(format!(
-                            "a parameter of shape {:?} received a gradient on {:?} but none on the first device",
-                            pair.primary.size(),
-                            copy.device()
-                        )));
-                    }
-                    let _ = sum.f_add_(&grad.f_to_device(sum.device())?)?;
-                    let _ = grad.f_zero_()?;
                 }
-            }
-            Ok(())
-        })
+                Ok::<(), Error>(())
+            })?;
+        }
+        Ok(())
     }
 
-    /// Adds the trainable variables of another model set up under `dp`.
+    /// Adds the variables of another model set up under `dp`.
     pub(crate) fn extend(&mut self, other: ReplicaGradients) {
-        self.pairs.extend(other.pairs);
+        self.models.extend(other.models);
     }
 }
