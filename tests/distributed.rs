@@ -396,6 +396,33 @@ fn torchrun(rank: usize, world: usize) -> Vec<(&'static str, String)> {
 }
 
 #[test]
+fn fabric_launches_its_ranks_inside_a_one_task_slurm_job() {
+    let test = "fabric_launches_its_ranks_inside_a_one_task_slurm_job";
+    if scenario().as_deref() == Some(test) {
+        let mut fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .build()
+            .unwrap();
+        let params = train_linear(&mut fabric, GLOBAL_BATCH / 2);
+        print_params(&fabric, &params);
+        return;
+    }
+    // One SLURM task asking for 2 devices: fabric starts the 2 ranks,
+    // which must see themselves as Open MPI ranks (not as the one SLURM
+    // task whose variables they inherit, which would launch again).
+    let token = token();
+    let mut command = this_test(test, &token);
+    command.envs(slurm(0, 0, 0, 1, "node01"));
+    let (output, text) = run(command);
+    assert!(output.status.success(), "{text}");
+    let results = assert_matches_reference(&text, 2);
+    assert!(results.values().all(|f| f["env"] == "Open_MPI"), "{text}");
+    assert!(leftovers(&token).is_empty());
+}
+
+#[test]
 fn a_torchrun_environment_drives_the_ranks() {
     let test = "a_torchrun_environment_drives_the_ranks";
     if scenario().as_deref() == Some(test) {

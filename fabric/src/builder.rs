@@ -214,11 +214,13 @@ impl FabricBuilder {
         }
 
         let environment = match environment {
-            Some(environment) => environment,
-            None => {
-                crate::environment::detect()?.unwrap_or_else(|| Box::new(SingleProcessEnvironment))
-            }
+            Some(environment) => Some(environment),
+            None => crate::environment::detect()?,
         };
+        // A cluster environment (given or detected) made this process: it
+        // decides how many processes there are.
+        let in_cluster = environment.is_some();
+        let environment = environment.unwrap_or_else(|| Box::new(SingleProcessEnvironment));
         validate_environment(&*environment)?;
         // `devices = 0`/`None` mean the CPU (the seed's documented default),
         // so with `accelerator = "auto"` they pick the CPU even where CUDA is.
@@ -229,8 +231,13 @@ impl FabricBuilder {
                 accelerator::resolve(options.accelerator)?
             };
         let mut devices = accelerator::select_devices(accelerator, &options.devices)?;
-        if options.strategy == Strategy::SingleDevice && options.devices == Devices::Auto {
-            // "auto" devices are every GPU; one strategy uses only the first.
+        if options.devices == Devices::Auto
+            && (options.strategy == Strategy::SingleDevice
+                || (in_cluster && environment.world_size() == 1))
+        {
+            // "auto" devices are every GPU, but `single_device` uses one,
+            // and a cluster environment that started one process (SLURM
+            // with one task, torchrun with one worker) keeps it one process.
             devices.truncate(1);
         }
         let layout = strategy::resolve(
@@ -241,6 +248,13 @@ impl FabricBuilder {
             self.num_nodes.is_some(),
             &*environment,
         )?;
+        if matches!(layout.plan, Plan::Launch(_) | Plan::Spawn(_)) && launcher::was_launched() {
+            return Err(Error::Launch(format!(
+                "this process is a rank that fabric's launcher started, but it finds itself alone (cluster environment \"{}\", world size {}), so it would start ranks again; run the program under one launcher only",
+                environment.name(),
+                environment.world_size()
+            )));
+        }
         // The device of this process: its local rank's among the devices of
         // its node.
         let node_devices = if matches!(layout.plan, Plan::Join) && options.devices == Devices::Auto

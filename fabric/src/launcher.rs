@@ -152,6 +152,11 @@ pub(crate) fn hand_back(serialised: &str) -> Result<()> {
         })
 }
 
+/// Whether fabric's launcher started this process (as a rank).
+pub(crate) fn was_launched() -> bool {
+    std::env::var_os(LAUNCHED_VAR).is_some()
+}
+
 /// Whether this process is a `ddp_spawn` worker.
 pub(crate) fn is_spawn_worker() -> bool {
     std::env::var_os(SPAWN_RESULT_VAR).is_some()

@@ -129,6 +129,9 @@ pub(crate) struct NcclComm {
     rank: usize,
     size: usize,
     timeout: Duration,
+    /// Set when a collective failed: the communicator is then aborted, not
+    /// destroyed (destroying waits for work that may never finish).
+    failed: std::cell::Cell<bool>,
 }
 
 // SAFETY: an NCCL communicator may be used from any thread, one at a time;
@@ -195,6 +198,7 @@ impl NcclComm {
             rank: mpi.rank(),
             size: mpi.size(),
             timeout,
+            failed: std::cell::Cell::new(false),
         })
     }
 
@@ -239,10 +243,30 @@ impl NcclComm {
         Ok(shim::cuda_current_stream(self.device)? as sys::cudaStream_t)
     }
 
-    /// Waits until the queued collective is done, yielding the CPU, bounded
-    /// by the watchdog; an NCCL failure reported meanwhile is an error.
-    fn wait(&self, what: &'static str) -> Result<()> {
+    /// Runs `enqueue` (which queues one NCCL collective on the current
+    /// stream) and waits until the stream is done, yielding the CPU; both
+    /// are bounded by the watchdog (NCCL may block on the host while it
+    /// connects to the other ranks). An NCCL failure is an error, and marks
+    /// the communicator for abort.
+    fn run(
+        &self,
+        what: &'static str,
+        enqueue: impl FnOnce(sys::cudaStream_t) -> Result<()>,
+    ) -> Result<()> {
         let _armed = watchdog::arm(what, self.timeout);
+        let result = self
+            .stream()
+            .and_then(enqueue)
+            .and_then(|()| self.wait(what));
+        if result.is_err() {
+            self.failed.set(true);
+        }
+        result
+    }
+
+    /// Waits until the current stream is done; an NCCL failure reported
+    /// meanwhile is an error.
+    fn wait(&self, what: &'static str) -> Result<()> {
         let mut polls = 0u32;
         while !shim::cuda_stream_done(self.device)? {
             let mut state = sys::ncclResult_t::ncclSuccess;
@@ -289,26 +313,33 @@ impl NcclComm {
             return Ok(());
         }
         let nccl_op = match (op, input.kind()) {
+            (ReduceOp::Mean, Kind::Bool) => {
+                return Err(Error::Distributed(
+                    "the mean of a bool tensor is undefined; convert it first".into(),
+                ));
+            }
             (ReduceOp::Sum, Kind::Bool) | (ReduceOp::Max, Kind::Bool) => ncclRedOp_t::ncclMax,
             (ReduceOp::Min, _) => ncclRedOp_t::ncclMin,
             (ReduceOp::Max, _) => ncclRedOp_t::ncclMax,
             (ReduceOp::Sum, _) => ncclRedOp_t::ncclSum,
             (ReduceOp::Mean, _) => ncclRedOp_t::ncclAvg,
         };
-        // SAFETY: both tensors are contiguous on this rank's device, with
-        // `count` elements of `datatype`, alive until `wait` returns.
-        check("ncclAllReduce", unsafe {
-            result::all_reduce(
-                input.data_ptr() as *const c_void,
-                output.data_ptr(),
-                Self::count(&input),
-                datatype,
-                nccl_op,
-                self.comm,
-                self.stream()?,
-            )
-        })?;
-        self.wait("ncclAllReduce")
+        self.run("ncclAllReduce", |stream| {
+            // SAFETY: both tensors are contiguous on this rank's device,
+            // with `count` elements of `datatype`, alive until `run` has
+            // waited for the stream.
+            check("ncclAllReduce", unsafe {
+                result::all_reduce(
+                    input.data_ptr() as *const c_void,
+                    output.data_ptr(),
+                    Self::count(&input),
+                    datatype,
+                    nccl_op,
+                    self.comm,
+                    stream,
+                )
+            })
+        })
     }
 
     /// The element-wise reduction of `tensor` over every rank, as
@@ -338,19 +369,21 @@ impl NcclComm {
         if input.numel() == 0 {
             return Ok(output);
         }
-        // SAFETY: contiguous tensors of `count` elements on this device.
-        check("ncclBroadcast", unsafe {
-            result::broadcast(
-                input.data_ptr() as *const c_void,
-                output.data_ptr(),
-                Self::count(&input),
-                datatype,
-                src as i32,
-                self.comm,
-                self.stream()?,
-            )
+        self.run("ncclBroadcast", |stream| {
+            // SAFETY: contiguous tensors of `count` elements on this
+            // device, alive until `run` has waited for the stream.
+            check("ncclBroadcast", unsafe {
+                result::broadcast(
+                    input.data_ptr() as *const c_void,
+                    output.data_ptr(),
+                    Self::count(&input),
+                    datatype,
+                    src as i32,
+                    self.comm,
+                    stream,
+                )
+            })
         })?;
-        self.wait("ncclBroadcast")?;
         Ok(output)
     }
 
@@ -363,27 +396,36 @@ impl NcclComm {
         if input.numel() == 0 {
             return Ok(output);
         }
-        // SAFETY: `output` holds `size` times `input`'s elements, both
-        // contiguous on this device.
-        check("ncclAllGather", unsafe {
-            result::all_gather(
-                input.data_ptr() as *const c_void,
-                output.data_ptr(),
-                Self::count(&input),
-                datatype,
-                self.comm,
-                self.stream()?,
-            )
+        self.run("ncclAllGather", |stream| {
+            // SAFETY: `output` holds `size` times `input`'s elements, both
+            // contiguous on this device, alive until `run` has waited.
+            check("ncclAllGather", unsafe {
+                result::all_gather(
+                    input.data_ptr() as *const c_void,
+                    output.data_ptr(),
+                    Self::count(&input),
+                    datatype,
+                    self.comm,
+                    stream,
+                )
+            })
         })?;
-        self.wait("ncclAllGather")?;
         Ok(output)
     }
 }
 
 impl Drop for NcclComm {
     fn drop(&mut self) {
-        // SAFETY: the communicator is live and no collective is queued
-        // that this process still waits for.
-        let _ = unsafe { result::comm_destroy(self.comm) };
+        let _armed = watchdog::arm("ncclCommDestroy", self.timeout);
+        // SAFETY: the communicator is live; after a failure it is aborted
+        // (which does not wait for queued work), else destroyed once its
+        // work is done (every collective waited for its stream).
+        let _ = unsafe {
+            if self.failed.get() {
+                result::comm_abort(self.comm)
+            } else {
+                result::comm_destroy(self.comm)
+            }
+        };
     }
 }

@@ -129,9 +129,16 @@ pub(crate) fn required_number(environment: &str, name: &str) -> crate::Result<us
 }
 
 /// The cluster environment the process was started in, as Lightning picks
-/// it: SLURM, then torchrun (torchelastic), then Open MPI; `None` for a
-/// process started plainly.
+/// it: SLURM, then torchrun (torchelastic), then Open MPI (first for the
+/// ranks fabric's own launcher starts); `None` for a process started
+/// plainly.
 pub fn detect() -> crate::Result<Option<Box<dyn ClusterEnvironment>>> {
+    // The ranks fabric's launcher starts are Open MPI ranks; SLURM or
+    // torchrun variables they inherited describe the process that launched
+    // them.
+    if crate::launcher::was_launched() && MpiEnvironment::detect() {
+        return Ok(Some(Box::new(MpiEnvironment::from_env()?)));
+    }
     if SlurmEnvironment::detect() {
         return Ok(Some(Box::new(SlurmEnvironment::from_env()?)));
     }

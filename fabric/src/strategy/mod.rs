@@ -255,6 +255,17 @@ impl GradientBuckets {
         }
         self.lay_out(params, bucket_bytes)?;
         let scale = Tensor::from(1.0 / comm.size() as f64);
+        // NCCL averages as it reduces (scaling each rank's values first,
+        // so 16-bit gradients cannot overflow in the sum); MPI sums, and
+        // the sums are divided on the way back.
+        let averaged = |t: &Tensor| t.device().is_cuda();
+        let op = |t: &Tensor| {
+            if averaged(t) {
+                ReduceOp::Mean
+            } else {
+                ReduceOp::Sum
+            }
+        };
         tch::no_grad(|| {
             for bucket in &self.buckets {
                 match &bucket.packed {
@@ -264,11 +275,15 @@ impl GradientBuckets {
                                 .f_narrow(0, offset, n)?
                                 .f_copy_(&grads[i].f_reshape([-1])?)?;
                         }
-                        comm.all_reduce_into(packed, &bucket.reduced, ReduceOp::Sum)?;
+                        comm.all_reduce_into(packed, &bucket.reduced, op(&bucket.reduced))?;
                     }
                     None => {
                         let grad = grads[bucket.members[0].0].f_contiguous()?;
-                        comm.all_reduce_into(&grad.f_view([-1])?, &bucket.reduced, ReduceOp::Sum)?;
+                        comm.all_reduce_into(
+                            &grad.f_view([-1])?,
+                            &bucket.reduced,
+                            op(&bucket.reduced),
+                        )?;
                     }
                 }
                 for &(i, offset, n) in &bucket.members {
@@ -277,7 +292,9 @@ impl GradientBuckets {
                         .reduced
                         .f_narrow(0, offset, n)?
                         .f_view(grad.size().as_slice())?;
-                    if grad.kind() == sum.kind() && grad.is_contiguous() {
+                    if averaged(&bucket.reduced) {
+                        grad.shallow_clone().f_copy_(&sum)?;
+                    } else if grad.kind() == sum.kind() && grad.is_contiguous() {
                         // Divided and written back in one pass.
                         let _ = sum.f_mul_out(grad, &scale)?;
                     } else {
