@@ -95,6 +95,9 @@ fn without_a_driver_nothing_is_loaded() {
 #[ignore = "run by without_a_driver_nothing_is_loaded"]
 fn nothing_without_a_driver() {
     assert!(in_child("nothing_without_a_driver"));
+    // Looked for before `main`, by fabric's start-up constructor, before
+    // anything in this process could ask libtorch about CUDA.
+    assert!(__private::cuda_backend_checked());
     let driver = Command::new("sh")
         .args(["-c", "ldconfig -p | grep -q 'libcuda.so.1 '"])
         .status()

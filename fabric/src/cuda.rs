@@ -8,9 +8,13 @@
 //! own examples work around it with `-Wl,--no-as-needed` in a build
 //! script, which every user crate would need). fabric loads the library at
 //! run time instead, from the directory of the `libtorch_cpu.so` the
-//! process runs with, before it first asks about CUDA. Where no CUDA driver
-//! is installed it loads nothing (CUDA could not work, and loading the CUDA
-//! libraries costs start-up time).
+//! process runs with, when the program starts (from an `.init_array`
+//! constructor, before `main`): libtorch decides once per process whether
+//! CUDA exists, at the first question (`tch::manual_seed` asks too), so
+//! loading it later, when the first `Fabric` is built, would be too late
+//! for a program that seeds first. Where no CUDA driver is installed it
+//! loads nothing (CUDA could not work, and loading the CUDA libraries costs
+//! start-up time).
 
 use std::ffi::{CStr, CString, c_int, c_void};
 use std::path::{Path, PathBuf};
@@ -99,14 +103,38 @@ fn driver_present() -> bool {
     .is_ok()
 }
 
+/// Runs [`load_backend`] when the program starts, before `main`.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static LOAD_AT_START: extern "C" fn() = load_at_start;
+
+#[cfg(target_os = "linux")]
+extern "C" fn load_at_start() {
+    let _ = load_backend(false);
+}
+
+/// Keeps the start-up constructor in every binary that builds a `Fabric`
+/// (an archive member nothing refers to may be left out by the linker).
+pub(crate) fn keep_loader() {
+    #[cfg(target_os = "linux")]
+    std::hint::black_box(&LOAD_AT_START);
+}
+
 /// Loads libtorch's CUDA backend, once per process (see the module's
 /// documentation). `force` loads it even without a CUDA driver (for tests).
 pub(crate) fn load_backend(force: bool) -> Backend {
-    static RESULT: OnceLock<Backend> = OnceLock::new();
     if force {
         return load(true);
     }
     RESULT.get_or_init(|| load(false)).clone()
+}
+
+static RESULT: OnceLock<Backend> = OnceLock::new();
+
+/// Whether [`load_backend`] ran already (at start-up, normally).
+pub(crate) fn checked() -> bool {
+    RESULT.get().is_some()
 }
 
 fn load(force: bool) -> Backend {

@@ -162,6 +162,7 @@ impl Fabric {
     /// `strategy = "auto"`, `devices = "auto"`, `num_nodes = 1`,
     /// `precision = "32-true"`.
     pub fn builder() -> FabricBuilder {
+        crate::cuda::keep_loader();
         FabricBuilder::default()
     }
 

@@ -360,6 +360,12 @@ pub fn load_cuda_backend(force: bool) -> CudaBackend {
     crate::cuda::load_backend(force)
 }
 
+/// Whether libtorch's CUDA backend was looked for already (it is, before
+/// `main`). For tests.
+pub fn cuda_backend_checked() -> bool {
+    crate::cuda::checked()
+}
+
 /// The directory with a `libnccl.so` link that fabric's launcher puts on
 /// its CUDA ranks' library path, if one is needed. For tests.
 pub fn nccl_library_link_dir() -> Option<std::path::PathBuf> {

@@ -100,7 +100,30 @@ pub(crate) fn library_link_dir() -> Option<PathBuf> {
     let target = soname_library()?.canonicalize().ok()?;
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
-    let dir = std::env::temp_dir().join(format!("fabric-nccl-{uid}"));
+    // A directory of this user's alone (another user could otherwise put
+    // a library of theirs in the ranks' path), and in it one directory per
+    // NCCL library, so that runs from different environments do not swap
+    // each other's link.
+    let private = std::env::temp_dir().join(format!("fabric-nccl-{uid}"));
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        match std::fs::DirBuilder::new().mode(0o700).create(&private) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(_) => return None,
+        }
+        let meta = std::fs::symlink_metadata(&private).ok()?;
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+            return None;
+        }
+    }
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        target.hash(&mut hasher);
+        hasher.finish()
+    };
+    let dir = private.join(format!("{key:016x}"));
     std::fs::create_dir_all(&dir).ok()?;
     let link = dir.join("libnccl.so");
     if std::fs::read_link(&link).ok().as_ref() != Some(&target) {
