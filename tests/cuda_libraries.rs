@@ -155,6 +155,15 @@ fn the_launchers_link_makes_the_wheels_nccl_loadable() {
         &[("LD_LIBRARY_PATH", dir.as_os_str())],
     );
     assert!(out.contains("NCCL 2."), "{out}");
+    // The user's directory above it must be the user's alone: opened to
+    // others, it is not used.
+    use std::os::unix::fs::PermissionsExt;
+    let private = dir.parent().unwrap();
+    std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = __private::nccl_library_link_dir();
+    std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(refused, None);
+    assert_eq!(__private::nccl_library_link_dir(), Some(dir));
 }
 
 #[test]
