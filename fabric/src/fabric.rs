@@ -327,6 +327,14 @@ impl Fabric {
     /// optimizer on `vs`, after this call). Under every other strategy it
     /// is `setup_module(vs, build(&vs.root()))`.
     ///
+    /// Under `dp`: the replicas' gradients reach the first device in
+    /// `fabric.backward` (a plain `loss.backward()` leaves them on the
+    /// replicas); batch-norm statistics are computed per chunk, as in
+    /// PyTorch's `DataParallel`; and building the replicas draws from the
+    /// random generator (their values are then overwritten with the first
+    /// device's), so the random numbers drawn after this call differ from a
+    /// run on one device: seed again after setting up to line runs up.
+    ///
     /// ```
     /// use fabric::Fabric;
     /// use tch::{nn, nn::OptimizerConfig};
