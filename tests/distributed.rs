@@ -602,6 +602,28 @@ fn collectives_and_shards_are_correct() {
                 }
             }
         }
+        // Tensors of several 2 MiB chunks of the shared-memory all-reduce,
+        // one after another (the chunks cycle through the slots), each
+        // element distinct so that a part copied to the wrong place shows.
+        let factor: f64 = (1..=3).map(f64::from).sum();
+        for (numel, kind) in [
+            (1_300_001i64, Kind::Float),
+            (700_001, Kind::Double),
+            (524_289, Kind::Float),
+            (1_300_001, Kind::Int64),
+            (3, Kind::Float),
+        ] {
+            let base = Tensor::arange(numel, (kind, Device::Cpu));
+            let mine = &base * (rank + 1.0);
+            let reduced = fabric
+                .all_reduce(&mine.to_kind(kind), ReduceOp::Sum)
+                .unwrap();
+            let expected = (&base * factor).to_kind(kind);
+            assert!(
+                reduced.equal(&expected),
+                "{numel} {kind:?}: the sum differs"
+            );
+        }
         // Shards of 10 samples over 3 ranks: padded to 12, 4 each, disjoint but for the padding.
         let n = 10;
         let dataset = TensorDataset::new(Tensor::arange(n, (Kind::Int64, Device::Cpu))).unwrap();
