@@ -65,6 +65,10 @@ fn unavailable(requested: Accelerator, reason: &str) -> Error {
 /// Resolves `accelerator` against this machine, as Lightning does: `auto`
 /// picks MPS, then CUDA, then the CPU; `gpu` picks MPS, then CUDA.
 pub(crate) fn resolve(accelerator: Accelerator) -> Result<ResolvedAccelerator> {
+    if accelerator == Accelerator::Cpu {
+        // Without asking about CUDA, which initialises its driver.
+        return Ok(ResolvedAccelerator::Cpu);
+    }
     let cuda = cuda_count() > 0;
     let mps = tch::utils::has_mps();
     match accelerator {
