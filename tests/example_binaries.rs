@@ -20,7 +20,8 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
-fn run(name: &str, epochs: &str) -> String {
+/// Runs an example; returns whether it succeeded and its output.
+fn output(name: &str, epochs: &str) -> (bool, String) {
     let output = Command::new(example(name))
         .env("EPOCHS", epochs)
         .env_remove("LD_LIBRARY_PATH")
@@ -31,7 +32,12 @@ fn run(name: &str, epochs: &str) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "{name} failed:\n{text}");
+    (output.status.success(), text)
+}
+
+fn run(name: &str, epochs: &str) -> String {
+    let (success, text) = output(name, epochs);
+    assert!(success, "{name} failed:\n{text}");
     text
 }
 
@@ -76,17 +82,8 @@ fn callbacks_fire_and_report_the_best_epoch() {
 
 #[test]
 fn dp_trains_on_gpus_or_says_it_needs_cuda() {
-    let output = Command::new(example("dp"))
-        .env("EPOCHS", "3")
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if output.status.success() {
+    let (success, text) = output("dp", "3");
+    if success {
         // A machine with CUDA: it trained.
         assert!(text.contains("held-out accuracy: "), "{text}");
     } else {
