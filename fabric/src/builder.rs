@@ -513,6 +513,11 @@ impl Prepared {
             }
             _ => None,
         };
+        if let tch::Device::Cuda(index) = self.device {
+            // As Lightning's `torch.cuda.set_device`: work that names no
+            // device index goes to this process's GPU.
+            crate::shim::cuda_set_device(index)?;
+        }
         let progress_bar = self.progress_bar;
         Ok(Fabric::new_resolved(crate::fabric::Parts {
             accelerator: self.accelerator,
