@@ -423,6 +423,51 @@ fn fabric_launches_its_ranks_inside_a_one_task_slurm_job() {
 }
 
 #[test]
+fn with_little_shared_memory_the_all_reduce_falls_back_to_open_mpis() {
+    let test = "with_little_shared_memory_the_all_reduce_falls_back_to_open_mpis";
+    if scenario().as_deref() == Some(test) {
+        let fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .build()
+            .unwrap();
+        let base = Tensor::arange(1_300_001, (Kind::Float, Device::Cpu));
+        let mine = &base * (fabric.global_rank() as f64 + 1.0);
+        let reduced = fabric.all_reduce(&mine, ReduceOp::Sum).unwrap();
+        assert!(reduced.equal(&(&base * 3.0)));
+        println!("reduced on rank {}", fabric.global_rank());
+        return;
+    }
+    // A 12 MiB /dev/shm (Docker's default is 64 MiB) in a mount namespace
+    // of its own: too small for the shared window of 2 ranks, which would
+    // end the ranks with SIGBUS; fabric must use Open MPI's all-reduce.
+    let namespaces = Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !namespaces {
+        eprintln!("skipped: this machine does not allow `unshare -m` (needs root)");
+        return;
+    }
+    let token = token();
+    let inner = this_test(test, &token);
+    let mut command = Command::new("unshare");
+    command.args([
+        "-m",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=12m tmpfs /dev/shm && exec \"$0\" \"$@\"",
+    ]);
+    command.arg(inner.get_program()).args(inner.get_args());
+    command.envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let (output, text) = run(command);
+    assert!(output.status.success(), "{text}");
+    assert_eq!(text.matches("reduced on rank").count(), 2, "{text}");
+    assert!(leftovers(&token).is_empty());
+}
+
+#[test]
 fn a_torchrun_environment_drives_the_ranks() {
     let test = "a_torchrun_environment_drives_the_ranks";
     if scenario().as_deref() == Some(test) {

@@ -364,7 +364,11 @@ impl MpiComm {
             check(ffi::MPI_Comm_size(node, &mut node_size), "MPI_Comm_size")?;
             check(ffi::MPI_Comm_free(&mut node), "MPI_Comm_free")?;
             let enabled = std::env::var("FABRIC_MPI_SHARED_MEMORY").map_or(true, |v| v != "0");
-            let mine = c_int::from(enabled && node_size as usize == self.size);
+            // Open MPI backs the window with a file in /dev/shm: with too
+            // little room there (Docker's default is 64 MiB) touching it
+            // would end the process with SIGBUS, so fall back instead.
+            let room = shared_memory_room(2 * self.size * SLOTS * SLOT_BYTES);
+            let mine = c_int::from(enabled && room && node_size as usize == self.size);
             // Every rank must decide alike.
             let mut all: c_int = 0;
             check(
@@ -651,6 +655,16 @@ impl MpiComm {
         // SAFETY: MPI is initialised.
         unsafe { check(ffi::MPI_Barrier(self.comm), "MPI_Barrier") }
     }
+}
+
+/// Whether /dev/shm has `bytes` free (true where it cannot be asked).
+fn shared_memory_room(bytes: usize) -> bool {
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    if unsafe { libc::statvfs(c"/dev/shm".as_ptr(), &mut stats) } != 0 {
+        return true;
+    }
+    (stats.f_bavail as u128) * (stats.f_frsize as u128) >= bytes as u128
 }
 
 /// Asks the kernel to back a large, fresh output tensor with huge pages:
