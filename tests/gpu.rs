@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 fn gpus() -> usize {
     // Building a Fabric loads libtorch's CUDA backend first.
-    let fabric = Fabric::builder().accelerator("cuda").build();
+    let fabric = Fabric::builder().accelerator("cuda").devices(1).build();
     assert!(
         fabric.is_ok(),
         "no CUDA device found through fabric: {:?}",
