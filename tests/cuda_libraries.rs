@@ -206,3 +206,19 @@ fn join_nccl_without_a_gpu() {
         );
     }
 }
+
+#[test]
+fn fabric_load_cuda_0_turns_the_loading_off() {
+    child(
+        "loading_turned_off",
+        &[("FABRIC_LOAD_CUDA", std::ffi::OsStr::new("0"))],
+    );
+}
+
+#[test]
+#[ignore = "run by fabric_load_cuda_0_turns_the_loading_off"]
+fn loading_turned_off() {
+    assert!(in_child("loading_turned_off"));
+    assert_eq!(__private::load_cuda_backend(false), CudaBackend::Disabled);
+    assert!(!loaded("libtorch_cuda.so"));
+}

@@ -434,3 +434,93 @@ fn dp_gathers_scalar_outputs_into_a_vector() {
     assert_eq!(out.size(), [2]);
     assert_eq!(Vec::<f32>::try_from(&out).unwrap(), [4.0, 4.0]);
 }
+
+#[test]
+fn dp_replicas_take_the_weights_of_every_optimizer_step() {
+    let _seed = seeded();
+    let run = |builder: FabricBuilder| {
+        let mut fabric = builder.precision("64-true").build().unwrap();
+        tch::manual_seed(41);
+        let (x, y) = data(9);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let (model, mut opt) = fabric
+            .setup_with(&mut vs, mlp, |vs| nn::Sgd::default().build(vs, 0.1))
+            .unwrap();
+        let mut metrics = Vec::new();
+        for _ in 0..4 {
+            opt.zero_grad();
+            let loss = model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+            fabric.backward(&loss).unwrap();
+            // A metric between backward and step: a forward that must not
+            // leave the replicas behind the step that follows.
+            metrics.push(
+                tch::no_grad(|| model.forward(&x))
+                    .sum(Kind::Double)
+                    .double_value(&[]),
+            );
+            opt.step().unwrap();
+        }
+        metrics
+    };
+    let single = run(Fabric::builder().accelerator("cpu"));
+    let split = run(dp(3));
+    for (a, b) in single.iter().zip(&split) {
+        assert!((a - b).abs() < 1e-10, "{a} vs {b}: {single:?} {split:?}");
+    }
+}
+
+fn bn_net(p: &nn::Path) -> nn::SequentialT {
+    nn::seq_t()
+        .add(nn::linear(p / "l1", 5, 8, Default::default()))
+        .add(nn::batch_norm1d(p / "bn", 8, Default::default()))
+        .add_fn(|x| x.relu())
+}
+
+#[test]
+fn dp_evaluates_with_the_first_devices_batch_norm_statistics() {
+    let _seed = seeded();
+    let mut fabric = dp(2).precision("64-true").build().unwrap();
+    tch::manual_seed(51);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = fabric.setup_module_with(&mut vs, bn_net).unwrap();
+    // Recalibration: training-mode forwards without gradients update each
+    // replica's statistics from its own chunk.
+    for shift in [0.0, 3.0, -2.0] {
+        let x = Tensor::randn([10, 5], (Kind::Double, Device::Cpu)) + shift;
+        let _ = tch::no_grad(|| model.forward(&x));
+    }
+    model.eval();
+    let x = Tensor::randn([10, 5], (Kind::Double, Device::Cpu));
+    let split = tch::no_grad(|| model.forward(&x));
+    // Every chunk normalised with the first device's statistics.
+    let alone = tch::no_grad(|| model.inner().forward_t(&x, false));
+    assert!(split.allclose(&alone, 1e-12, 1e-12, false));
+}
+
+#[test]
+fn dp_keeps_a_models_graph_across_another_models_backward() {
+    let _seed = seeded();
+    let mut fabric = dp(2).precision("64-true").build().unwrap();
+    tch::manual_seed(61);
+    let mut vs_a = nn::VarStore::new(Device::Cpu);
+    let mut vs_b = nn::VarStore::new(Device::Cpu);
+    let (a, mut opt_a) = fabric
+        .setup_with(&mut vs_a, mlp, |vs| nn::Sgd::default().build(vs, 0.1))
+        .unwrap();
+    let (b, _opt_b) = fabric
+        .setup_with(&mut vs_b, mlp, |vs| nn::Sgd::default().build(vs, 0.1))
+        .unwrap();
+    let (x, y) = data(6);
+    for _ in 0..2 {
+        opt_a.zero_grad();
+        let first = a.forward(&x);
+        // Another model's backward in between, as in GAN or actor-critic
+        // loops.
+        let other = b.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+        fabric.backward(&other).unwrap();
+        let second = a.forward(&(&x * 2.0));
+        let loss = (first - second).square().mean(Kind::Double);
+        fabric.backward(&loss).unwrap();
+        opt_a.step().unwrap();
+    }
+}

@@ -176,4 +176,7 @@ char *fabric_set_grad(at::Tensor *tensor, at::Tensor *grad) {
   return guarded([&] { tensor->mutable_grad() = grad == nullptr ? at::Tensor() : *grad; });
 }
 
+// Whether autograd records operations on this thread (not under no_grad).
+bool fabric_grad_enabled() { return c10::GradMode::is_enabled(); }
+
 }  // extern "C"

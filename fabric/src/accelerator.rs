@@ -88,6 +88,9 @@ pub(crate) fn resolve(accelerator: Accelerator) -> Result<ResolvedAccelerator> {
                     "the libtorch in use is a CPU-only build (no libtorch_cuda.so beside libtorch_cpu.so)"
                         .to_owned()
                 }
+                crate::cuda::Backend::Disabled => {
+                    "FABRIC_LOAD_CUDA=0 kept libtorch's CUDA backend from loading".to_owned()
+                }
                 crate::cuda::Backend::Failed(message) => {
                     format!("libtorch's CUDA backend could not be loaded: {message}")
                 }

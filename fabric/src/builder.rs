@@ -233,11 +233,14 @@ impl FabricBuilder {
         let mut devices = accelerator::select_devices(accelerator, &options.devices)?;
         if options.devices == Devices::Auto
             && (options.strategy == Strategy::SingleDevice
-                || (in_cluster && environment.world_size() == 1))
+                || (in_cluster
+                    && environment.world_size() == 1
+                    && options.strategy != Strategy::Dp))
         {
             // "auto" devices are every GPU, but `single_device` uses one,
             // and a cluster environment that started one process (SLURM
-            // with one task, torchrun with one worker) keeps it one process.
+            // with one task, torchrun with one worker) keeps it one process
+            // (on one device, unless `dp` spreads that process over all).
             devices.truncate(1);
         }
         let layout = strategy::resolve(

@@ -14,7 +14,8 @@
 //! loading it later, when the first `Fabric` is built, would be too late
 //! for a program that seeds first. Where no CUDA driver is installed it
 //! loads nothing (CUDA could not work, and loading the CUDA libraries costs
-//! start-up time).
+//! start-up time); `FABRIC_LOAD_CUDA=0` turns the loading off (for CPU-only
+//! programs on GPU machines that do not want the CUDA libraries mapped).
 
 use std::ffi::{CStr, CString, c_int, c_void};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub enum Backend {
     NoDriver,
     /// The libtorch in use has no CUDA backend (a CPU-only build).
     NotInLibtorch,
+    /// `FABRIC_LOAD_CUDA=0` asked fabric not to load it.
+    Disabled,
     /// Loading failed, with the loader's message.
     Failed(String),
 }
@@ -140,6 +143,13 @@ pub(crate) fn checked() -> bool {
 fn load(force: bool) -> Backend {
     if loaded("libtorch_cuda.so").is_some() {
         return Backend::AlreadyLoaded;
+    }
+    // Read with libc: this may run before `main`.
+    // SAFETY: a NUL-terminated name; the result is read at once.
+    let setting = unsafe { libc::getenv(c"FABRIC_LOAD_CUDA".as_ptr()) };
+    // SAFETY: a non-null `getenv` result is a C string.
+    if !force && !setting.is_null() && unsafe { CStr::from_ptr(setting) }.to_bytes() == b"0" {
+        return Backend::Disabled;
     }
     if !force && !driver_present() {
         return Backend::NoDriver;

@@ -119,6 +119,9 @@ pub struct Fabric {
     /// Under `dp`: the parameters whose replicas' gradients `backward`
     /// adds up.
     replica_gradients: strategy::dp::ReplicaGradients,
+    /// The optimizer steps taken through `FabricOptimizer`s of this run:
+    /// `dp` copies the weights to its replicas when it changed.
+    optimizer_steps: Arc<std::sync::atomic::AtomicU64>,
     sync_gradients: bool,
     stop_requested: bool,
     latest_metrics: SharedMetrics,
@@ -190,6 +193,7 @@ impl Fabric {
             buckets: strategy::GradientBuckets::default(),
             dp_devices: parts.dp_devices,
             replica_gradients: Default::default(),
+            optimizer_steps: Default::default(),
             sync_gradients: true,
             stop_requested: false,
             latest_metrics: SharedMetrics::default(),
@@ -357,8 +361,13 @@ impl Fabric {
         if self.dp_devices.len() > 1 {
             let precision = Arc::clone(&self.precision);
             let prepare = |replica: &mut VarStore| precision.convert_module(replica);
-            let (replicas, gradients) =
-                strategy::dp::replicate(vs, &self.dp_devices[1..], &build, &prepare)?;
+            let (replicas, gradients) = strategy::dp::replicate(
+                vs,
+                &self.dp_devices[1..],
+                &build,
+                &prepare,
+                Arc::clone(&self.optimizer_steps),
+            )?;
             self.replica_gradients.extend(gradients);
             module = module.with_replicas(replicas);
         }
@@ -399,7 +408,8 @@ impl Fabric {
         &mut self,
         optimizer: impl Into<AnyOptimizer>,
     ) -> Result<FabricOptimizer> {
-        Ok(FabricOptimizer::new(optimizer.into(), self.scaler.clone()))
+        Ok(FabricOptimizer::new(optimizer.into(), self.scaler.clone())
+            .counting_steps(Arc::clone(&self.optimizer_steps)))
     }
 
     /// Sets up a model and its optimizer together, as Lightning's

@@ -58,6 +58,9 @@ pub struct FabricOptimizer {
     /// Set once the gradients of this iteration are unscaled: whether any
     /// holds an infinity or NaN (a one-element tensor).
     found_inf: Option<Tensor>,
+    /// Counts this run's optimizer steps (`dp` copies the weights to its
+    /// replicas after each).
+    steps: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl std::fmt::Debug for FabricOptimizer {
@@ -81,7 +84,14 @@ impl FabricOptimizer {
             inner,
             scaler,
             found_inf: None,
+            steps: None,
         }
+    }
+
+    /// Counts each step in `steps`.
+    pub(crate) fn counting_steps(mut self, steps: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.steps = Some(steps);
+        self
     }
 
     /// Sets the gradients of every parameter to zero.
@@ -115,13 +125,17 @@ impl FabricOptimizer {
     }
 
     fn inner_step(&mut self) -> Result<()> {
-        match &mut self.inner {
+        let result = match &mut self.inner {
             AnyOptimizer::Tch(o) => {
                 o.step();
                 Ok(())
             }
             AnyOptimizer::Optim(o) => o.step(),
+        };
+        if let Some(steps) = &self.steps {
+            steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        result
     }
 
     /// Divides this iteration's gradients by the loss scale, once (before

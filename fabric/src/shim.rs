@@ -56,6 +56,7 @@ unsafe extern "C" {
         tensor: *mut torch_sys::C_tensor,
         grad: *mut torch_sys::C_tensor,
     ) -> *mut c_char;
+    fn fabric_grad_enabled() -> bool;
     fn fabric_cuda_set_device(index: c_int) -> *mut c_char;
     fn fabric_cuda_current_stream(index: c_int, stream: *mut *mut std::ffi::c_void) -> *mut c_char;
     fn fabric_cuda_stream_query(index: c_int, done: *mut bool) -> *mut c_char;
@@ -67,6 +68,13 @@ pub(crate) fn set_grad(tensor: &Tensor, grad: Option<&Tensor>) -> Result<()> {
     // SAFETY: both pointers are live tensors (or null for none); the shim
     // only assigns the gradient.
     check(unsafe { fabric_set_grad(tensor.as_ptr() as *mut _, grad) })
+}
+
+/// Whether autograd records operations on this thread (false under
+/// `tch::no_grad`).
+pub(crate) fn grad_enabled() -> bool {
+    // SAFETY: reads a thread-local flag.
+    unsafe { fabric_grad_enabled() }
 }
 
 /// Makes CUDA device `index` the calling thread's current device.

@@ -72,6 +72,17 @@ fn cudarc_finds_nccl() -> bool {
 /// when the library is missing at the first call).
 pub(crate) fn ensure_loadable() -> Result<()> {
     if cudarc_finds_nccl() {
+        // `ncclAvg`, which ddp's gradient averaging uses, came in 2.10.
+        let code = result::get_nccl_version()
+            .map_err(|e| Error::Distributed(format!("ncclGetVersion: {}", describe(e.0))))?;
+        if code < 21000 {
+            return Err(Error::Distributed(format!(
+                "NCCL {}.{}.{} is too old: fabric needs 2.10 or later",
+                code / 10000,
+                (code % 10000) / 100,
+                code % 100
+            )));
+        }
         return Ok(());
     }
     Err(Error::Distributed(match soname_library() {
@@ -139,7 +150,9 @@ pub(crate) fn library_link_dir() -> Option<PathBuf> {
 
 /// NCCL's version, as `(major, minor, patch)`, or why it cannot be loaded.
 pub(crate) fn version() -> Result<(i32, i32, i32)> {
-    ensure_loadable()?;
+    if !cudarc_finds_nccl() {
+        ensure_loadable()?;
+    }
     let code = result::get_nccl_version()
         .map_err(|e| Error::Distributed(format!("ncclGetVersion: {}", describe(e.0))))?;
     Ok((code / 10000, (code % 10000) / 100, code % 100))

@@ -12,14 +12,19 @@
 //! gradients, which become the gradients of the whole batch.
 //!
 //! Variables are copied into the replicas only when the first device's may
-//! have changed since the last copy: after a `backward` (the optimizer
-//! steps after it; libtorch's optimizers do not bump version counters), or
-//! when a variable's version counter moved (a checkpoint load, any in-place
-//! change through tch). Copying bumps the replicas' version counters, and
-//! autograd refuses to go back through a graph whose saved weights were
-//! modified, so copying on every forward would break two forward passes
-//! before one backward (`loss = f(model(a)) + f(model(b))`).
+//! have changed since the last copy: after an optimizer step through a
+//! [`FabricOptimizer`](crate::FabricOptimizer) of the run (libtorch's
+//! optimizers do not bump version counters), or when a variable's version
+//! counter moved (a checkpoint load, any in-place change through tch).
+//! Copying bumps the replicas' version counters, and autograd refuses to go
+//! back through a graph whose saved weights were modified, so copying on
+//! every forward would break two forward passes before one backward
+//! (`loss = f(model(a)) + f(model(b))`). Buffers (variables that need no
+//! gradient, such as batch-norm statistics, which each replica updates on
+//! its own chunk) are also copied at every forward under `no_grad`, where
+//! no graph can be broken, so evaluation sees the first device's.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tch::nn::{ModuleT, VarStore};
@@ -40,9 +45,8 @@ struct Replicated {
 /// What a model's replicas share with the `Fabric`.
 struct State {
     variables: Vec<Replicated>,
-    /// Whether a `backward` ran since the last copy (so the optimizer may
-    /// have stepped).
-    stale: bool,
+    /// The run's optimizer step count at the last copy.
+    copied_step: Option<u64>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -58,6 +62,8 @@ pub(crate) struct Replicas<M> {
     /// Every variable, trainable or not, with its copies (shared with the
     /// `Fabric`'s [`ReplicaGradients`], which holds it weakly).
     variables: Shared,
+    /// The run's optimizer step count.
+    steps: Arc<AtomicU64>,
     /// Keeps the replicas' variables alive.
     _stores: Vec<VarStore>,
 }
@@ -93,6 +99,7 @@ pub(crate) fn replicate<M>(
     devices: &[Device],
     build: &dyn Fn(&tch::nn::Path) -> M,
     prepare: &dyn Fn(&mut VarStore) -> Result<()>,
+    steps: Arc<AtomicU64>,
 ) -> Result<(Replicas<M>, ReplicaGradients)> {
     let all = named(primary);
     let describe = |v: &[(String, Tensor)]| {
@@ -131,7 +138,7 @@ pub(crate) fn replicate<M>(
     }
     let variables = Arc::new(Mutex::new(State {
         variables,
-        stale: true,
+        copied_step: None,
     }));
     let gradients = ReplicaGradients {
         models: vec![Arc::downgrade(&variables)],
@@ -141,6 +148,7 @@ pub(crate) fn replicate<M>(
             devices: devices.to_vec(),
             modules,
             variables,
+            steps,
             _stores: stores,
         },
         gradients,
@@ -194,15 +202,21 @@ impl<M: ModuleT> Replicas<M> {
 
     /// Brings the replicas up to date: whether each variable requires a
     /// gradient, always; its value, when the first device's may have
-    /// changed.
+    /// changed (and buffers under `no_grad`, see the module's
+    /// documentation).
     fn synchronise(&self) {
+        let grad_enabled = shim::grad_enabled();
         let mut state = lock(&self.variables);
-        let stale = std::mem::replace(&mut state.stale, false);
+        let step = self.steps.load(Ordering::Relaxed);
+        let stepped = state.copied_step != Some(step);
+        state.copied_step = Some(step);
         tch::no_grad(|| {
             for variable in state.variables.iter_mut() {
                 let requires_grad = variable.primary.requires_grad();
                 let version = variable.primary.internal_version();
-                let changed = stale || variable.copied_version != Some(version);
+                let changed = stepped
+                    || variable.copied_version != Some(version)
+                    || (!requires_grad && !grad_enabled);
                 for copy in &variable.copies {
                     if copy.requires_grad() != requires_grad {
                         let _ = copy.set_requires_grad(requires_grad);
@@ -227,8 +241,7 @@ impl ReplicaGradients {
             let Some(variables) = model.upgrade() else {
                 continue;
             };
-            let mut state = lock(&variables);
-            state.stale = true;
+            let state = lock(&variables);
             tch::no_grad(|| {
                 for variable in state.variables.iter() {
                     for copy in &variable.copies {
