@@ -333,7 +333,11 @@ impl Fabric {
     ///
     /// Under `dp`: the replicas' gradients reach the first device in
     /// `fabric.backward` (a plain `loss.backward()` leaves them on the
-    /// replicas); batch-norm statistics are computed per chunk, as in
+    /// replicas); the replicas take the new weights after each step of an
+    /// optimizer set up with [`setup_optimizer`](Self::setup_optimizer) or
+    /// [`setup_with`](Self::setup_with) (or after any in-place change that
+    /// bumps a variable's version, such as [`load`](Self::load)), so step
+    /// through those; batch-norm statistics are computed per chunk, as in
     /// PyTorch's `DataParallel`; and building the replicas draws from the
     /// random generator (their values are then overwritten with the first
     /// device's), so the random numbers drawn after this call differ from a
