@@ -178,6 +178,19 @@ impl GradientBuckets {
         if layout == self.layout {
             return Ok(());
         }
+        if let Some(p) = params.iter().find(|p| {
+            matches!(
+                p.kind(),
+                Kind::ComplexHalf | Kind::ComplexFloat | Kind::ComplexDouble
+            )
+        }) {
+            // Travelling as f32 would drop the imaginary parts.
+            return Err(Error::Distributed(format!(
+                "ddp does not average complex gradients ({:?} parameter of shape {:?}); keep real and imaginary parts in separate real parameters",
+                p.kind(),
+                p.size()
+            )));
+        }
         let bytes = |p: &Tensor| p.numel() * p.kind().elt_size_in_bytes();
         let alone =
             |p: &Tensor| bytes(p) >= OWN_BUCKET_BYTES && Comm::carries(p.kind(), p.device());
