@@ -468,6 +468,39 @@ fn with_little_shared_memory_the_all_reduce_falls_back_to_open_mpis() {
 }
 
 #[test]
+fn complex_parameters_under_ddp_are_a_clear_error() {
+    let test = "complex_parameters_under_ddp_are_a_clear_error";
+    if scenario().as_deref() == Some(test) {
+        let mut fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .build()
+            .unwrap();
+        // A model with a complex parameter: rank 0's values cannot reach
+        // the others through MPI, so setting it up is a clear error (and the
+        // gradient buckets refuse complex gradients too).
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let _c = vs.root().add(
+            "c",
+            Tensor::ones([3], (Kind::ComplexFloat, Device::Cpu)),
+            true,
+        );
+        let error = fabric
+            .setup_module(&mut vs, nn::func(|x| x.shallow_clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ComplexFloat"), "{error}");
+        println!("refused on rank {}", fabric.global_rank());
+        return;
+    }
+    let token = token();
+    let (output, text) = run(this_test(test, &token));
+    assert!(output.status.success(), "{text}");
+    assert_eq!(text.matches("refused on rank").count(), 2, "{text}");
+}
+
+#[test]
 fn a_torchrun_environment_drives_the_ranks() {
     let test = "a_torchrun_environment_drives_the_ranks";
     if scenario().as_deref() == Some(test) {
