@@ -51,20 +51,13 @@ pub(crate) fn run_ranks(
         .then(crate::collectives::nccl::library_link_dir)
         .flatten()
     {
-        let mut path = dir.into_os_string();
+        let mut assignment = std::ffi::OsString::from("LD_LIBRARY_PATH=");
+        assignment.push(dir);
         if let Some(existing) = std::env::var_os("LD_LIBRARY_PATH").filter(|p| !p.is_empty()) {
-            path.push(":");
-            path.push(existing);
+            assignment.push(":");
+            assignment.push(existing);
         }
-        command.args([
-            "-x".as_ref(),
-            {
-                let mut assignment = std::ffi::OsString::from("LD_LIBRARY_PATH=");
-                assignment.push(&path);
-                assignment
-            }
-            .as_os_str(),
-        ]);
+        command.arg("-x").arg(assignment);
     }
     command.arg(exe).args(std::env::args_os().skip(1));
     // SAFETY: prctl is async-signal-safe; it makes mpirun (and through it

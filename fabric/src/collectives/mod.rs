@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 
 /// The version of the NCCL library fabric uses for collectives between CUDA
 /// devices, as `(major, minor, patch)`, or a clear error saying why it
-/// cannot be loaded (not installed, or installed under its soname only;
+/// cannot be used (not installed, older than 2.10, or installed under its
+/// soname only;
 /// see [`Fabric`](crate::Fabric)'s multi-process CUDA runs). Loading NCCL
 /// needs no GPU.
 ///
@@ -75,7 +76,7 @@ impl Comm {
     /// carries 16-bit floats, MPI does not (they travel as f32).
     pub(crate) fn carries(kind: Kind, device: tch::Device) -> bool {
         if device.is_cuda() {
-            kind != Kind::Bool && NcclComm::carries(kind)
+            NcclComm::carries(kind)
         } else {
             MpiComm::carries(kind)
         }

@@ -73,14 +73,10 @@ fn cudarc_finds_nccl() -> bool {
 pub(crate) fn ensure_loadable() -> Result<()> {
     if cudarc_finds_nccl() {
         // `ncclAvg`, which ddp's gradient averaging uses, came in 2.10.
-        let code = result::get_nccl_version()
-            .map_err(|e| Error::Distributed(format!("ncclGetVersion: {}", describe(e.0))))?;
-        if code < 21000 {
+        let (major, minor, patch) = loaded_version()?;
+        if (major, minor) < (2, 10) {
             return Err(Error::Distributed(format!(
-                "NCCL {}.{}.{} is too old: fabric needs 2.10 or later",
-                code / 10000,
-                (code % 10000) / 100,
-                code % 100
+                "NCCL {major}.{minor}.{patch} is too old: fabric needs 2.10 or later"
             )));
         }
         return Ok(());
@@ -148,14 +144,18 @@ pub(crate) fn library_link_dir() -> Option<PathBuf> {
     Some(dir)
 }
 
-/// NCCL's version, as `(major, minor, patch)`, or why it cannot be loaded.
-pub(crate) fn version() -> Result<(i32, i32, i32)> {
-    if !cudarc_finds_nccl() {
-        ensure_loadable()?;
-    }
+/// The version of the NCCL cudarc loads, as `(major, minor, patch)`; call
+/// only once cudarc finds the library.
+fn loaded_version() -> Result<(i32, i32, i32)> {
     let code = result::get_nccl_version()
         .map_err(|e| Error::Distributed(format!("ncclGetVersion: {}", describe(e.0))))?;
     Ok((code / 10000, (code % 10000) / 100, code % 100))
+}
+
+/// NCCL's version, or why it cannot be loaded or used.
+pub(crate) fn version() -> Result<(i32, i32, i32)> {
+    ensure_loadable()?;
+    loaded_version()
 }
 
 /// An NCCL communicator over every rank of the run, on this rank's device.
@@ -252,9 +252,10 @@ impl NcclComm {
         })
     }
 
-    /// Whether NCCL reduces tensors of `kind`.
+    /// Whether NCCL reduces tensors of `kind` as they are (bools travel as
+    /// bytes).
     pub(crate) fn carries(kind: Kind) -> bool {
-        Self::datatype(kind).is_some()
+        kind != Kind::Bool && Self::datatype(kind).is_some()
     }
 
     /// `tensor` contiguous on this rank's device, with its NCCL type.
@@ -324,10 +325,6 @@ impl NcclComm {
         Ok(())
     }
 
-    fn count(tensor: &Tensor) -> usize {
-        tensor.numel()
-    }
-
     /// The element-wise reduction of `input` over every rank, into `output`
     /// (same kind and size, contiguous, on this rank's device).
     pub(crate) fn all_reduce_into(
@@ -368,7 +365,7 @@ impl NcclComm {
                 result::all_reduce(
                     input.data_ptr() as *const c_void,
                     output.data_ptr(),
-                    Self::count(&input),
+                    input.numel(),
                     datatype,
                     nccl_op,
                     self.comm,
@@ -412,7 +409,7 @@ impl NcclComm {
                 result::broadcast(
                     input.data_ptr() as *const c_void,
                     output.data_ptr(),
-                    Self::count(&input),
+                    input.numel(),
                     datatype,
                     src as i32,
                     self.comm,
@@ -439,7 +436,7 @@ impl NcclComm {
                 result::all_gather(
                     input.data_ptr() as *const c_void,
                     output.data_ptr(),
-                    Self::count(&input),
+                    input.numel(),
                     datatype,
                     self.comm,
                     stream,
