@@ -365,14 +365,14 @@ impl Fabric {
         if self.dp_devices.len() > 1 {
             let precision = Arc::clone(&self.precision);
             let prepare = |replica: &mut VarStore| precision.convert_module(replica);
-            let (replicas, gradients) = strategy::dp::replicate(
+            let replicas = strategy::dp::replicate(
                 vs,
                 &self.dp_devices[1..],
                 &build,
                 &prepare,
                 Arc::clone(&self.optimizer_steps),
             )?;
-            self.replica_gradients.extend(gradients);
+            self.replica_gradients.track(&replicas);
             module = module.with_replicas(replicas);
         }
         self.call::<OnAfterSetup>(())?;

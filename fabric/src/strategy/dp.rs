@@ -100,13 +100,14 @@ pub(crate) fn replicate<M>(
     build: &dyn Fn(&tch::nn::Path) -> M,
     prepare: &dyn Fn(&mut VarStore) -> Result<()>,
     steps: Arc<AtomicU64>,
-) -> Result<(Replicas<M>, ReplicaGradients)> {
+) -> Result<Replicas<M>> {
     let all = named(primary);
     let describe = |v: &[(String, Tensor)]| {
         v.iter()
             .map(|(n, t)| format!("{n} {:?} {:?}", t.size(), t.kind()))
             .collect::<Vec<_>>()
     };
+    let expected = describe(&all);
     let mut variables: Vec<Replicated> = all
         .iter()
         .map(|(_, t)| Replicated {
@@ -122,12 +123,13 @@ pub(crate) fn replicate<M>(
         let module = build(&vs.root());
         prepare(&mut vs)?;
         let copies = named(&vs);
-        if describe(&copies) != describe(&all) {
+        let found = describe(&copies);
+        if found != expected {
             return Err(Error::InvalidArgument(format!(
                 "under \"dp\" the build function must create the same variables on every call, under the path it is given; \
                  on the first device it created [{}], on {device:?} [{}]",
-                describe(&all).join(", "),
-                describe(&copies).join(", ")
+                expected.join(", "),
+                found.join(", ")
             )));
         }
         for (slot, (_, copy)) in variables.iter_mut().zip(copies) {
@@ -136,23 +138,16 @@ pub(crate) fn replicate<M>(
         modules.push(module);
         stores.push(vs);
     }
-    let variables = Arc::new(Mutex::new(State {
-        variables,
-        copied_step: None,
-    }));
-    let gradients = ReplicaGradients {
-        models: vec![Arc::downgrade(&variables)],
-    };
-    Ok((
-        Replicas {
-            devices: devices.to_vec(),
-            modules,
+    Ok(Replicas {
+        devices: devices.to_vec(),
+        modules,
+        variables: Arc::new(Mutex::new(State {
             variables,
-            steps,
-            _stores: stores,
-        },
-        gradients,
-    ))
+            copied_step: None,
+        })),
+        steps,
+        _stores: stores,
+    })
 }
 
 impl<M> Replicas<M> {
@@ -249,10 +244,9 @@ impl ReplicaGradients {
                         if !grad.defined() {
                             continue;
                         }
-                        let sum = variable.primary.grad();
+                        let mut sum = variable.primary.grad();
                         let grad_here = grad.f_to_device(variable.primary.device())?;
                         if sum.defined() {
-                            let mut sum = sum;
                             let _ = sum.f_add_(&grad_here)?;
                         } else {
                             let own = if grad_here.data_ptr() == grad.data_ptr() {
@@ -271,8 +265,8 @@ impl ReplicaGradients {
         Ok(())
     }
 
-    /// Adds the variables of another model set up under `dp`.
-    pub(crate) fn extend(&mut self, other: ReplicaGradients) {
-        self.models.extend(other.models);
+    /// Adds the replicas of another model set up under `dp`.
+    pub(crate) fn track<M>(&mut self, replicas: &Replicas<M>) {
+        self.models.push(Arc::downgrade(&replicas.variables));
     }
 }
