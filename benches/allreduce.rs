@@ -63,7 +63,7 @@ fn ranks(world: usize) {
         .accelerator("cpu")
         .strategy("ddp")
         .devices(world)
-        .build()
+        .build_or_launch()
         .unwrap();
     let (_, sizes, warmup, repeats) = plan();
     for mb in &sizes {

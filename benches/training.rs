@@ -207,7 +207,7 @@ fn run_fabric(args: &Args) -> Result<()> {
     }
     // With `ddp`, this starts the ranks under mpirun (each re-runs this
     // program with the same arguments) and does not return here.
-    let mut fabric = builder.build()?;
+    let mut fabric = builder.build_or_launch()?;
     tch::set_num_threads(args.threads);
     let rank = fabric.global_rank();
     tch::manual_seed(42 + rank as i64);

@@ -1,6 +1,6 @@
 //! Building a `Fabric` from options: every form accepted, every error clear.
 
-use fabric::{Error, Fabric, Precision, Strategy};
+use fabric::{Error, Fabric, Precision};
 use tch::Device;
 
 fn cuda() -> bool {
@@ -17,7 +17,7 @@ fn auto_resolves_to_the_cpu_without_cuda() {
         assert_eq!(fabric.device(), Device::Cpu);
         assert_eq!(fabric.accelerator(), "cpu");
     }
-    assert_eq!(fabric.strategy(), Strategy::SingleDevice);
+    assert_eq!(fabric.strategy().name(), "single_device");
     assert_eq!(fabric.precision(), Some(Precision::True32));
     assert_eq!(
         (

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use fabric::__private::{self, CudaBackend};
+use fabric::testing::{self, CudaBackend};
 
 const CHILD: &str = "FABRIC_CUDA_LIBRARIES_CHILD";
 
@@ -57,7 +57,7 @@ fn load_the_cuda_backend() {
     assert!(in_child("load_the_cuda_backend"));
     // A Rust binary does not load it by itself (`--as-needed`).
     assert!(!loaded("libtorch_cuda.so"), "loaded before fabric asked");
-    match __private::load_cuda_backend(true) {
+    match testing::load_cuda_backend(true) {
         CudaBackend::Loaded(path) => {
             assert!(path.ends_with("libtorch_cuda.so"), "{path:?}");
             assert!(loaded("libtorch_cuda.so"));
@@ -77,7 +77,7 @@ fn load_the_cuda_backend() {
     }
     // Once loaded, it is not loaded again.
     assert_eq!(
-        __private::load_cuda_backend(true),
+        testing::load_cuda_backend(true),
         if loaded("libtorch_cuda.so") {
             CudaBackend::AlreadyLoaded
         } else {
@@ -97,12 +97,12 @@ fn nothing_without_a_driver() {
     assert!(in_child("nothing_without_a_driver"));
     // Looked for before `main`, by fabric's start-up constructor, before
     // anything in this process could ask libtorch about CUDA.
-    assert!(__private::cuda_backend_checked());
+    assert!(testing::cuda_backend_checked());
     let driver = Command::new("sh")
         .args(["-c", "ldconfig -p | grep -q 'libcuda.so.1 '"])
         .status()
         .is_ok_and(|s| s.success());
-    let backend = __private::load_cuda_backend(false);
+    let backend = testing::load_cuda_backend(false);
     if driver {
         assert!(
             matches!(backend, CudaBackend::Loaded(_) | CudaBackend::NotInLibtorch),
@@ -140,7 +140,7 @@ fn nccl_is_loaded_or_explained_never_a_panic() {
 
 #[test]
 fn the_launchers_link_makes_the_wheels_nccl_loadable() {
-    let Some(dir) = __private::nccl_library_link_dir() else {
+    let Some(dir) = testing::nccl_library_link_dir() else {
         // Either cudarc finds NCCL by itself (no link needed) or NCCL is
         // not installed; both are covered by the test above.
         return;
@@ -149,7 +149,7 @@ fn the_launchers_link_makes_the_wheels_nccl_loadable() {
     let target = std::fs::read_link(&link).unwrap();
     assert!(target.ends_with("libnccl.so.2"), "{target:?}");
     // Made again, it is the same link (made beside and renamed over).
-    assert_eq!(__private::nccl_library_link_dir(), Some(dir.clone()));
+    assert_eq!(testing::nccl_library_link_dir(), Some(dir.clone()));
     let out = child(
         "nccl_through_the_link",
         &[("LD_LIBRARY_PATH", dir.as_os_str())],
@@ -160,10 +160,10 @@ fn the_launchers_link_makes_the_wheels_nccl_loadable() {
     use std::os::unix::fs::PermissionsExt;
     let private = dir.parent().unwrap();
     std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let refused = __private::nccl_library_link_dir();
+    let refused = testing::nccl_library_link_dir();
     std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o700)).unwrap();
     assert_eq!(refused, None);
-    assert_eq!(__private::nccl_library_link_dir(), Some(dir));
+    assert_eq!(testing::nccl_library_link_dir(), Some(dir));
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn nccl_without_a_gpu_is_an_error_not_a_crash() {
         return; // tests/gpu.rs checks NCCL where there are GPUs
     }
     let mut env: Vec<(&str, std::ffi::OsString)> = Vec::new();
-    if let Some(dir) = __private::nccl_library_link_dir() {
+    if let Some(dir) = testing::nccl_library_link_dir() {
         env.push(("LD_LIBRARY_PATH", dir.into_os_string()));
     }
     let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(n, v)| (*n, v.as_os_str())).collect();
@@ -195,9 +195,9 @@ fn join_nccl_without_a_gpu() {
     // With and without libtorch's CUDA backend loaded.
     for force in [false, true] {
         if force {
-            __private::load_cuda_backend(true);
+            testing::load_cuda_backend(true);
         }
-        let error = __private::nccl_single_rank_check(0).unwrap_err();
+        let error = testing::nccl_single_rank_check(0).unwrap_err();
         let message = error.to_string();
         println!("error: {message}");
         assert!(
@@ -219,6 +219,6 @@ fn fabric_load_cuda_0_turns_the_loading_off() {
 #[ignore = "run by fabric_load_cuda_0_turns_the_loading_off"]
 fn loading_turned_off() {
     assert!(in_child("loading_turned_off"));
-    assert_eq!(__private::load_cuda_backend(false), CudaBackend::Disabled);
+    assert_eq!(testing::load_cuda_backend(false), CudaBackend::Disabled);
     assert!(!loaded("libtorch_cuda.so"));
 }

@@ -177,7 +177,10 @@ fn decode(params: &str) -> Vec<f32> {
 }
 
 fn reference() -> Vec<f32> {
-    let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
+    let mut fabric = Fabric::builder()
+        .accelerator("cpu")
+        .build_or_launch()
+        .unwrap();
     train_linear(&mut fabric, GLOBAL_BATCH)
 }
 
@@ -216,7 +219,7 @@ fn ddp_run(test: &str, world: usize) {
             .accelerator("cpu")
             .strategy("ddp")
             .devices(world)
-            .build()
+            .build_or_launch()
             .unwrap();
         let params = train_linear(&mut fabric, GLOBAL_BATCH / world);
         print_params(&fabric, &params);
@@ -254,7 +257,10 @@ fn the_same_program_runs_under_mpirun() {
     let test = "the_same_program_runs_under_mpirun";
     if scenario().as_deref() == Some(test) {
         // No `devices`: the ranks come from mpirun.
-        let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
+        let mut fabric = Fabric::builder()
+            .accelerator("cpu")
+            .build_or_launch()
+            .unwrap();
         let params = train_linear(&mut fabric, GLOBAL_BATCH / 2);
         print_params(&fabric, &params);
         return;
@@ -335,7 +341,7 @@ fn a_slurm_environment_drives_the_ranks() {
             .accelerator("cpu")
             .strategy("ddp")
             .devices(2)
-            .build()
+            .build_or_launch()
             .unwrap();
         let params = train_linear(&mut fabric, GLOBAL_BATCH / 2);
         print_params(&fabric, &params);
@@ -359,7 +365,7 @@ fn two_simulated_nodes_of_two_processes() {
             .strategy("ddp")
             .devices(2)
             .num_nodes(2)
-            .build()
+            .build_or_launch()
             .unwrap();
         let params = train_linear(&mut fabric, GLOBAL_BATCH / 4);
         print_params(&fabric, &params);
@@ -403,7 +409,7 @@ fn fabric_launches_its_ranks_inside_a_one_task_slurm_job() {
             .accelerator("cpu")
             .strategy("ddp")
             .devices(2)
-            .build()
+            .build_or_launch()
             .unwrap();
         let params = train_linear(&mut fabric, GLOBAL_BATCH / 2);
         print_params(&fabric, &params);
@@ -430,7 +436,7 @@ fn with_little_shared_memory_the_all_reduce_falls_back_to_open_mpis() {
             .accelerator("cpu")
             .strategy("ddp")
             .devices(2)
-            .build()
+            .build_or_launch()
             .unwrap();
         let base = Tensor::arange(1_300_001, (Kind::Float, Device::Cpu));
         let mine = &base * (fabric.global_rank() as f64 + 1.0);
@@ -475,7 +481,7 @@ fn complex_parameters_under_ddp_are_a_clear_error() {
             .accelerator("cpu")
             .strategy("ddp")
             .devices(2)
-            .build()
+            .build_or_launch()
             .unwrap();
         // A model with a complex parameter: rank 0's values cannot reach
         // the others through MPI, so setting it up is a clear error (and the
@@ -504,7 +510,10 @@ fn complex_parameters_under_ddp_are_a_clear_error() {
 fn a_torchrun_environment_drives_the_ranks() {
     let test = "a_torchrun_environment_drives_the_ranks";
     if scenario().as_deref() == Some(test) {
-        let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
+        let mut fabric = Fabric::builder()
+            .accelerator("cpu")
+            .build_or_launch()
+            .unwrap();
         let params = train_linear(&mut fabric, GLOBAL_BATCH / 2);
         print_params(&fabric, &params);
         return;
@@ -522,7 +531,7 @@ fn processes_that_share_no_mpi_world_get_a_clear_error() {
     if scenario().as_deref() == Some(test) {
         let err = Fabric::builder()
             .accelerator("cpu")
-            .build()
+            .build_or_launch()
             .unwrap_err()
             .to_string();
         println!("ERROR {err}");
@@ -548,21 +557,21 @@ fn the_environment_and_the_options_must_agree() {
         let err = Fabric::builder()
             .accelerator("cpu")
             .devices(3)
-            .build()
+            .build_or_launch()
             .unwrap_err()
             .to_string();
         println!("DEVICES {err}");
         let err = Fabric::builder()
             .accelerator("cpu")
             .num_nodes(2)
-            .build()
+            .build_or_launch()
             .unwrap_err()
             .to_string();
         println!("NODES {err}");
         let err = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp_spawn")
-            .build()
+            .build_or_launch()
             .unwrap_err()
             .to_string();
         println!("SPAWN {err}");
@@ -597,7 +606,7 @@ fn several_nodes_need_a_cluster_launcher() {
         .accelerator("cpu")
         .devices(2)
         .num_nodes(2)
-        .build()
+        .build_or_launch()
         .unwrap_err()
         .to_string();
     assert!(
@@ -614,7 +623,7 @@ fn collectives_and_shards_are_correct() {
             .accelerator("cpu")
             .strategy("ddp")
             .devices(3)
-            .build()
+            .build_or_launch()
             .unwrap();
         let (rank, world) = (fabric.global_rank() as f64, fabric.world_size() as f64);
         let sum_of_ranks = world * (world - 1.0) / 2.0;
@@ -762,7 +771,7 @@ fn failure_scenario() {
         .accelerator("cpu")
         .strategy("ddp")
         .devices(4)
-        .build()
+        .build_or_launch()
         .unwrap();
     let failure = std::env::var("FABRIC_FAILURE").unwrap();
     let mut vs = nn::VarStore::new(Device::Cpu);
@@ -835,7 +844,7 @@ fn a_rank_that_stops_taking_part_times_out_instead_of_hanging() {
             .strategy("ddp")
             .devices(2)
             .collective_timeout(Duration::from_secs(2))
-            .build()
+            .build_or_launch()
             .unwrap();
         if fabric.global_rank() == 1 {
             std::thread::sleep(Duration::from_secs(3600));
@@ -862,7 +871,7 @@ fn no_backward_sync_accumulates_locally_then_averages_everything() {
             .accelerator("cpu")
             .strategy("ddp")
             .devices(2)
-            .build()
+            .build_or_launch()
             .unwrap();
         fabric.seed_everything(0);
         let mut vs = nn::VarStore::new(Device::Cpu);
@@ -933,7 +942,7 @@ fn early_stopping_on_one_rank_stops_every_rank() {
             .strategy("ddp")
             .devices(2)
             .callback(EarlyStopping::new("val_loss", 2))
-            .build()
+            .build_or_launch()
             .unwrap();
         let rank = fabric.global_rank();
         let mut stopped_at = None;
@@ -1012,7 +1021,7 @@ fn averaging_scenario(precision: &str) {
         .strategy("ddp")
         .devices(2)
         .precision(precision)
-        .build()
+        .build_or_launch()
         .unwrap();
     fabric.seed_everything(0);
     let mut vs = nn::VarStore::new(Device::Cpu);

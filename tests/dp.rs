@@ -3,14 +3,14 @@
 //!
 //! `dp` proper needs several CUDA devices (tests/gpu.rs runs it there).
 //! Here the same code runs over replicas on the CPU
-//! (`__private::simulate_dp_on_cpu`): the batch is split, each replica runs
+//! (`fabric::testing::simulate_dp_on_cpu`): the batch is split, each replica runs
 //! its chunk, outputs are gathered and gradients reduced exactly as between
 //! GPUs, so the results must equal one model trained on the whole batch.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fabric::{Fabric, FabricBuilder, Strategy};
+use fabric::{Fabric, FabricBuilder};
 use tch::nn::{self, Module, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -22,7 +22,7 @@ fn seeded() -> MutexGuard<'static, ()> {
 }
 
 fn dp(replicas: usize) -> FabricBuilder {
-    fabric::__private::simulate_dp_on_cpu(Fabric::builder().strategy("dp"), replicas)
+    fabric::testing::simulate_dp_on_cpu(Fabric::builder().strategy("dp"), replicas)
 }
 
 fn mlp(p: &nn::Path) -> nn::Sequential {
@@ -117,7 +117,7 @@ impl ModuleT for Recorder {
 fn dp_splits_each_batch_between_the_replicas() {
     let _seed = seeded();
     let mut fabric = dp(3).build().unwrap();
-    assert_eq!(fabric.strategy(), Strategy::Dp);
+    assert_eq!(fabric.strategy().name(), "dp");
     assert_eq!(fabric.world_size(), 1);
     assert_eq!(fabric.devices(), vec![Device::Cpu; 3]);
     let built = AtomicUsize::new(0);
@@ -336,7 +336,7 @@ fn dp_takes_gradients_of_parameters_only_some_replicas_used() {
             "step {step}: {grad:?}"
         );
         // As a tch optimizer's zero_grad: the gradient goes back to none.
-        tch::no_grad(|| fabric::__private::clear_grad(&w).unwrap());
+        tch::no_grad(|| fabric::testing::clear_grad(&w).unwrap());
     }
 }
 

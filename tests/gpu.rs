@@ -87,7 +87,7 @@ fn dp_over_gpus_trains_as_one_gpu() {
     println!("dp over {devices:?}");
     let (single, single_params) =
         train(Fabric::builder().accelerator("cuda").devices(1), "64-true");
-    let dp = fabric::__private::simulate_dp(Fabric::builder().strategy("dp"), devices);
+    let dp = fabric::testing::simulate_dp(Fabric::builder().strategy("dp"), devices);
     let (split, split_params) = train(dp, "64-true");
     for (a, b) in single.iter().zip(&split) {
         assert!((a - b).abs() < 1e-9, "{a} vs {b}");
@@ -131,7 +131,7 @@ fn nccl_child() {
     assert_eq!(std::env::var("FABRIC_GPU_CHILD").as_deref(), Ok("nccl"));
     let (major, minor, patch) = fabric::collectives::nccl_version().unwrap();
     println!("NCCL {major}.{minor}.{patch}");
-    fabric::__private::nccl_single_rank_check(0).unwrap();
+    fabric::testing::nccl_single_rank_check(0).unwrap();
 }
 
 #[test]
@@ -161,7 +161,7 @@ fn ddp_child() {
         .accelerator("cuda")
         .devices(2)
         .strategy("ddp")
-        .build()
+        .build_or_launch()
         .unwrap();
     let rank = fabric.global_rank();
     assert_eq!(fabric.device(), Device::Cuda(rank));

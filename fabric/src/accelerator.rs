@@ -4,6 +4,7 @@ use fabric_options::{Accelerator, Devices};
 use tch::Device;
 
 use crate::error::{Error, Result};
+use crate::machine::Machine;
 
 /// The hardware a run uses, once `"auto"` and `"gpu"` are resolved against
 /// this machine.
@@ -28,49 +29,41 @@ impl ResolvedAccelerator {
     }
 }
 
-fn cuda_count() -> usize {
-    // Before the first question about CUDA: a Rust binary does not load
-    // libtorch's CUDA backend by itself (see `crate::cuda`).
-    crate::cuda::load_backend(false);
-    if tch::Cuda::is_available() {
-        tch::Cuda::device_count().max(0) as usize
-    } else {
-        0
-    }
-}
-
 /// What this machine has, for messages: `cpu`, plus `cuda (2 devices)` and
 /// `mps` where present.
-pub(crate) fn available() -> String {
+pub(crate) fn available(machine: &dyn Machine) -> String {
     let mut names = vec!["cpu".to_owned()];
-    match cuda_count() {
+    match machine.cuda_device_count() {
         0 => {}
         1 => names.push("cuda (1 device)".into()),
         n => names.push(format!("cuda ({n} devices)")),
     }
-    if tch::utils::has_mps() {
+    if machine.has_mps() {
         names.push("mps".into());
     }
     names.join(", ")
 }
 
-fn unavailable(requested: Accelerator, reason: &str) -> Error {
+fn unavailable(machine: &dyn Machine, requested: Accelerator, reason: &str) -> Error {
     Error::AcceleratorUnavailable {
         requested: requested.name().into(),
         reason: reason.into(),
-        available: available(),
+        available: available(machine),
     }
 }
 
 /// Resolves `accelerator` against this machine, as Lightning does: `auto`
 /// picks MPS, then CUDA, then the CPU; `gpu` picks MPS, then CUDA.
-pub(crate) fn resolve(accelerator: Accelerator) -> Result<ResolvedAccelerator> {
+pub(crate) fn resolve(
+    accelerator: Accelerator,
+    machine: &dyn Machine,
+) -> Result<ResolvedAccelerator> {
     if accelerator == Accelerator::Cpu {
         // Without asking about CUDA, which initialises its driver.
         return Ok(ResolvedAccelerator::Cpu);
     }
-    let cuda = cuda_count() > 0;
-    let mps = tch::utils::has_mps();
+    let cuda = machine.cuda_device_count() > 0;
+    let mps = machine.has_mps();
     match accelerator {
         Accelerator::Cpu => Ok(ResolvedAccelerator::Cpu),
         Accelerator::Auto if mps => Ok(ResolvedAccelerator::Mps),
@@ -79,31 +72,18 @@ pub(crate) fn resolve(accelerator: Accelerator) -> Result<ResolvedAccelerator> {
         Accelerator::Gpu if mps => Ok(ResolvedAccelerator::Mps),
         Accelerator::Gpu | Accelerator::Cuda if cuda => Ok(ResolvedAccelerator::Cuda),
         Accelerator::Gpu | Accelerator::Cuda => Err(unavailable(
+            machine,
             accelerator,
-            match crate::cuda::load_backend(false) {
-                crate::cuda::Backend::NoDriver => {
-                    "no NVIDIA driver is installed (libcuda.so.1 cannot be loaded)".to_owned()
-                }
-                crate::cuda::Backend::NotInLibtorch => {
-                    "the libtorch in use is a CPU-only build (no libtorch_cuda.so beside libtorch_cpu.so)"
-                        .to_owned()
-                }
-                crate::cuda::Backend::Disabled => {
-                    "FABRIC_LOAD_CUDA=0 kept libtorch's CUDA backend from loading".to_owned()
-                }
-                crate::cuda::Backend::Failed(message) => {
-                    format!("libtorch's CUDA backend could not be loaded: {message}")
-                }
-                _ => "libtorch finds no CUDA device".to_owned(),
-            }
-            .as_str(),
+            &machine.cuda_unavailable_reason(),
         )),
         Accelerator::Mps if mps => Ok(ResolvedAccelerator::Mps),
         Accelerator::Mps => Err(unavailable(
+            machine,
             accelerator,
             "MPS exists only on Apple silicon under macOS",
         )),
         Accelerator::Tpu => Err(unavailable(
+            machine,
             accelerator,
             "TPUs are driven through XLA, which does not exist in libtorch",
         )),
@@ -117,6 +97,7 @@ pub(crate) fn resolve(accelerator: Accelerator) -> Result<ResolvedAccelerator> {
 pub(crate) fn select_devices(
     accelerator: ResolvedAccelerator,
     devices: &Devices,
+    machine: &dyn Machine,
 ) -> Result<Vec<Device>> {
     let unavailable = |present: String| Error::DevicesUnavailable {
         requested: devices.to_string(),
@@ -138,7 +119,7 @@ pub(crate) fn select_devices(
             _ => Err(unavailable("1 MPS device (0)".into())),
         },
         ResolvedAccelerator::Cuda => {
-            let count = cuda_count();
+            let count = machine.cuda_device_count();
             let present = || match count {
                 1 => "1 CUDA device (0)".to_owned(),
                 n => format!("{n} CUDA devices (0 to {})", n - 1),

@@ -1,24 +1,27 @@
-//! [`FabricBuilder`]: the typed configuration a [`Fabric`] is built from.
-
-use fabric_options::{
-    Accelerator, Devices, NumNodes, OptionError, Options, Precision, Strategy, Value,
-};
+//! [`FabricBuilder`]: the typed configuration a [`Fabric`] is built from,
+//! and the explicit launch step.
 
 use std::time::Duration;
 
-use crate::accelerator;
+use fabric_options::{
+    Accelerator, Devices, NumNodes, OptionError, Options, Precision, Strategy as StrategyName,
+    Value,
+};
+
 use crate::callbacks::{Callback, Callbacks};
-use crate::collectives::{Comm, MpiComm, NcclComm};
-use crate::environment::{ClusterEnvironment, SingleProcessEnvironment};
+use crate::connector::{self, Connection, Plan, Request};
+use crate::environment::ClusterEnvironment;
 use crate::error::{Error, Result};
-use crate::fabric::Fabric;
-use crate::launcher;
+use crate::fabric::{Fabric, Parts};
+use crate::launcher::{self, TrainResult};
 use crate::loggers::Logger;
+use crate::machine::ThisMachine;
 use crate::overrides::Overrides;
 use crate::plugins::{IntoPlugin, Plugin};
-use crate::precision::{self, GradScaler, PrecisionPlugin};
-use crate::private::TrainResult;
-use crate::strategy::{self, Plan};
+use crate::precision::{GradScaler, PrecisionPlugin};
+use crate::process::{ProcessSettings, Threads};
+use crate::strategy::{IntoStrategy, Strategy, StrategyChoice, StrategyContext};
+use crate::switches;
 
 /// Builds a [`Fabric`] from Lightning Fabric's constructor options.
 ///
@@ -41,11 +44,27 @@ use crate::strategy::{self, Plan};
 /// assert!(err.to_string().contains("did you mean `cuda`?"));
 /// assert!(err.to_string().contains("did you mean `bf16-mixed`?"));
 /// ```
+///
+/// **Starting processes.** A configuration of several processes started
+/// plainly (`cargo run` with `strategy = "ddp"`, `devices = 2`) needs its
+/// ranks started. [`build`](Self::build) never does that: it returns an
+/// error saying so. The launch step is explicit, as Lightning's
+/// `fabric.launch(...)`: [`launch`](Self::launch) runs a function in every
+/// rank, [`build_or_launch`](Self::build_or_launch) returns the rank's
+/// `Fabric` to code that runs from `main`; in the process that starts the
+/// ranks both wait for them and end the process with their status.
+///
+/// **Process-wide settings**, each with its default: libtorch's thread
+/// count ([`intra_op_threads`](Self::intra_op_threads), `Threads::Auto`:
+/// the cores shared between a node's CPU ranks), `malloc`'s trimming
+/// ([`keep_freed_memory`](Self::keep_freed_memory), on for CPU runs), and
+/// loading libtorch's CUDA backend ([`load_cuda_backend`](Self::load_cuda_backend), on).
 #[derive(Default)]
-#[must_use = "a builder does nothing until `build` is called"]
+#[must_use = "a builder does nothing until `build` or `launch` is called"]
 pub struct FabricBuilder {
     accelerator: Option<Value>,
     strategy: Option<Value>,
+    strategy_object: Option<Box<dyn Strategy>>,
     devices: Option<Value>,
     num_nodes: Option<Value>,
     precision: Option<Value>,
@@ -54,10 +73,11 @@ pub struct FabricBuilder {
     loggers: Vec<Box<dyn Logger>>,
     collective_timeout: Option<Duration>,
     failure_timeout: Option<Duration>,
-    bucket_bytes: Option<usize>,
     progress_bar: Option<bool>,
-    /// `dp` over these devices, repeats allowed, for testing `dp` without
-    /// several GPUs (`__private::simulate_dp`).
+    load_cuda_backend: Option<bool>,
+    keep_freed_memory: Option<bool>,
+    intra_op_threads: Threads,
+    #[cfg(feature = "testing")]
     pub(crate) simulated_dp: Option<Vec<tch::Device>>,
 }
 
@@ -66,6 +86,10 @@ impl std::fmt::Debug for FabricBuilder {
         f.debug_struct("FabricBuilder")
             .field("accelerator", &self.accelerator)
             .field("strategy", &self.strategy)
+            .field(
+                "strategy_object",
+                &self.strategy_object.as_ref().map(|s| s.name()),
+            )
             .field("devices", &self.devices)
             .field("num_nodes", &self.num_nodes)
             .field("precision", &self.precision)
@@ -77,6 +101,20 @@ impl std::fmt::Debug for FabricBuilder {
     }
 }
 
+impl Fabric {
+    /// A builder holding Lightning Fabric's defaults: `accelerator = "auto"`,
+    /// `strategy = "auto"`, `devices = "auto"`, `num_nodes = 1`,
+    /// `precision = "32-true"`.
+    pub fn builder() -> FabricBuilder {
+        FabricBuilder::default()
+    }
+
+    /// A `Fabric` with every option at its default.
+    pub fn new() -> Result<Self> {
+        Self::builder().build()
+    }
+}
+
 impl FabricBuilder {
     /// `accelerator`: `"cpu"`, `"cuda"`, `"gpu"`, `"mps"`, `"tpu"` or `"auto"` (the default).
     pub fn accelerator(mut self, value: impl Into<Value>) -> Self {
@@ -85,10 +123,25 @@ impl FabricBuilder {
     }
 
     /// `strategy`: a name, `"auto"` (the default), `"single_device"`,
-    /// `"ddp"`, ..., or a strategy with parameters such as
-    /// [`DdpStrategy`](crate::DdpStrategy).
-    pub fn strategy(self, strategy: impl IntoStrategy) -> Self {
-        strategy.configure(self)
+    /// `"ddp"`, ..., a strategy with parameters such as
+    /// [`DdpStrategy`](crate::strategy::DdpStrategy), or your own
+    /// [`Strategy`].
+    pub fn strategy(mut self, strategy: impl IntoStrategy) -> Self {
+        match strategy.into_strategy() {
+            StrategyChoice::Name(value) => {
+                self.strategy = Some(value);
+                self.strategy_object = None;
+            }
+            StrategyChoice::Object(object) => {
+                // A built-in strategy's name takes part in the option
+                // checks (`dp` on the CPU, ...); a strategy of the user's
+                // is resolved by its process model alone.
+                let name = Value::Str(object.name().to_owned());
+                self.strategy = StrategyName::parse(&name).is_ok().then_some(name);
+                self.strategy_object = Some(object);
+            }
+        }
+        self
     }
 
     /// `devices`: a count, a list of indices, `"1, 4"`, `-1` for all,
@@ -146,29 +199,57 @@ impl FabricBuilder {
     }
 
     /// How long a rank may take to end once the run has failed elsewhere
-    /// (10 seconds by default).
+    /// (10 seconds by default), its loggers' flush included.
     pub fn failure_timeout(mut self, timeout: Duration) -> Self {
         self.failure_timeout = Some(timeout);
         self
     }
 
-    /// The size of the gradient buckets `ddp` all-reduces, in megabytes
-    /// (25 by default, as PyTorch).
-    pub fn bucket_cap_mb(mut self, megabytes: f64) -> Self {
-        self.bucket_bytes = Some((megabytes.max(0.0) * 1024.0 * 1024.0) as usize);
+    /// Whether fabric loads libtorch's CUDA backend (`libtorch_cuda.so`)
+    /// before it first asks about CUDA, where a CUDA driver is installed:
+    /// `true` by default. The linker drops that library from Rust binaries
+    /// (tch-rs issues #329, #907, #980), so without it a tch program sees no
+    /// GPU. libtorch decides once per process whether CUDA exists: a
+    /// program that asks tch about CUDA before building its `Fabric` (a
+    /// `tch::manual_seed`, say) calls [`cuda::load_backend`](crate::cuda::load_backend)
+    /// first. `false` (or `FABRIC_LOAD_CUDA=0`) keeps the CUDA libraries out
+    /// of a CPU-only program on a GPU machine.
+    pub fn load_cuda_backend(mut self, load: bool) -> Self {
+        self.load_cuda_backend = Some(load);
+        self
+    }
+
+    /// Whether a run on the CPU tunes glibc's `malloc` to keep freed heap
+    /// memory for reuse instead of returning it to the system after every
+    /// step: `true` by default (libtorch allocates CPU tensors with
+    /// `malloc`; returned pages are faulted in again in the next step,
+    /// which made `bf16-mixed` steps 2.5 times slower). Nothing is tuned
+    /// when `GLIBC_TUNABLES` or `MALLOC_*_` configure `malloc`, or with
+    /// `FABRIC_KEEP_FREED_MEMORY=0`.
+    pub fn keep_freed_memory(mut self, keep: bool) -> Self {
+        self.keep_freed_memory = Some(keep);
+        self
+    }
+
+    /// How many threads libtorch's CPU operations use in this process
+    /// ([`Threads::Auto`] by default: a node's cores shared between its CPU
+    /// ranks when `OMP_NUM_THREADS` is not set).
+    pub fn intra_op_threads(mut self, threads: Threads) -> Self {
+        self.intra_op_threads = threads;
         self
     }
 
     /// Parses and checks every option and resolves them against this
-    /// machine and the cluster environment.
+    /// machine and the cluster environment (the connector).
     ///
     /// The `LT_*` variables of Lightning's CLI override the values given
     /// here, as in Lightning: `LT_ACCELERATOR`, `LT_STRATEGY`, `LT_DEVICES`,
     /// `LT_NUM_NODES` and `LT_PRECISION`, parsed with the same messages.
     /// With `LT_CLI_USED=1`, a value given here that differs from its
     /// variable is an error.
-    fn prepare(mut self) -> Result<Prepared> {
+    fn connect(mut self) -> Result<(Connection, Assembly)> {
         let mut overrides = Overrides::from_env()?;
+        let given_strategy = self.strategy.clone();
         let mut errors = overrides.apply([
             &mut self.accelerator,
             &mut self.strategy,
@@ -176,8 +257,12 @@ impl FabricBuilder {
             &mut self.num_nodes,
             &mut self.precision,
         ]);
+        if self.strategy != given_strategy {
+            // LT_STRATEGY replaces the strategy, object included.
+            self.strategy_object = None;
+        }
         let accelerator = parse(&self.accelerator, Accelerator::parse, &mut errors);
-        let strategy = parse(&self.strategy, Strategy::parse, &mut errors);
+        let strategy = parse(&self.strategy, StrategyName::parse, &mut errors);
         let devices = parse(&self.devices, Devices::parse, &mut errors);
         let num_nodes = parse(&self.num_nodes, NumNodes::parse, &mut errors);
         let precision = match &self.precision {
@@ -212,176 +297,114 @@ impl FabricBuilder {
         if !errors.is_empty() {
             return Err(Error::from(errors));
         }
-
         let environment = match environment {
             Some(environment) => Some(environment),
             None => crate::environment::detect()?,
         };
-        // A cluster environment (given or detected) made this process: it
-        // decides how many processes there are.
-        let in_cluster = environment.is_some();
-        let environment = environment.unwrap_or_else(|| Box::new(SingleProcessEnvironment));
-        validate_environment(&*environment)?;
-        // `devices = 0`/`None` mean the CPU (the seed's documented default),
-        // so with `accelerator = "auto"` they pick the CPU even where CUDA is.
-        let accelerator =
-            if options.devices == Devices::Cpu && options.accelerator == Accelerator::Auto {
-                accelerator::ResolvedAccelerator::Cpu
-            } else {
-                accelerator::resolve(options.accelerator)?
-            };
-        let mut devices = accelerator::select_devices(accelerator, &options.devices)?;
-        if options.devices == Devices::Auto
-            && (options.strategy == Strategy::SingleDevice
-                || (in_cluster
-                    && environment.world_size() == 1
-                    && options.strategy != Strategy::Dp))
-        {
-            // "auto" devices are every GPU, but `single_device` uses one,
-            // and a cluster environment that started one process (SLURM
-            // with one task, torchrun with one worker) keeps it one process
-            // (on one device, unless `dp` spreads that process over all).
-            devices.truncate(1);
-        }
-        let layout = strategy::resolve(
-            options.strategy,
-            &options.devices,
-            devices.len(),
-            options.num_nodes.get() as usize,
-            self.num_nodes.is_some(),
-            &*environment,
-        )?;
-        if matches!(layout.plan, Plan::Launch(_) | Plan::Spawn(_)) && launcher::was_launched() {
-            return Err(Error::Launch(format!(
-                "this process is a rank that fabric's launcher started, but it finds itself alone (cluster environment \"{}\", world size {}), so it would start ranks again; run the program under one launcher only",
-                environment.name(),
-                environment.world_size()
-            )));
-        }
-        // The device of this process: its local rank's among the devices of
-        // its node.
-        let node_devices = if matches!(layout.plan, Plan::Join) && options.devices == Devices::Auto
-        {
-            accelerator::select_devices(accelerator, &Devices::Count(layout.per_node))?
-        } else {
-            devices
-        };
-        let dp_devices = if layout.strategy == Strategy::Dp {
-            match self.simulated_dp.take().filter(|d| !d.is_empty()) {
-                Some(devices) => devices,
-                None if accelerator == accelerator::ResolvedAccelerator::Cuda => {
-                    node_devices.clone()
-                }
-                None => {
-                    return Err(Error::InvalidArgument(format!(
-                        "\"dp\" splits each batch between the CUDA devices of one process, but the accelerator is \"{}\" (this machine has: {}); use `strategy = \"ddp\"` to train with several processes",
-                        accelerator.name(),
-                        accelerator::available()
-                    )));
-                }
-            }
-        } else {
-            Vec::new()
-        };
-        let device = node_devices[environment.local_rank() % node_devices.len()];
-        if matches!(device, tch::Device::Cuda(_)) && !matches!(layout.plan, Plan::Single) {
-            // Say now, before any rank starts, when NCCL cannot be loaded.
-            // The ranks fabric starts itself find it through a link the
-            // launcher makes where it is installed under its soname only.
-            let linked = !matches!(layout.plan, Plan::Join)
-                && crate::collectives::nccl::library_link_dir().is_some();
-            if !linked {
-                crate::collectives::nccl::ensure_loadable()?;
-            }
-        } else if matches!(layout.plan, Plan::Join) && device != tch::Device::Cpu {
-            return Err(Error::InvalidArgument(format!(
-                "several processes on {device:?}: fabric's collectives run on the CPU (Open MPI) and on CUDA devices (NCCL); use `accelerator = \"cpu\"` or \"cuda\""
-            )));
-        }
-        let precision = match precision_plugin {
-            Some(plugin) => plugin,
-            None => precision::from_option(options.precision())?,
-        };
-        precision.check_device(device)?;
-        if precision.autocast_dtype().is_some()
-            && !matches!(device, tch::Device::Cpu | tch::Device::Cuda(_))
-        {
-            return Err(Error::InvalidArgument(format!(
-                "precision `{}` autocasts, which fabric runs on the CPU and CUDA devices, not on {device:?}",
-                precision.name(),
-            )));
-        }
-        let scaler = match precision.loss_scaling() {
-            Some(config) => Some(GradScaler::new(config, device)?),
-            None => None,
-        };
-        Ok(Prepared {
-            plan: layout.plan,
-            accelerator,
-            device,
-            dp_devices,
-            strategy: layout.strategy,
-            precision,
-            scaler,
+        #[cfg(feature = "testing")]
+        let simulated_dp = self.simulated_dp;
+        #[cfg(not(feature = "testing"))]
+        let simulated_dp = None;
+        let request = Request {
+            options,
+            num_nodes_given: self.num_nodes.is_some(),
+            strategy: self.strategy_object,
+            precision: precision_plugin,
             environment,
+            launched: launcher::was_launched(),
+            spawn_worker: launcher::is_spawn_worker(),
+            simulated_dp,
+        };
+        let load_cuda = self.load_cuda_backend.unwrap_or(true) && switches::load_cuda();
+        let connection = connector::connect(request, &ThisMachine::new(load_cuda))?;
+        if connection.environment.global_rank() == 0 {
+            for warning in &connection.warnings {
+                eprintln!("fabric: warning: {warning}");
+            }
+        }
+        let assembly = Assembly {
             callbacks: self.callbacks,
             loggers: self.loggers,
             collective_timeout: self
                 .collective_timeout
                 .unwrap_or(DEFAULT_COLLECTIVE_TIMEOUT),
             failure_timeout: self.failure_timeout.unwrap_or(DEFAULT_FAILURE_TIMEOUT),
-            bucket_bytes: self.bucket_bytes.unwrap_or(strategy::DEFAULT_BUCKET_BYTES),
             progress_bar: self.progress_bar.unwrap_or(true),
-        })
+            process: ProcessSettings {
+                threads: self.intra_op_threads,
+                keep_freed_memory: self.keep_freed_memory.unwrap_or(true),
+            },
+        };
+        Ok((connection, assembly))
     }
 
     /// Parses and checks every option, resolves them against this machine
-    /// and the cluster environment, and returns the `Fabric`, or every error
-    /// found.
+    /// and the cluster environment, and returns the `Fabric` of this
+    /// process, or every error found. Under a launcher (`mpirun`, `srun`,
+    /// `torchrun`, or fabric's own) this process joins the run as its rank.
     ///
-    /// Under `ddp` with several devices and no launcher around (the program
-    /// was started plainly), `build` starts the ranks itself: it re-runs
-    /// this program under Open MPI's `mpirun`, one process per device, and
-    /// **this process ends with their exit status instead of returning**.
-    /// Each rank runs the program from the start and gets its `Fabric` from
-    /// `build`, as with Lightning's `fabric.launch()`. `ddp_spawn` needs a
-    /// function to run: use [`launch_spawn`](Self::launch_spawn).
+    /// It never starts or ends processes: a configuration whose ranks
+    /// nobody started yet (`ddp` with `devices = 2`, run plainly) is an
+    /// [`Error::Launch`] naming [`launch`](Self::launch) and
+    /// [`build_or_launch`](Self::build_or_launch), the explicit launch steps.
     pub fn build(self) -> Result<Fabric> {
-        let prepared = self.prepare()?;
-        match prepared.plan {
-            Plan::Launch(processes) => match launcher::supervise(processes, prepared.device.is_cuda())? {},
-            Plan::Spawn(_) => Err(Error::Launch(
-                "`ddp_spawn` runs a function in worker processes: use `FabricBuilder::launch_spawn(train)` or `#[fabric(strategy = \"ddp_spawn\")]`".into(),
-            )),
-            Plan::Single | Plan::Join => prepared.into_fabric(),
+        let (connection, assembly) = self.connect()?;
+        match connection.plan {
+            Plan::Train => assemble(connection, assembly),
+            Plan::Start { processes, .. } => Err(Error::Launch(format!(
+                "this configuration runs {processes} processes, which nobody started: `build` does not start processes; use `FabricBuilder::launch(|fabric| ...)` or `build_or_launch()` (fabric re-runs this program under `mpirun`), or start it with `mpirun -np {processes}`"
+            ))),
+        }
+    }
+
+    /// Returns this process's `Fabric` like [`build`](Self::build) when it
+    /// trains (alone, or as a rank), and otherwise starts the ranks, as
+    /// Lightning's `fabric.launch()` without a function: fabric re-runs
+    /// this program under Open MPI's `mpirun`, one process per device, and
+    /// **in the process that started them, this call does not return**: it
+    /// waits for the ranks and ends the process with their status. Each
+    /// rank runs the program from the start and gets its `Fabric` here.
+    pub fn build_or_launch(self) -> Result<Fabric> {
+        let (connection, assembly) = self.connect()?;
+        match connection.plan {
+            Plan::Train => assemble(connection, assembly),
+            Plan::Start {
+                spawn: true,
+                processes,
+                ..
+            } => Err(spawn_needs_function(processes)),
+            Plan::Start {
+                processes, cuda, ..
+            } => launcher::supervise(processes, cuda),
         }
     }
 
     /// Builds the `Fabric` and runs `train` with it, as Lightning's
-    /// `fabric.launch(train)`. Under `ddp`, every rank runs it and returns
-    /// its own result; a rank whose `train` fails ends the whole run, naming
-    /// itself. Errors are returned through `train`'s error type.
-    pub fn launch<R: TrainResult>(self, train: fn(&mut Fabric) -> R) -> R {
-        let prepared = match self.prepare() {
-            Ok(prepared) => prepared,
+    /// `fabric.launch(train)` (a closure: arguments are captured). Under
+    /// `ddp` started plainly, the ranks are started first (see
+    /// [`build_or_launch`](Self::build_or_launch): this process then waits
+    /// and ends with their status); every rank runs `train` and returns its
+    /// own result. A rank whose `train` fails or panics flushes its loggers
+    /// and ends the whole run, naming itself. Errors are returned through
+    /// `train`'s error type.
+    pub fn launch<R: TrainResult>(self, train: impl FnOnce(&mut Fabric) -> R) -> R {
+        let (connection, assembly) = match self.connect() {
+            Ok(connected) => connected,
             Err(error) => return R::from_error(error),
         };
-        match prepared.plan {
-            Plan::Launch(processes) => match launcher::supervise(processes, prepared.device.is_cuda()) {
-                Ok(never) => match never {},
+        match connection.plan {
+            Plan::Start {
+                spawn: true,
+                processes,
+                ..
+            } => R::from_error(spawn_needs_function(processes)),
+            Plan::Start {
+                processes, cuda, ..
+            } => launcher::supervise(processes, cuda),
+            Plan::Train => match assemble(connection, assembly) {
+                Ok(mut fabric) => launcher::run(&mut fabric, train),
                 Err(error) => R::from_error(error),
             },
-            Plan::Spawn(_) => R::from_error(Error::Launch(
-                "`ddp_spawn` hands rank 0's result back to this process, which needs it serialisable: use `FabricBuilder::launch_spawn(train)`, or `strategy = \"ddp_spawn\"` in `#[fabric(...)]`".into(),
-            )),
-            Plan::Single | Plan::Join => {
-                let mut fabric = match prepared.into_fabric() {
-                    Ok(fabric) => fabric,
-                    Err(error) => return R::from_error(error),
-                };
-                let result = train(&mut fabric);
-                finish(&mut fabric, result)
-            }
         }
     }
 
@@ -392,73 +415,34 @@ impl FabricBuilder {
     /// train.
     pub fn launch_spawn<T, E>(
         self,
-        train: fn(&mut Fabric) -> std::result::Result<T, E>,
+        train: impl FnOnce(&mut Fabric) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E>
     where
         T: serde::Serialize + serde::de::DeserializeOwned,
         E: From<Error> + std::fmt::Debug,
     {
-        let prepared = self.prepare()?;
-        match prepared.plan {
-            Plan::Launch(processes) => {
-                match launcher::supervise(processes, prepared.device.is_cuda())? {}
-            }
-            Plan::Spawn(processes) => {
-                let serialised = launcher::spawn(processes, prepared.device.is_cuda())?;
-                serde_json::from_str(&serialised).map_err(|e| {
-                    E::from(Error::Launch(format!(
-                        "rank 0's result could not be read back: {e}"
-                    )))
-                })
-            }
-            Plan::Single | Plan::Join => {
-                let worker = launcher::is_spawn_worker();
-                let mut fabric = prepared.into_fabric()?;
-                let result = train(&mut fabric);
-                let value = finish(&mut fabric, result)?;
-                if !worker {
-                    return Ok(value);
-                }
-                if fabric.is_global_zero() {
-                    let serialised = serde_json::to_string(&value).map_err(|e| {
-                        E::from(Error::Launch(format!(
-                            "rank 0's result cannot be serialised: {e}"
-                        )))
-                    })?;
-                    if let Err(error) = launcher::hand_back(&serialised) {
-                        launcher::fail_rank(0, &error.to_string());
-                    }
-                }
-                drop(fabric);
-                // A worker ends after the function, as in Lightning.
-                std::process::exit(0)
+        let (connection, assembly) = self.connect()?;
+        match connection.plan {
+            Plan::Start {
+                spawn: false,
+                processes,
+                cuda,
+            } => launcher::supervise(processes, cuda),
+            Plan::Start {
+                processes, cuda, ..
+            } => Ok(launcher::spawn(processes, cuda)?),
+            Plan::Train => {
+                let mut fabric = assemble(connection, assembly)?;
+                launcher::run_spawned(&mut fabric, train)
             }
         }
     }
 }
 
-/// The end of a training function: finalises the loggers; in a
-/// multi-process run, a failed rank ends the run.
-fn finish<R: TrainResult>(fabric: &mut Fabric, result: R) -> R {
-    match result.describe_error() {
-        None => match fabric.finish(true) {
-            Ok(()) => result,
-            Err(error) => R::from_error(error),
-        },
-        Some(message) => {
-            if let Err(hook_error) = fabric.call::<crate::hooks::OnException>((message.as_str(),)) {
-                eprintln!("fabric: after the training error, {hook_error}");
-            }
-            if let Err(finish_error) = fabric.finish(false) {
-                // The training error is the one to report.
-                eprintln!("fabric: after the training error, {finish_error}");
-            }
-            if fabric.world_size() > 1 {
-                launcher::fail_rank(fabric.global_rank(), &message);
-            }
-            result
-        }
-    }
+fn spawn_needs_function(processes: usize) -> Error {
+    Error::Launch(format!(
+        "`ddp_spawn` runs a function in {processes} worker processes and hands rank 0's result back, which needs it serialisable: use `FabricBuilder::launch_spawn(train)`, or `strategy = \"ddp_spawn\"` in `#[fabric(...)]`"
+    ))
 }
 
 /// The default time a collective may wait for the other ranks.
@@ -466,77 +450,66 @@ pub const DEFAULT_COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The default time a rank may take to end once the run has failed.
 pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The resolved configuration, before the `Fabric` exists.
-struct Prepared {
-    plan: Plan,
-    accelerator: accelerator::ResolvedAccelerator,
-    device: tch::Device,
-    dp_devices: Vec<tch::Device>,
-    strategy: fabric_options::Strategy,
-    precision: Box<dyn PrecisionPlugin>,
-    scaler: Option<GradScaler>,
-    environment: Box<dyn ClusterEnvironment>,
+/// What the builder adds to the connection to make a `Fabric`.
+struct Assembly {
     callbacks: Callbacks,
     loggers: Vec<Box<dyn Logger>>,
     collective_timeout: Duration,
     failure_timeout: Duration,
-    bucket_bytes: usize,
     progress_bar: bool,
+    process: ProcessSettings,
 }
 
-impl Prepared {
-    fn into_fabric(self) -> Result<Fabric> {
-        let comm = match self.plan {
-            Plan::Join => {
-                let rank = self.environment.global_rank();
-                let comm = MpiComm::join(
-                    rank,
-                    self.environment.world_size(),
-                    self.collective_timeout,
-                    self.failure_timeout,
-                )?;
-                launcher::install_panic_hook(rank);
-                let nccl = match self.device {
-                    tch::Device::Cuda(index) => {
-                        Some(NcclComm::join(&comm, index, self.collective_timeout)?)
-                    }
-                    _ => None,
-                };
-                if self.device == tch::Device::Cpu && std::env::var_os("OMP_NUM_THREADS").is_none()
-                {
-                    // Share the cores between the ranks of a node.
-                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    let per_node = self
-                        .environment
-                        .world_size()
-                        .div_ceil(self.environment.num_nodes().unwrap_or(1));
-                    tch::set_num_threads((cores / per_node.max(1)).max(1) as i32);
-                }
-                Some(Comm::new(comm, nccl))
-            }
-            _ => None,
-        };
-        if let tch::Device::Cuda(index) = self.device {
-            // As Lightning's `torch.cuda.set_device`: work that names no
-            // device index goes to this process's GPU.
-            crate::shim::cuda_set_device(index)?;
-        }
-        let progress_bar = self.progress_bar;
-        Ok(Fabric::new_resolved(crate::fabric::Parts {
-            accelerator: self.accelerator,
-            device: self.device,
-            dp_devices: self.dp_devices,
-            strategy: self.strategy,
-            precision: self.precision,
-            scaler: self.scaler,
-            environment: self.environment,
-            callbacks: self.callbacks,
-            loggers: self.loggers,
-            comm,
-            bucket_bytes: self.bucket_bytes,
-        })
-        .with_progress_bar(progress_bar))
+/// Makes the `Fabric` of a process that trains: applies the process
+/// settings, installs a rank's failure handling, lets the strategy join the
+/// run, and makes the device current.
+fn assemble(connection: Connection, assembly: Assembly) -> Result<Fabric> {
+    let Connection {
+        accelerator,
+        devices,
+        mut strategy,
+        precision,
+        environment,
+        ..
+    } = connection;
+    let world_size = environment.world_size();
+    let num_nodes = environment.num_nodes().unwrap_or(1).max(1);
+    let device = devices[0];
+    assembly
+        .process
+        .apply(device, world_size.div_ceil(num_nodes));
+    if world_size > 1 {
+        launcher::install_failure_handling(environment.global_rank(), assembly.failure_timeout);
     }
+    let context = StrategyContext {
+        devices,
+        global_rank: environment.global_rank(),
+        local_rank: environment.local_rank(),
+        world_size,
+        num_nodes,
+        collective_timeout: assembly.collective_timeout,
+        failure_timeout: assembly.failure_timeout,
+    };
+    strategy.setup_environment(&context)?;
+    if let tch::Device::Cuda(index) = device {
+        // As Lightning's `torch.cuda.set_device`: work that names no device
+        // index goes to this process's GPU.
+        crate::shim::cuda_set_device(index)?;
+    }
+    let scaler = match precision.loss_scaling() {
+        Some(config) => Some(GradScaler::new(config, device)?),
+        None => None,
+    };
+    Ok(Fabric::from_parts(Parts {
+        accelerator,
+        strategy,
+        precision,
+        scaler,
+        environment,
+        callbacks: assembly.callbacks,
+        loggers: assembly.loggers,
+        progress_bar: assembly.progress_bar,
+    }))
 }
 
 fn parse<T: Default>(
@@ -550,65 +523,5 @@ fn parse<T: Default>(
             T::default()
         }),
         None => T::default(),
-    }
-}
-
-/// Rejects ranks that cannot belong to the world the environment reports.
-fn validate_environment(env: &dyn ClusterEnvironment) -> Result<()> {
-    let error = |message: String| Error::ClusterEnvironment {
-        environment: env.name().to_owned(),
-        message,
-    };
-    let world = env.world_size();
-    if world == 0 {
-        return Err(error(
-            "world size is 0; a run has at least one process".into(),
-        ));
-    }
-    if env.global_rank() >= world {
-        return Err(error(format!(
-            "global rank {} is not below the world size {world}",
-            env.global_rank()
-        )));
-    }
-    if env.local_rank() > env.global_rank() {
-        return Err(error(format!(
-            "local rank {} is above the global rank {}",
-            env.local_rank(),
-            env.global_rank()
-        )));
-    }
-    Ok(())
-}
-
-/// What `strategy` takes: a name (anything that converts into a
-/// [`Value`]), or a strategy with parameters such as
-/// [`DdpStrategy`](crate::DdpStrategy).
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a strategy",
-    note = "`strategy` takes a name such as \"ddp\", or `fabric::DdpStrategy::new()` with parameters"
-)]
-pub trait IntoStrategy {
-    /// Sets the strategy, and its parameters, on the builder.
-    fn configure(self, builder: FabricBuilder) -> FabricBuilder;
-}
-
-#[diagnostic::do_not_recommend]
-impl<T: Into<Value>> IntoStrategy for T {
-    fn configure(self, mut builder: FabricBuilder) -> FabricBuilder {
-        builder.strategy = Some(self.into());
-        builder
-    }
-}
-
-impl IntoStrategy for strategy::DdpStrategy {
-    fn configure(self, mut builder: FabricBuilder) -> FabricBuilder {
-        builder.strategy = Some(Value::Str("ddp".into()));
-        if let Some(megabytes) = self.bucket_cap_mb {
-            builder = builder.bucket_cap_mb(megabytes);
-        }
-        builder.collective_timeout = self.collective_timeout.or(builder.collective_timeout);
-        builder.failure_timeout = self.failure_timeout.or(builder.failure_timeout);
-        builder
     }
 }

@@ -8,14 +8,15 @@
 //! own examples work around it with `-Wl,--no-as-needed` in a build
 //! script, which every user crate would need). fabric loads the library at
 //! run time instead, from the directory of the `libtorch_cpu.so` the
-//! process runs with, when the program starts (from an `.init_array`
-//! constructor, before `main`): libtorch decides once per process whether
-//! CUDA exists, at the first question (`tch::manual_seed` asks too), so
-//! loading it later, when the first `Fabric` is built, would be too late
-//! for a program that seeds first. Where no CUDA driver is installed it
-//! loads nothing (CUDA could not work, and loading the CUDA libraries costs
-//! start-up time); `FABRIC_LOAD_CUDA=0` turns the loading off (for CPU-only
-//! programs on GPU machines that do not want the CUDA libraries mapped).
+//! process runs with, when a `Fabric` that may use CUDA is built (the
+//! builder's [`load_cuda_backend`](crate::FabricBuilder::load_cuda_backend),
+//! on by default; never for `accelerator = "cpu"`). libtorch decides once
+//! per process whether CUDA exists, at the first question
+//! (`tch::manual_seed` asks too): a program that asks tch about CUDA before
+//! it builds its `Fabric` calls [`load_backend`] first. Where no CUDA
+//! driver is installed it loads nothing (CUDA could not work, and loading
+//! the CUDA libraries costs start-up time); `FABRIC_LOAD_CUDA=0` turns the
+//! loading off.
 
 use std::ffi::{CStr, CString, c_int, c_void};
 use std::path::{Path, PathBuf};
@@ -106,27 +107,23 @@ fn driver_present() -> bool {
     .is_ok()
 }
 
-/// Runs [`load_backend`] when the program starts, before `main`.
-#[cfg(target_os = "linux")]
-#[used]
-#[unsafe(link_section = ".init_array")]
-static LOAD_AT_START: extern "C" fn() = load_at_start;
-
-#[cfg(target_os = "linux")]
-extern "C" fn load_at_start() {
-    let _ = load_backend(false);
+/// Loads libtorch's CUDA backend, once per process, where a CUDA driver is
+/// installed (see the module's documentation), and says what it found.
+/// Call it before anything asks tch about CUDA when that happens before the
+/// first `Fabric` is built.
+///
+/// ```
+/// // On a machine without a CUDA driver nothing is loaded.
+/// let backend = fabric::cuda::load_backend();
+/// # let _ = backend;
+/// ```
+pub fn load_backend() -> Backend {
+    load_backend_once(false)
 }
 
-/// Keeps the start-up constructor in every binary that builds a `Fabric`
-/// (an archive member nothing refers to may be left out by the linker).
-pub(crate) fn keep_loader() {
-    #[cfg(target_os = "linux")]
-    std::hint::black_box(&LOAD_AT_START);
-}
-
-/// Loads libtorch's CUDA backend, once per process (see the module's
-/// documentation). `force` loads it even without a CUDA driver (for tests).
-pub(crate) fn load_backend(force: bool) -> Backend {
+/// [`load_backend`]; `force` loads it even without a CUDA driver (for
+/// tests).
+pub(crate) fn load_backend_once(force: bool) -> Backend {
     if force {
         return load(true);
     }
@@ -135,7 +132,8 @@ pub(crate) fn load_backend(force: bool) -> Backend {
 
 static RESULT: OnceLock<Backend> = OnceLock::new();
 
-/// Whether [`load_backend`] ran already (at start-up, normally).
+/// Whether [`load_backend`] ran already.
+#[cfg(feature = "testing")]
 pub(crate) fn checked() -> bool {
     RESULT.get().is_some()
 }
@@ -144,11 +142,7 @@ fn load(force: bool) -> Backend {
     if loaded("libtorch_cuda.so").is_some() {
         return Backend::AlreadyLoaded;
     }
-    // Read with libc: this may run before `main`.
-    // SAFETY: a NUL-terminated name; the result is read at once.
-    let setting = unsafe { libc::getenv(c"FABRIC_LOAD_CUDA".as_ptr()) };
-    // SAFETY: a non-null `getenv` result is a C string.
-    if !force && !setting.is_null() && unsafe { CStr::from_ptr(setting) }.to_bytes() == b"0" {
+    if !force && !crate::switches::load_cuda() {
         return Backend::Disabled;
     }
     if !force && !driver_present() {

@@ -67,9 +67,32 @@ pub enum Error {
     #[error("distributed: {0}")]
     Distributed(String),
 
-    /// The processes of a run could not be started, or one of them failed.
+    /// The processes of a run could not be started.
     #[error("launch: {0}")]
     Launch(String),
+
+    /// More processes than fabric's launcher starts on this machine.
+    #[error(
+        "launch: {requested} processes were asked for, but fabric's launcher starts at most {limit} on this machine ({cores} core(s), at most {per_core} processes per core); ask for fewer devices, or start the ranks with a cluster launcher"
+    , per_core = crate::connector::MAX_PROCESSES_PER_CORE)]
+    TooManyProcesses {
+        /// The processes asked for.
+        requested: usize,
+        /// The most fabric's launcher starts here.
+        limit: usize,
+        /// The cores of this machine.
+        cores: usize,
+    },
+
+    /// The ranks fabric's launcher started ended, at least one of them
+    /// failing.
+    #[error("launch: the run's {processes} ranks failed ({status}); their messages are above")]
+    RanksFailed {
+        /// How many ranks the run had.
+        processes: usize,
+        /// How they ended, such as `exit status 1`.
+        status: String,
+    },
 
     /// A data set or data loader that cannot produce a batch.
     #[error("data: {0}")]

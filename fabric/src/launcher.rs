@@ -1,9 +1,13 @@
-//! fabric's own launcher: starts the ranks of a run on this machine by
-//! re-running the current executable under Open MPI's `mpirun`.
+//! The launcher: the one owner of the process. It alone starts ranks
+//! (re-running the current executable under Open MPI's `mpirun`), ends a
+//! process, and installs the failure handling of a rank.
 //!
-//! The process that calls the launcher does not train: it waits for the
-//! ranks and ends with their status (`ddp`), or reads rank 0's result
-//! (`ddp_spawn`). `mpirun` ends every rank as soon as one fails.
+//! The process that starts the ranks does not train: it waits for them and
+//! ends with their status (`ddp`, [`FabricBuilder::launch`](crate::FabricBuilder::launch)),
+//! or reads rank 0's result (`ddp_spawn`). `mpirun` ends every rank as soon
+//! as one fails; a failing rank flushes its loggers first, and the others
+//! flush theirs when `mpirun` ends them (SIGTERM), within the failure
+//! timeout.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -11,11 +15,9 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 
 use crate::error::{Error, Result};
-
-/// Set in the ranks fabric starts.
-pub(crate) const LAUNCHED_VAR: &str = "FABRIC_LAUNCHED";
-/// Where a `ddp_spawn` worker of rank 0 writes the function's result.
-pub(crate) const SPAWN_RESULT_VAR: &str = "FABRIC_SPAWN_RESULT";
+use crate::fabric::Fabric;
+use crate::failure;
+use crate::switches::{self, LAUNCHED as LAUNCHED_VAR, SPAWN_RESULT as SPAWN_RESULT_VAR};
 
 /// Runs `processes` ranks of the current executable, with its arguments,
 /// under `mpirun`; returns when all have ended. For ranks on CUDA devices,
@@ -53,7 +55,7 @@ pub(crate) fn run_ranks(
     {
         let mut assignment = std::ffi::OsString::from("LD_LIBRARY_PATH=");
         assignment.push(dir);
-        if let Some(existing) = std::env::var_os("LD_LIBRARY_PATH").filter(|p| !p.is_empty()) {
+        if let Some(existing) = switches::var("LD_LIBRARY_PATH").filter(|p| !p.is_empty()) {
             assignment.push(":");
             assignment.push(existing);
         }
@@ -87,22 +89,35 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// Starts the ranks of a `ddp` run and ends this process with their status:
-/// 0 when every rank succeeded.
-pub(crate) fn supervise(processes: usize, cuda: bool) -> Result<std::convert::Infallible> {
-    let status = run_ranks(processes, &[], cuda)?;
-    if status.success() {
-        std::process::exit(0);
+/// 0 when every rank succeeded. The only place fabric ends a process that
+/// did not fail itself, reached only through the explicit launch calls.
+pub(crate) fn supervise(processes: usize, cuda: bool) -> ! {
+    match run_ranks(processes, &[], cuda) {
+        Ok(status) if status.success() => failure::exit_now(0),
+        Ok(status) => {
+            let error = Error::RanksFailed {
+                processes,
+                status: describe(status),
+            };
+            eprintln!("fabric: {error}");
+            failure::exit_now(status.code().filter(|c| *c != 0).unwrap_or(1))
+        }
+        Err(error) => {
+            eprintln!("fabric: {error}");
+            failure::exit_now(1)
+        }
     }
-    eprintln!(
-        "fabric: the run's {processes} ranks failed ({}); their messages are above",
-        describe(status)
-    );
-    std::process::exit(status.code().filter(|c| *c != 0).unwrap_or(1));
 }
 
 /// Starts `processes` workers for `ddp_spawn` and returns what rank 0's
-/// function returned, serialised.
-pub(crate) fn spawn(processes: usize, cuda: bool) -> Result<String> {
+/// function returned.
+pub(crate) fn spawn<T: serde::de::DeserializeOwned>(processes: usize, cuda: bool) -> Result<T> {
+    let serialised = spawn_serialised(processes, cuda)?;
+    serde_json::from_str(&serialised)
+        .map_err(|e| Error::Launch(format!("rank 0's result could not be read back: {e}")))
+}
+
+fn spawn_serialised(processes: usize, cuda: bool) -> Result<String> {
     let dir = std::env::temp_dir();
     let path: PathBuf = dir.join(format!(
         "fabric-spawn-{}-{}.json",
@@ -117,10 +132,10 @@ pub(crate) fn spawn(processes: usize, cuda: bool) -> Result<String> {
     let result = std::fs::read_to_string(&path);
     let _ = std::fs::remove_file(&path);
     if !status.success() {
-        return Err(Error::Launch(format!(
-            "the {processes} ddp_spawn workers failed ({}); their messages are above",
-            describe(status)
-        )));
+        return Err(Error::RanksFailed {
+            processes,
+            status: describe(status),
+        });
     }
     result.map_err(|e| {
         Error::Launch(format!(
@@ -132,44 +147,170 @@ pub(crate) fn spawn(processes: usize, cuda: bool) -> Result<String> {
 /// In a `ddp_spawn` worker of rank 0: writes the function's result where the
 /// launching process reads it (atomically: temporary file, then rename).
 pub(crate) fn hand_back(serialised: &str) -> Result<()> {
-    let Ok(path) = std::env::var(SPAWN_RESULT_VAR) else {
+    let Some(path) = switches::spawn_result_path().map(PathBuf::from) else {
         return Ok(());
     };
-    let temporary = format!("{path}.tmp");
+    let mut temporary = path.clone().into_os_string();
+    temporary.push(".tmp");
     std::fs::write(&temporary, serialised)
         .and_then(|()| std::fs::rename(&temporary, &path))
         .map_err(|e| {
             Error::Launch(format!(
-                "could not hand rank 0's result back through {path}: {e}"
+                "could not hand rank 0's result back through {}: {e}",
+                path.display()
             ))
         })
 }
 
 /// Whether fabric's launcher started this process (as a rank).
 pub(crate) fn was_launched() -> bool {
-    std::env::var_os(LAUNCHED_VAR).is_some()
+    switches::launched()
 }
 
 /// Whether this process is a `ddp_spawn` worker.
 pub(crate) fn is_spawn_worker() -> bool {
-    std::env::var_os(SPAWN_RESULT_VAR).is_some()
+    switches::spawn_result_path().is_some()
 }
 
-/// Ends a failed rank at once, after its message: the launcher then ends the
-/// others. Skips `atexit` handlers, whose MPI_Finalize would wait for ranks
-/// that may be blocked.
+/// Ends a failed rank: its loggers flushed first, then at once, naming it;
+/// the launcher then ends the others.
 pub(crate) fn fail_rank(rank: usize, message: &str) -> ! {
-    let _ = std::io::stdout().flush();
-    eprintln!("fabric: rank {rank} failed: {message}");
-    // SAFETY: ends the process.
-    unsafe { libc::_exit(1) }
+    failure::end_rank(rank, message)
 }
 
-/// Makes a panic in any thread of a rank end the rank at once, naming it.
-pub(crate) fn install_panic_hook(rank: usize) {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        previous(info);
-        fail_rank(rank, "it panicked (see the panic message above)");
-    }));
+/// Installs the failure handling of rank `rank` of a run of several
+/// processes, once per process: when the launcher ends it (SIGTERM, as
+/// `mpirun` does when another rank failed; SIGINT, SIGHUP), the work
+/// registered with `failure::on_failure` (the loggers' flush) runs, within
+/// `budget`, before the rank ends with the signal's status.
+pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    failure::set_budget(budget);
+    INSTALLED.call_once(|| {
+        let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("fabric: rank {rank}: loggers will not be flushed if the launcher ends this rank: {e}");
+                return;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("fabric-signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    failure::run_handlers();
+                    failure::exit_now(128 + signal);
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("fabric: rank {rank}: could not watch for the launcher's signals: {e}");
+        }
+    });
+}
+
+/// The return type of a training function: a `Result` whose error type
+/// converts from [`fabric::Error`](crate::Error), through which
+/// [`FabricBuilder::launch`](crate::FabricBuilder::launch) (and the
+/// function `#[fabric]` generates) reports a configuration this machine
+/// cannot run.
+#[diagnostic::on_unimplemented(
+    message = "a #[fabric] function returns `Result<T, E>` with `E: From<fabric::Error>`, not `{Self}`",
+    label = "the generated function returns configuration errors through this type",
+    note = "use `fabric::Result<T>`, `anyhow::Result<T>`, or a `Result` whose error type implements `From<fabric::Error>`"
+)]
+pub trait TrainResult: Sized {
+    /// Whether training succeeded.
+    fn is_ok(&self) -> bool;
+
+    /// The function's result for a fabric error.
+    fn from_error(error: Error) -> Self;
+
+    /// The error, described for the message of a failed rank.
+    fn describe_error(&self) -> Option<String>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T, E: From<Error> + std::fmt::Debug> TrainResult for std::result::Result<T, E> {
+    fn is_ok(&self) -> bool {
+        std::result::Result::is_ok(self)
+    }
+
+    fn describe_error(&self) -> Option<String> {
+        self.as_ref().err().map(|e| format!("{e:?}"))
+    }
+
+    fn from_error(error: Error) -> Self {
+        Err(E::from(error))
+    }
+}
+
+/// Runs a rank's training function: a panic or an error fires
+/// `OnException`, finalises the loggers, and in a run of several processes
+/// ends the run, naming the rank. A panic in a process alone unwinds on.
+pub(crate) fn run<R: TrainResult>(fabric: &mut Fabric, train: impl FnOnce(&mut Fabric) -> R) -> R {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train(&mut *fabric)));
+    match outcome {
+        Ok(result) => finish(fabric, result),
+        Err(panic) => {
+            fail(fabric, "it panicked (see the panic message above)");
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+/// [`run`] in a `ddp_spawn` worker: rank 0 hands its result back, and the
+/// worker ends after the function, as in Lightning.
+pub(crate) fn run_spawned<T, E>(
+    fabric: &mut Fabric,
+    train: impl FnOnce(&mut Fabric) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E>
+where
+    T: serde::Serialize,
+    E: From<Error> + std::fmt::Debug,
+{
+    let value = run(fabric, train)?;
+    if !is_spawn_worker() {
+        return Ok(value);
+    }
+    if fabric.is_global_zero() {
+        let handed = serde_json::to_string(&value)
+            .map_err(|e| Error::Launch(format!("rank 0's result cannot be serialised: {e}")))
+            .and_then(|serialised| hand_back(&serialised));
+        if let Err(error) = handed {
+            fail_rank(0, &error.to_string());
+        }
+    }
+    let _ = fabric.finish(true);
+    failure::exit_now(0)
+}
+
+/// The end of a training function: finalises the loggers; in a run of
+/// several processes, a failed rank ends the run.
+fn finish<R: TrainResult>(fabric: &mut Fabric, result: R) -> R {
+    match result.describe_error() {
+        None => match fabric.finish(true) {
+            Ok(()) => result,
+            Err(error) => R::from_error(error),
+        },
+        Some(message) => {
+            fail(fabric, &message);
+            result
+        }
+    }
+}
+
+/// What a failed training function leads to: `OnException`, the loggers
+/// finalised, and in a run of several processes the rank's end.
+fn fail(fabric: &mut Fabric, message: &str) {
+    if let Err(hook_error) = fabric.call::<crate::hooks::OnException>((message,)) {
+        eprintln!("fabric: after the training error, {hook_error}");
+    }
+    if let Err(finish_error) = fabric.finish(false) {
+        // The training error is the one to report.
+        eprintln!("fabric: after the training error, {finish_error}");
+    }
+    if fabric.world_size() > 1 {
+        fail_rank(fabric.global_rank(), message);
+    }
 }

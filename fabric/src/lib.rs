@@ -34,25 +34,32 @@ pub mod callbacks;
 pub use callbacks::hooks;
 pub mod checkpoint;
 pub mod collectives;
-mod cuda;
+mod connector;
+pub mod cuda;
 pub mod data;
 mod device;
 pub mod environment;
 mod error;
 #[allow(clippy::module_inception)]
 mod fabric;
+mod failure;
 mod launcher;
 mod loggers;
+mod machine;
 mod module;
 pub mod optim;
 mod optimizer;
 mod overrides;
 mod plugins;
 pub mod precision;
+mod process;
 mod progress;
 mod seed;
 mod shim;
-mod strategy;
+pub mod strategy;
+mod switches;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[doc(hidden)]
 pub mod __private {
@@ -61,23 +68,24 @@ pub mod __private {
 }
 mod private;
 
-pub use builder::{
-    DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_FAILURE_TIMEOUT, FabricBuilder, IntoStrategy,
-};
+pub use builder::{DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_FAILURE_TIMEOUT, FabricBuilder};
 pub use callbacks::{Callback, Handles, HookTable, IntoOutcome, Outcome};
 pub use collectives::ReduceOp;
 pub use device::ToDevice;
 pub use environment::{ClusterEnvironment, SingleProcessEnvironment};
 pub use error::{Error, Result};
-pub use fabric::{Fabric, GradClip};
+pub use fabric::{Fabric, LoggerMut, LoggerRef};
 pub use fabric_macros::{Callback, fabric, hook, hooks};
 pub use loggers::{CsvLogger, Hyperparams, Logger, LoggerError, Metric, TensorBoardLogger};
 pub use module::FabricModule;
 pub use optimizer::{AnyOptimizer, FabricOptimizer};
 pub use plugins::{IntoPlugin, Plugin};
+pub use process::Threads;
 pub use progress::Progress;
-pub use strategy::DdpStrategy;
+pub use strategy::{DdpStrategy, GradClip, IntoStrategy, Strategy};
 
-/// The option types and their parser, shared with `#[fabric(...)]`.
+/// The option types and their parser, shared with `#[fabric(...)]`
+/// (`options::Strategy` is the `strategy` option's names; the
+/// [`Strategy`] trait is the object a run uses).
 pub use fabric_options as options;
-pub use fabric_options::{Accelerator, Devices, Precision, Strategy};
+pub use fabric_options::{Accelerator, Devices, Precision};

@@ -8,7 +8,7 @@ use tch::nn::ModuleT;
 use tch::{Device, Tensor};
 
 use crate::precision::{AutocastGuard, PrecisionPlugin};
-use crate::strategy::dp::Replicas;
+use crate::strategy::replicas::Replicas;
 
 /// A model returned by [`Fabric::setup`](crate::Fabric::setup): calling
 /// [`forward`](Self::forward) converts the input to the run's precision,

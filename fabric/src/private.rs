@@ -22,44 +22,12 @@ use crate::plugins::kind::{Bitsandbytes, ClusterEnvironment, Plugin, PrecisionPl
 
 pub use crate::plugins::kind;
 
-/// The return type of a `#[fabric]` function: a `Result` whose error type
-/// converts from [`fabric::Error`](crate::Error), through which the
-/// generated function reports a configuration this machine cannot run.
-#[diagnostic::on_unimplemented(
-    message = "a #[fabric] function returns `Result<T, E>` with `E: From<fabric::Error>`, not `{Self}`",
-    label = "the generated function returns configuration errors through this type",
-    note = "use `fabric::Result<T>`, `anyhow::Result<T>`, or a `Result` whose error type implements `From<fabric::Error>`"
-)]
-pub trait TrainResult: Sized {
-    /// Whether training succeeded.
-    fn is_ok(&self) -> bool;
-
-    /// The function's result for a fabric error.
-    fn from_error(error: Error) -> Self;
-
-    /// The error, described for the message of a failed rank.
-    fn describe_error(&self) -> Option<String>;
-}
-
-#[diagnostic::do_not_recommend]
-impl<T, E: From<Error> + std::fmt::Debug> TrainResult for Result<T, E> {
-    fn is_ok(&self) -> bool {
-        Result::is_ok(self)
-    }
-
-    fn describe_error(&self) -> Option<String> {
-        self.as_ref().err().map(|e| format!("{e:?}"))
-    }
-
-    fn from_error(error: Error) -> Self {
-        Err(E::from(error))
-    }
-}
+pub use crate::launcher::TrainResult;
 
 /// Builds the `Fabric` configured by the attribute and runs the training
 /// function with it. A configuration error is returned through the
 /// function's own error type.
-pub fn launch<R: TrainResult>(builder: FabricBuilder, train: fn(&mut Fabric) -> R) -> R {
+pub fn launch<R: TrainResult>(builder: FabricBuilder, train: impl FnOnce(&mut Fabric) -> R) -> R {
     builder.launch(train)
 }
 
@@ -67,7 +35,7 @@ pub fn launch<R: TrainResult>(builder: FabricBuilder, train: fn(&mut Fabric) -> 
 /// to this process, serialised.
 pub fn launch_spawn<T, E>(
     builder: FabricBuilder,
-    train: fn(&mut Fabric) -> Result<T, E>,
+    train: impl FnOnce(&mut Fabric) -> Result<T, E>,
 ) -> Result<T, E>
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
@@ -268,108 +236,6 @@ pub trait NoHooks<T> {
 
 impl<T> NoHooks<T> for HookProbe<T> {
     fn register_hooks(&self, _table: &mut crate::HookTable<T>) {}
-}
-
-/// Runs `strategy = "dp"` over `replicas` copies of the model on the CPU,
-/// where `dp` proper needs CUDA devices: the batch is split, the replicas
-/// run and their gradients are added up exactly as between GPUs, which lets
-/// `dp` be tested on machines without GPUs. Not for training.
-pub fn simulate_dp_on_cpu(builder: FabricBuilder, replicas: usize) -> FabricBuilder {
-    simulate_dp(builder, vec![tch::Device::Cpu; replicas.max(1)])
-}
-
-/// Runs `strategy = "dp"` over `devices`, repeats allowed (two replicas on
-/// one GPU test `dp` on a machine with one). Not for training.
-pub fn simulate_dp(mut builder: FabricBuilder, devices: Vec<tch::Device>) -> FabricBuilder {
-    builder.simulated_dp = Some(devices);
-    builder
-}
-
-/// Joins a world of one (this process) in MPI and NCCL on CUDA device
-/// `device`, and checks NCCL's all-reduce, broadcast and all-gather on
-/// CUDA tensors of several kinds and layouts against the expected values.
-/// For the GPU tests, on machines with a single GPU.
-pub fn nccl_single_rank_check(device: usize) -> crate::Result<()> {
-    use crate::collectives::{Comm, MpiComm, NcclComm, ReduceOp};
-    use std::time::Duration;
-    use tch::{Device, Kind, Tensor};
-
-    let timeout = Duration::from_secs(60);
-    let mpi = MpiComm::join(0, 1, timeout, Duration::from_secs(10))?;
-    let nccl = NcclComm::join(&mpi, device, timeout)?;
-    let comm = Comm::new(mpi, Some(nccl));
-    let cuda = Device::Cuda(device);
-    let mismatch = |what: String| Err(Error::Distributed(format!("NCCL check failed: {what}")));
-    for kind in [
-        Kind::Float,
-        Kind::Double,
-        Kind::BFloat16,
-        Kind::Half,
-        Kind::Int64,
-        Kind::Int,
-    ] {
-        // Non-contiguous: a transposed 3x5 matrix.
-        let tensor = Tensor::arange(15, (Kind::Int64, Device::Cpu))
-            .view([3, 5])
-            .to_kind(kind)
-            .to_device(cuda)
-            .tr();
-        for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min, ReduceOp::Mean] {
-            let reduced = comm.all_reduce(&tensor, op)?;
-            let expected = if op == ReduceOp::Mean && !tensor.is_floating_point() {
-                tensor.to_kind(Kind::Float)
-            } else {
-                tensor.shallow_clone()
-            };
-            if reduced.size() != expected.size()
-                || !reduced
-                    .to_kind(Kind::Double)
-                    .equal(&expected.to_kind(Kind::Double))
-            {
-                return mismatch(format!("all_reduce {op:?} of {kind:?}"));
-            }
-        }
-        let broadcast = comm.broadcast(&tensor, 0)?;
-        if !broadcast.equal(&tensor) {
-            return mismatch(format!("broadcast of {kind:?}"));
-        }
-        let gathered = comm.all_gather(&tensor)?;
-        if gathered.size() != [1, 5, 3] || !gathered.get(0).equal(&tensor) {
-            return mismatch(format!("all_gather of {kind:?}"));
-        }
-    }
-    let empty = Tensor::zeros([0], (Kind::Float, cuda));
-    if comm.all_reduce(&empty, ReduceOp::Sum)?.numel() != 0 {
-        return mismatch("all_reduce of an empty tensor".into());
-    }
-    Ok(())
-}
-
-/// Sets a tensor's gradient to none, as libtorch's optimizers'
-/// `zero_grad` does (tch's `Tensor::zero_grad` zeroes it instead). For
-/// tests.
-pub fn clear_grad(tensor: &tch::Tensor) -> crate::Result<()> {
-    crate::shim::set_grad(tensor, None)
-}
-
-pub use crate::cuda::Backend as CudaBackend;
-
-/// Loads libtorch's CUDA backend as fabric does before it first asks about
-/// CUDA; `force` loads it even without a CUDA driver. For tests.
-pub fn load_cuda_backend(force: bool) -> CudaBackend {
-    crate::cuda::load_backend(force)
-}
-
-/// Whether libtorch's CUDA backend was looked for already (it is, before
-/// `main`). For tests.
-pub fn cuda_backend_checked() -> bool {
-    crate::cuda::checked()
-}
-
-/// The directory with a `libnccl.so` link that fabric's launcher puts on
-/// its CUDA ranks' library path, if one is needed. For tests.
-pub fn nccl_library_link_dir() -> Option<std::path::PathBuf> {
-    crate::collectives::nccl::library_link_dir()
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ fn report(fabric: &Fabric) -> String {
     format!(
         "accelerator={} strategy={} device={:?} precision={} world_size={}",
         fabric.accelerator(),
-        fabric.strategy(),
+        fabric.strategy().name(),
         fabric.device(),
         fabric.precision_name(),
         fabric.world_size()

@@ -363,7 +363,7 @@ impl MpiComm {
             let mut node_size: c_int = 0;
             check(ffi::MPI_Comm_size(node, &mut node_size), "MPI_Comm_size")?;
             check(ffi::MPI_Comm_free(&mut node), "MPI_Comm_free")?;
-            let enabled = std::env::var("FABRIC_MPI_SHARED_MEMORY").map_or(true, |v| v != "0");
+            let enabled = crate::switches::mpi_shared_memory();
             // Open MPI backs the window with a file in /dev/shm: with too
             // little room there (Docker's default is 64 MiB) touching it
             // would end the process with SIGBUS, so fall back instead.

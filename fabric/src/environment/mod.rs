@@ -136,7 +136,7 @@ pub fn detect() -> crate::Result<Option<Box<dyn ClusterEnvironment>>> {
     // The ranks fabric's launcher starts are Open MPI ranks; SLURM or
     // torchrun variables they inherited describe the process that launched
     // them.
-    if crate::launcher::was_launched() && MpiEnvironment::detect() {
+    if crate::switches::launched() && MpiEnvironment::detect() {
         return Ok(Some(Box::new(MpiEnvironment::from_env()?)));
     }
     if SlurmEnvironment::detect() {

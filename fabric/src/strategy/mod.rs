@@ -1,386 +1,372 @@
-//! Strategies: how many processes a run has, who starts them, and the
-//! gradient averaging of `ddp`.
+//! Strategies: how a run spreads over devices and processes, as Lightning's
+//! `strategies/`. Each strategy is an object owning its state (one file
+//! each); [`Fabric`](crate::Fabric) holds one and asks it, never inspects it.
+//!
+//! | name | object | processes |
+//! |---|---|---|
+//! | `single_device` | [`SingleDeviceStrategy`] | one, on one device |
+//! | `dp` | [`DataParallelStrategy`] | one, over every selected CUDA device |
+//! | `ddp` | [`DdpStrategy`] | one per device, started by a launcher or by fabric |
+//! | `ddp_spawn` | [`DdpStrategy::spawn`] | one per device, started by fabric for a function |
+//!
+//! Adding a strategy is a new file here implementing [`Strategy`] and one
+//! line in [`REGISTRY`] (for its name in `strategy = "..."`).
 
-use fabric_options::{Devices, Strategy};
-use tch::{Kind, Tensor};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
-use crate::collectives::{Comm, ReduceOp};
-use crate::environment::ClusterEnvironment;
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use crate::checkpoint::{self, LoadReport, State};
+use crate::collectives::ReduceOp;
 use crate::error::{Error, Result};
 
-pub(crate) mod dp;
+mod buckets;
+mod clip;
+mod ddp;
+mod dp;
+pub(crate) mod replicas;
+mod single_device;
 
-/// What `build` does with the resolved options.
-pub(crate) enum Plan {
-    /// One process: no collectives.
-    Single,
-    /// This process is one rank of a multi-process run that exists already
-    /// (started by `mpirun`, `srun`, fabric's own launcher, ...).
-    Join,
-    /// Start this many `ddp` ranks, supervising them from this process.
-    Launch(usize),
-    /// Start this many `ddp_spawn` workers running the training function.
-    Spawn(usize),
+pub use clip::GradClip;
+pub use ddp::DdpStrategy;
+pub use dp::DataParallelStrategy;
+pub use replicas::ReplicaSet;
+pub use single_device::SingleDeviceStrategy;
+
+/// How a strategy's processes come to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProcessModel {
+    /// One process on one device (`single_device`).
+    OneDevice,
+    /// One process over every selected device (`dp`).
+    OneProcess,
+    /// One process per device. Under a launcher (`mpirun`, `srun`,
+    /// `torchrun`) each process joins as its rank; started plainly, fabric's
+    /// launcher starts them: it re-runs the program (`ddp`), or with
+    /// `spawn` runs a function in each and hands rank 0's result back
+    /// (`ddp_spawn`).
+    PerDevice {
+        /// Whether the launcher runs a function rather than the program.
+        spawn: bool,
+    },
 }
 
-/// The processes per node and nodes a run has, checked against the
-/// environment it runs in.
-pub(crate) struct Layout {
-    pub(crate) strategy: Strategy,
-    pub(crate) per_node: usize,
-    pub(crate) plan: Plan,
+/// What a strategy is told about the process it runs in, when it joins the
+/// run ([`Strategy::setup_environment`]).
+#[derive(Debug, Clone)]
+pub struct StrategyContext {
+    pub(crate) devices: Vec<Device>,
+    pub(crate) global_rank: usize,
+    pub(crate) local_rank: usize,
+    pub(crate) world_size: usize,
+    pub(crate) num_nodes: usize,
+    pub(crate) collective_timeout: Duration,
+    pub(crate) failure_timeout: Duration,
 }
 
-fn mismatch(env: &dyn ClusterEnvironment, message: String) -> Error {
-    Error::ClusterEnvironment {
-        environment: env.name().to_owned(),
-        message,
+impl StrategyContext {
+    /// The devices of this process: one, or under `dp` every device the
+    /// batch is split between (the first is the root device).
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// The device the model the optimizer steps lives on.
+    pub fn root_device(&self) -> Device {
+        self.devices[0]
+    }
+
+    /// This process's rank among all processes.
+    pub fn global_rank(&self) -> usize {
+        self.global_rank
+    }
+
+    /// This process's rank on its node.
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    /// The number of processes.
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// The number of nodes.
+    pub fn num_nodes(&self) -> usize {
+        self.num_nodes
+    }
+
+    /// How long a collective may wait for the other ranks.
+    pub fn collective_timeout(&self) -> Duration {
+        self.collective_timeout
+    }
+
+    /// How long a rank may take to end once the run failed elsewhere.
+    pub fn failure_timeout(&self) -> Duration {
+        self.failure_timeout
     }
 }
 
-/// Resolves `strategy` against the devices selected per node, `num_nodes`
-/// and the environment, as Lightning does: several devices or nodes pick
-/// `ddp`; an environment with several processes makes this one a rank.
-pub(crate) fn resolve(
-    strategy: Strategy,
-    devices: &Devices,
-    selected: usize,
-    num_nodes: usize,
-    num_nodes_given: bool,
-    env: &dyn ClusterEnvironment,
-) -> Result<Layout> {
-    let world = env.world_size();
-    if world > 1 {
-        // This process is a rank of a run that exists.
-        let nodes = match env.num_nodes() {
-            Some(n) if num_nodes_given && n != num_nodes => {
-                return Err(mismatch(
-                    env,
-                    format!(
-                        "it reports {n} node(s), but `num_nodes = {num_nodes}`; set `num_nodes = {n}`"
-                    ),
-                ));
-            }
-            Some(n) => n,
-            None => num_nodes,
-        };
-        let per_node = world.div_ceil(nodes);
-        if !matches!(devices, Devices::Auto) && selected * nodes != world {
-            return Err(mismatch(
-                env,
-                format!(
-                    "it reports {world} processes, but `devices = {devices}` on {nodes} node(s) makes {}; set `devices = {per_node}` (processes per node)",
-                    selected * nodes
-                ),
-            ));
-        }
-        let strategy = match strategy {
-            Strategy::Auto | Strategy::Ddp => Strategy::Ddp,
-            Strategy::DdpSpawn if crate::launcher::is_spawn_worker() => Strategy::DdpSpawn,
-            Strategy::DdpSpawn => {
-                return Err(mismatch(
-                    env,
-                    "its launcher created the processes already; `ddp_spawn` starts processes itself: use `strategy = \"ddp\"`".into(),
-                ));
-            }
-            other => {
-                return Err(mismatch(
-                    env,
-                    format!("it runs {world} processes, which \"{other}\" cannot use; use \"ddp\""),
-                ));
-            }
-        };
-        return Ok(Layout {
-            strategy,
-            per_node,
-            plan: Plan::Join,
-        });
+/// A strategy: where a run's models live and how their gradients and
+/// tensors travel between devices and processes, as Lightning's `Strategy`.
+///
+/// The built-in strategies are [`SingleDeviceStrategy`],
+/// [`DataParallelStrategy`] and [`DdpStrategy`]; pass one with parameters,
+/// or your own, through `strategy = ...` / [`FabricBuilder::strategy`](crate::FabricBuilder::strategy).
+/// A strategy of your own usually wraps a built-in one and changes what it
+/// needs:
+///
+/// ```
+/// use fabric::strategy::{DdpStrategy, ProcessModel, Strategy, StrategyContext};
+/// use fabric::{Fabric, ReduceOp};
+/// use tch::{Device, Tensor};
+///
+/// /// `ddp` that reports every gradient reduction.
+/// struct LoudDdp(DdpStrategy);
+///
+/// impl Strategy for LoudDdp {
+///     fn name(&self) -> &str { "loud_ddp" }
+///     fn process_model(&self) -> ProcessModel { self.0.process_model() }
+///     fn setup_environment(&mut self, context: &StrategyContext) -> fabric::Result<()> {
+///         self.0.setup_environment(context)
+///     }
+///     fn root_device(&self) -> Device { self.0.root_device() }
+///     fn global_rank(&self) -> usize { self.0.global_rank() }
+///     fn world_size(&self) -> usize { self.0.world_size() }
+///     fn setup_module(&mut self, vs: &mut tch::nn::VarStore) -> fabric::Result<()> {
+///         self.0.setup_module(vs)
+///     }
+///     fn backward(&mut self, loss: &Tensor) -> fabric::Result<()> {
+///         println!("backward");
+///         self.0.backward(loss)
+///     }
+///     fn set_backward_sync(&mut self, enabled: bool) -> bool { self.0.set_backward_sync(enabled) }
+///     fn all_reduce(&self, t: &Tensor, op: ReduceOp) -> fabric::Result<Tensor> { self.0.all_reduce(t, op) }
+///     fn broadcast(&self, t: &Tensor, src: usize) -> fabric::Result<Tensor> { self.0.broadcast(t, src) }
+///     fn all_gather(&self, t: &Tensor) -> fabric::Result<Tensor> { self.0.all_gather(t) }
+///     fn barrier(&self) -> fabric::Result<()> { self.0.barrier() }
+/// }
+///
+/// # fn main() -> fabric::Result<()> {
+/// let fabric = Fabric::builder().accelerator("cpu").strategy(LoudDdp(DdpStrategy::new())).build()?;
+/// assert_eq!(fabric.strategy().name(), "loud_ddp");
+/// # Ok(()) }
+/// ```
+pub trait Strategy: Send + 'static {
+    /// The strategy's name, such as `"ddp"`.
+    fn name(&self) -> &str;
+
+    /// How its processes come to exist: the connector plans the launch
+    /// from it.
+    fn process_model(&self) -> ProcessModel;
+
+    /// Joins the run: called once in each process that trains, after the
+    /// launcher, with the devices and ranks of this process (`ddp` forms
+    /// the world of processes here).
+    fn setup_environment(&mut self, context: &StrategyContext) -> Result<()>;
+
+    /// The device the model the optimizer steps lives on.
+    fn root_device(&self) -> Device;
+
+    /// Every device of this process; the root device alone by default.
+    fn devices(&self) -> Vec<Device> {
+        vec![self.root_device()]
     }
-    if strategy == Strategy::Dp {
-        // One process, whatever the number of devices; that the devices
-        // are CUDA devices is checked by the builder.
-        return Ok(Layout {
-            strategy,
-            per_node: 1,
-            plan: Plan::Single,
-        });
+
+    /// This process's rank among the processes of the run.
+    fn global_rank(&self) -> usize;
+
+    /// The number of processes of the run.
+    fn world_size(&self) -> usize;
+
+    /// Takes a model whose variables `vs` holds, already on the root
+    /// device and in the run's precision (`ddp`: makes every rank start
+    /// from rank 0's values and records its trainable variables).
+    fn setup_module(&mut self, vs: &mut VarStore) -> Result<()>;
+
+    /// The devices beyond the root one on which this strategy runs a
+    /// replica of each model in this process (`dp`); none by default. When
+    /// there are some, `setup_module_with` builds the replicas and hands
+    /// them to [`track_replicas`](Self::track_replicas).
+    fn replica_devices(&self) -> Vec<Device> {
+        Vec::new()
     }
-    let processes = selected * num_nodes;
-    if processes == 1 {
-        let strategy = if strategy == Strategy::Auto {
-            Strategy::SingleDevice
+
+    /// Takes the replicas of a model built on [`replica_devices`](Self::replica_devices).
+    fn track_replicas(&mut self, replicas: ReplicaSet) -> Result<()> {
+        let _ = replicas;
+        Err(Error::InvalidArgument(format!(
+            "strategy \"{}\" runs no replicas of a model",
+            self.name()
+        )))
+    }
+
+    /// A counter the optimizers set up under this strategy increase at each
+    /// step, for a strategy that follows steps (`dp` copies the weights to
+    /// its replicas after each); `None` by default.
+    fn optimizer_step_counter(&self) -> Option<Arc<AtomicU64>> {
+        None
+    }
+
+    /// Computes the gradients of `loss` (already scaled by the precision)
+    /// and brings them where the optimizer expects them: averaged over the
+    /// ranks (`ddp`), summed from the replicas (`dp`).
+    fn backward(&mut self, loss: &Tensor) -> Result<()>;
+
+    /// Whether [`backward`](Self::backward) reduces gradients between
+    /// devices or processes (`false` while accumulating, Lightning's
+    /// `no_backward_sync`); returns the previous setting.
+    fn set_backward_sync(&mut self, enabled: bool) -> bool;
+
+    /// The element-wise reduction of `tensor` over every rank.
+    fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor>;
+
+    /// Rank `src`'s `tensor`, on every rank.
+    fn broadcast(&self, tensor: &Tensor, src: usize) -> Result<Tensor>;
+
+    /// Every rank's `tensor`, stacked along a new first dimension.
+    fn all_gather(&self, tensor: &Tensor) -> Result<Tensor>;
+
+    /// Waits until every rank reaches this point.
+    fn barrier(&self) -> Result<()>;
+
+    /// Which shard of each epoch a data loader of this process visits:
+    /// `(rank, number of shards)`, or `None` for every sample. The ranks of
+    /// the run by default.
+    fn data_shard(&self) -> Option<(usize, usize)> {
+        (self.world_size() > 1).then(|| (self.global_rank(), self.world_size()))
+    }
+
+    /// Clips the gradients `grads` (of the parameters an optimizer updates);
+    /// returns the total norm before clipping for [`GradClip::Norm`]. The
+    /// norm over the gradients as they are here by default; a strategy that
+    /// shards gradients computes it across shards.
+    fn clip_gradients(&mut self, grads: &[Tensor], clip: GradClip) -> Result<Option<f64>> {
+        clip::clip(grads, clip)
+    }
+
+    /// Saves `state` to `path`: global rank 0 writes the whole checkpoint
+    /// and every rank waits for it, by default. A strategy that shards
+    /// what it saves writes each rank's part.
+    fn save_checkpoint(&mut self, path: &Path, state: &State<'_>) -> Result<()> {
+        let result = if self.global_rank() == 0 {
+            checkpoint::save(path, state)
         } else {
-            strategy
-        };
-        return Ok(Layout {
-            strategy,
-            per_node: 1,
-            plan: Plan::Single,
-        });
-    }
-    if num_nodes > 1 {
-        return Err(Error::Launch(format!(
-            "`num_nodes = {num_nodes}` needs the processes of every node started by a cluster launcher (`mpirun` across hosts, or `srun --mpi=pmix`); fabric's own launcher starts processes on this machine only"
-        )));
-    }
-    match strategy {
-        Strategy::Auto | Strategy::Ddp => Ok(Layout {
-            strategy: Strategy::Ddp,
-            per_node: processes,
-            plan: Plan::Launch(processes),
-        }),
-        Strategy::DdpSpawn => Ok(Layout {
-            strategy,
-            per_node: processes,
-            plan: Plan::Spawn(processes),
-        }),
-        other => Err(Error::InvalidArgument(format!(
-            "\"{other}\" runs on one device, but {processes} were selected; use \"ddp\""
-        ))),
-    }
-}
-
-/// The default gradient bucket size, as PyTorch's DDP.
-pub(crate) const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
-
-/// Gradients of at least this many bytes are a bucket of their own and are
-/// all-reduced from where they are, without being packed first.
-const OWN_BUCKET_BYTES: usize = 1024 * 1024;
-
-/// One bucket of gradients: which parameters, where in the flat buffers.
-struct Bucket {
-    /// (parameter index, offset, number of elements).
-    members: Vec<(usize, i64, i64)>,
-    /// The gradients, packed, before the all-reduce; `None` for a bucket of
-    /// one large gradient, which is all-reduced from where it is.
-    packed: Option<Tensor>,
-    /// The all-reduced sums.
-    reduced: Tensor,
-}
-
-/// The gradient buckets of `ddp`, allocated once and reused every step, so
-/// averaging allocates nothing. A gradient of [`OWN_BUCKET_BYTES`] or more
-/// is a bucket of its own, all-reduced straight from the gradient; smaller
-/// ones are packed into a flat buffer per bucket first. Each bucket is
-/// all-reduced in one MPI call into a second buffer, and the sums come back
-/// into the gradients divided by the world size, in one pass. Gradients of
-/// 16-bit kinds, which MPI does not carry, travel as f32.
-#[derive(Default)]
-pub(crate) struct GradientBuckets {
-    buckets: Vec<Bucket>,
-    /// (shape, kind) of every parameter the buckets were laid out for.
-    layout: Vec<(Vec<i64>, tch::Kind)>,
-}
-
-impl GradientBuckets {
-    fn lay_out(&mut self, params: &[Tensor], bucket_bytes: usize) -> Result<()> {
-        let layout: Vec<_> = params.iter().map(|p| (p.size(), p.kind())).collect();
-        if layout == self.layout {
-            return Ok(());
-        }
-        if let Some(p) = params.iter().find(|p| {
-            matches!(
-                p.kind(),
-                Kind::ComplexHalf | Kind::ComplexFloat | Kind::ComplexDouble
-            )
-        }) {
-            // Travelling as f32 would drop the imaginary parts.
-            return Err(Error::Distributed(format!(
-                "ddp does not average complex gradients ({:?} parameter of shape {:?}); keep real and imaginary parts in separate real parameters",
-                p.kind(),
-                p.size()
-            )));
-        }
-        let bytes = |p: &Tensor| p.numel() * p.kind().elt_size_in_bytes();
-        let alone =
-            |p: &Tensor| bytes(p) >= OWN_BUCKET_BYTES && Comm::carries(p.kind(), p.device());
-        // Each large gradient alone; the others, in parameter order, share
-        // buckets of their kind of about `bucket_bytes`, however they are
-        // interleaved with the large ones.
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        let mut filling: Vec<(Kind, Vec<usize>, usize)> = Vec::new();
-        for (i, param) in params.iter().enumerate() {
-            if alone(param) {
-                groups.push(vec![i]);
-                continue;
-            }
-            let kind = param.kind();
-            match filling.iter().position(|(k, _, _)| *k == kind) {
-                Some(f) if filling[f].2 < bucket_bytes => {
-                    filling[f].1.push(i);
-                    filling[f].2 += bytes(param);
-                }
-                Some(f) => {
-                    let (_, full, _) =
-                        std::mem::replace(&mut filling[f], (kind, vec![i], bytes(param)));
-                    groups.push(full);
-                }
-                None => filling.push((kind, vec![i], bytes(param))),
-            }
-        }
-        groups.extend(filling.into_iter().map(|(_, members, _)| members));
-        self.buckets.clear();
-        for group in groups {
-            let first = &params[group[0]];
-            let mut members = Vec::with_capacity(group.len());
-            let mut offset = 0;
-            for i in group {
-                let n = params[i].numel() as i64;
-                members.push((i, offset, n));
-                offset += n;
-            }
-            let kind = first.kind();
-            let wire = if Comm::carries(kind, first.device()) {
-                kind
-            } else {
-                Kind::Float
-            };
-            let options = (wire, first.device());
-            let packed = if members.len() == 1 && alone(first) {
-                None
-            } else {
-                Some(Tensor::f_empty([offset], options)?)
-            };
-            self.buckets.push(Bucket {
-                members,
-                packed,
-                reduced: Tensor::f_empty([offset], options)?,
-            });
-        }
-        self.layout = layout;
-        Ok(())
-    }
-
-    /// Averages the gradients of `params` over every rank.
-    pub(crate) fn average(
-        &mut self,
-        comm: &Comm,
-        params: &[Tensor],
-        bucket_bytes: usize,
-    ) -> Result<()> {
-        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
-        if let Some(i) = grads.iter().position(|g| !g.defined()) {
-            return Err(Error::Distributed(format!(
-                "parameter {i} (shape {:?}) received no gradient on rank {}: under ddp every trainable parameter must take part in the loss",
-                params[i].size(),
-                comm.rank()
-            )));
-        }
-        self.lay_out(params, bucket_bytes)?;
-        let scale = Tensor::from(1.0 / comm.size() as f64);
-        // NCCL averages as it reduces (scaling each rank's values first,
-        // so 16-bit gradients cannot overflow in the sum); MPI sums, and
-        // the sums are divided on the way back.
-        let averaged = |t: &Tensor| t.device().is_cuda();
-        let op = |t: &Tensor| {
-            if averaged(t) {
-                ReduceOp::Mean
-            } else {
-                ReduceOp::Sum
-            }
-        };
-        tch::no_grad(|| {
-            for bucket in &self.buckets {
-                match &bucket.packed {
-                    Some(packed) => {
-                        for &(i, offset, n) in &bucket.members {
-                            packed
-                                .f_narrow(0, offset, n)?
-                                .f_copy_(&grads[i].f_reshape([-1])?)?;
-                        }
-                        comm.all_reduce_into(packed, &bucket.reduced, op(&bucket.reduced))?;
-                    }
-                    None => {
-                        let grad = grads[bucket.members[0].0].f_contiguous()?;
-                        comm.all_reduce_into(
-                            &grad.f_view([-1])?,
-                            &bucket.reduced,
-                            op(&bucket.reduced),
-                        )?;
-                    }
-                }
-                for &(i, offset, n) in &bucket.members {
-                    let grad = &grads[i];
-                    let sum = bucket
-                        .reduced
-                        .f_narrow(0, offset, n)?
-                        .f_view(grad.size().as_slice())?;
-                    if averaged(&bucket.reduced) {
-                        grad.shallow_clone().f_copy_(&sum)?;
-                    } else if grad.kind() == sum.kind() && grad.is_contiguous() {
-                        // Divided and written back in one pass.
-                        let _ = sum.f_mul_out(grad, &scale)?;
-                    } else {
-                        grad.shallow_clone().f_copy_(&sum.f_mul(&scale)?)?;
-                    }
-                }
-            }
             Ok(())
-        })
-    }
-}
-
-/// Makes every rank's variables equal to rank 0's.
-pub(crate) fn broadcast_parameters(comm: &Comm, variables: &[Tensor]) -> Result<()> {
-    tch::no_grad(|| {
-        for variable in variables {
-            let value = comm.broadcast(variable, 0)?;
-            variable.shallow_clone().f_copy_(&value)?;
+        };
+        // Every rank waits, and learns of rank 0's failure through it.
+        let failed = Tensor::from_slice(&[i64::from(result.is_err())]);
+        let failed = self
+            .all_reduce(&failed, ReduceOp::Max)?
+            .f_int64_value(&[0])?
+            != 0;
+        match result {
+            Err(error) => Err(error),
+            Ok(()) if failed => Err(Error::Checkpoint {
+                path: path.to_owned(),
+                reason: "rank 0 could not write it (its error is in its output)".into(),
+            }),
+            Ok(()) => Ok(()),
         }
+    }
+
+    /// Loads the checkpoint at `path` into `state` (every rank reads the
+    /// whole checkpoint, by default).
+    fn load_checkpoint(
+        &mut self,
+        path: &Path,
+        state: &mut State<'_>,
+        strict: bool,
+    ) -> Result<LoadReport> {
+        checkpoint::load(path, state, strict)
+    }
+
+    /// Releases what the strategy holds at the end of the run.
+    fn teardown(&mut self) -> Result<()> {
         Ok(())
-    })
-}
-
-/// A seed every rank agrees on: rank 0's.
-pub(crate) fn agree_on_seed(comm: &Comm, seed: u64) -> Result<u64> {
-    let value = comm.broadcast(&Tensor::from_slice(&[seed as i64]), 0)?;
-    Ok(value.f_int64_value(&[0])? as u64)
-}
-
-/// The `ddp` strategy with parameters, for `strategy = DdpStrategy::new()...`,
-/// as Lightning's `strategy=DDPStrategy(...)`.
-///
-/// ```
-/// use std::time::Duration;
-/// use fabric::{DdpStrategy, Fabric};
-///
-/// let fabric = Fabric::builder()
-///     .accelerator("cpu")
-///     .strategy(DdpStrategy::new().bucket_cap_mb(50.0).collective_timeout(Duration::from_secs(600)))
-///     .build()
-///     .unwrap();
-/// assert_eq!(fabric.strategy(), fabric::Strategy::Ddp);
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct DdpStrategy {
-    pub(crate) bucket_cap_mb: Option<f64>,
-    pub(crate) collective_timeout: Option<std::time::Duration>,
-    pub(crate) failure_timeout: Option<std::time::Duration>,
-}
-
-impl DdpStrategy {
-    /// `ddp` with PyTorch's defaults.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The size of the gradient buckets, in megabytes (25 by default).
-    pub fn bucket_cap_mb(mut self, megabytes: f64) -> Self {
-        self.bucket_cap_mb = Some(megabytes);
-        self
-    }
-
-    /// How long a collective may wait for the other ranks (30 minutes by
-    /// default).
-    pub fn collective_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.collective_timeout = Some(timeout);
-        self
-    }
-
-    /// How long a rank may take to end once the run failed elsewhere (10
-    /// seconds by default).
-    pub fn failure_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.failure_timeout = Some(timeout);
-        self
     }
 }
+
+/// The strategies `strategy = "..."` names, one line each: the option's
+/// family and the object it makes.
+pub(crate) const REGISTRY: &[(fabric_options::Strategy, fn() -> Box<dyn Strategy>)] = &[
+    (fabric_options::Strategy::SingleDevice, || {
+        Box::new(SingleDeviceStrategy::new())
+    }),
+    (fabric_options::Strategy::Dp, || {
+        Box::new(DataParallelStrategy::new())
+    }),
+    (fabric_options::Strategy::Ddp, || {
+        Box::new(DdpStrategy::new())
+    }),
+    (fabric_options::Strategy::DdpSpawn, || {
+        Box::new(DdpStrategy::spawn())
+    }),
+];
+
+/// The registered strategy for `name`, or `None` for a name fabric
+/// recognises but does not run.
+pub(crate) fn from_name(name: fabric_options::Strategy) -> Option<Box<dyn Strategy>> {
+    REGISTRY
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, make)| make())
+}
+
+/// What `strategy` takes: a name (anything that converts into a
+/// [`Value`](fabric_options::Value)), or a strategy object such as
+/// [`DdpStrategy`] with parameters, or your own [`Strategy`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a strategy",
+    note = "`strategy` takes a name such as \"ddp\", `fabric::strategy::DdpStrategy::new()` with parameters, or a type implementing `fabric::strategy::Strategy`"
+)]
+pub trait IntoStrategy {
+    /// The strategy as the builder keeps it.
+    fn into_strategy(self) -> StrategyChoice;
+}
+
+/// A strategy as given to the builder: a name to resolve, or an object.
+pub enum StrategyChoice {
+    /// A name or alias, parsed with `strategy`'s rules.
+    Name(fabric_options::Value),
+    /// A strategy object.
+    Object(Box<dyn Strategy>),
+}
+
+impl std::fmt::Debug for StrategyChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StrategyChoice::Name(value) => write!(f, "{value:?}"),
+            StrategyChoice::Object(strategy) => write!(f, "{}", strategy.name()),
+        }
+    }
+}
+
+impl<S: Strategy> IntoStrategy for S {
+    fn into_strategy(self) -> StrategyChoice {
+        StrategyChoice::Object(Box::new(self))
+    }
+}
+
+impl IntoStrategy for Box<dyn Strategy> {
+    fn into_strategy(self) -> StrategyChoice {
+        StrategyChoice::Object(self)
+    }
+}
+
+/// Names: a string, or an option value (whose type the parser checks).
+macro_rules! strategy_names {
+    ($($ty:ty),*) => {$(
+        impl IntoStrategy for $ty {
+            fn into_strategy(self) -> StrategyChoice {
+                StrategyChoice::Name(self.into())
+            }
+        }
+    )*};
+}
+strategy_names!(&str, String, &String, fabric_options::Value);

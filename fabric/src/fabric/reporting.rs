@@ -1,0 +1,327 @@
+//! Reporting: loggers, callbacks, progress and checkpoints.
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tch::Tensor;
+
+use super::Fabric;
+use crate::callbacks::hooks::Hook;
+use crate::callbacks::{Callback, Outcome};
+use crate::checkpoint::{LoadReport, State};
+use crate::collectives::ReduceOp;
+use crate::error::{Error, Result};
+use crate::loggers::{Hyperparams, Logger, LoggerError, Metric};
+use crate::progress::Progress;
+
+impl Fabric {
+    /// Logs one metric to every logger, from global rank 0 only.
+    pub fn log(&mut self, name: &str, value: impl Metric) -> Result<()> {
+        self.log_dict([(name, value)], None)
+    }
+
+    /// Logs several metrics taken at `step` to every logger, from global
+    /// rank 0 only.
+    pub fn log_dict<'n, V: Metric>(
+        &mut self,
+        metrics: impl IntoIterator<Item = (&'n str, V)>,
+        step: Option<u64>,
+    ) -> Result<()> {
+        if !self.is_global_zero() {
+            return Ok(());
+        }
+        let metrics = metrics
+            .into_iter()
+            .map(|(name, value)| Ok((name, value.to_f64()?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.latest_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update(&metrics);
+        self.loggers
+            .each("log_metrics", |logger| logger.log_metrics(&metrics, step))
+    }
+
+    /// Fires hook `H` on every registered callback that handles it, in
+    /// registration order, as Lightning's `fabric.call(...)` but typed: a
+    /// misspelt hook or a wrong argument does not compile, and callbacks
+    /// without the hook are skipped by type.
+    ///
+    /// The handlers' outcomes are combined and returned: metrics they hand
+    /// back are logged, and a stop request is remembered for
+    /// [`should_stop`](Self::should_stop). The first handler error ends the
+    /// dispatch and is returned.
+    ///
+    /// ```
+    /// use fabric::{Fabric, hooks::{Metrics, OnTrainEpochEnd}};
+    ///
+    /// let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
+    /// let metrics = Metrics::from([("loss", 0.5)]);
+    /// let outcome = fabric.call::<OnTrainEpochEnd>((3, &metrics)).unwrap();
+    /// assert!(!outcome.should_stop());
+    /// ```
+    pub fn call<H: Hook>(&mut self, args: H::Args<'_>) -> Result<Outcome> {
+        let outcome = self.callbacks.call::<H>(args)?;
+        if outcome.should_stop() {
+            self.stop_requested = true;
+        }
+        if !outcome.metrics().is_empty() {
+            let metrics: Vec<(&str, f64)> = outcome
+                .metrics()
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect();
+            self.log_dict(metrics, None)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Whether a callback asked to stop training, agreed across ranks: true
+    /// on every rank as soon as one rank's callbacks asked. With several
+    /// processes this is a collective: call it at the same point on every
+    /// rank (typically at the end of an epoch).
+    pub fn should_stop(&self) -> Result<bool> {
+        if self.world_size() == 1 {
+            return Ok(self.stop_requested);
+        }
+        let flag = Tensor::from_slice(&[i64::from(self.stop_requested)]);
+        Ok(self
+            .strategy
+            .all_reduce(&flag, ReduceOp::Max)?
+            .f_int64_value(&[0])?
+            != 0)
+    }
+
+    /// Logs the run's hyperparameters (any value serde serialises to a map:
+    /// a struct, a `HashMap`, `serde_json::json!({...})`) to every logger,
+    /// from global rank 0 only, as Lightning's `logger.log_hyperparams`.
+    pub fn log_hyperparams<T: serde::Serialize + ?Sized>(&mut self, params: &T) -> Result<()> {
+        if !self.is_global_zero() || self.loggers.is_empty() {
+            return Ok(());
+        }
+        let params: Hyperparams = match serde_json::to_value(params) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(other) => {
+                return Err(Error::InvalidArgument(format!(
+                    "hyperparameters must serialise to a map of names to values, not {other}"
+                )));
+            }
+            Err(e) => {
+                return Err(Error::InvalidArgument(format!(
+                    "hyperparameters cannot be serialised: {e}"
+                )));
+            }
+        };
+        self.loggers
+            .each("log_hyperparams", |logger| logger.log_hyperparams(&params))
+    }
+
+    /// The first registered logger of type `T`, as Lightning's
+    /// `fabric.logger` (for its `log_dir`, say).
+    pub fn logger<T: Logger>(&self) -> Option<LoggerRef<'_, T>> {
+        self.loggers.get::<T>()
+    }
+
+    /// The first registered logger of type `T`, mutably.
+    pub fn logger_mut<T: Logger>(&mut self) -> Option<LoggerMut<'_, T>> {
+        self.loggers.get_mut::<T>()
+    }
+
+    /// A progress bar over `total` steps showing steps per second and the
+    /// latest metrics logged with [`log`](Self::log)/[`log_dict`](Self::log_dict).
+    /// It draws on global rank 0 only, when standard output and standard
+    /// error are terminals, and unless
+    /// [`progress_bar(false)`](crate::FabricBuilder::progress_bar) was set;
+    /// otherwise it is hidden.
+    pub fn progress(&self, total: u64) -> Progress {
+        Progress::new(
+            total,
+            self.progress_bar && self.is_global_zero(),
+            Arc::clone(&self.latest_metrics),
+        )
+    }
+
+    // ---- checkpoints ---------------------------------------------------
+
+    /// Saves `state` to the checkpoint directory `path`, as Lightning's
+    /// `fabric.save(path, state)`, through the strategy: global rank 0
+    /// writes, atomically (a crash leaves the previous checkpoint intact),
+    /// and every rank waits until it is written. The format is described in
+    /// [`checkpoint`](crate::checkpoint).
+    ///
+    /// Fires [`OnSaveCheckpoint`](crate::hooks::OnSaveCheckpoint) first.
+    pub fn save(&mut self, path: impl AsRef<Path>, state: &State<'_>) -> Result<()> {
+        self.call::<crate::hooks::OnSaveCheckpoint>((path.as_ref(),))?;
+        self.strategy.save_checkpoint(path.as_ref(), state)
+    }
+
+    /// Loads the checkpoint at `path` into `state`, strictly: every entry,
+    /// key, shape and dtype of the state must be in the checkpoint and fit,
+    /// or nothing changes and the error lists each problem. Values of the
+    /// checkpoint that the state does not name come back in
+    /// [`LoadReport::remainder`].
+    pub fn load(&mut self, path: impl AsRef<Path>, state: &mut State<'_>) -> Result<LoadReport> {
+        self.load_with(path, state, true)
+    }
+
+    /// [`load`](Self::load) with Lightning's `strict`: with `strict = false`,
+    /// what fits is loaded and the rest is reported in the [`LoadReport`]
+    /// (damaged or foreign files are errors in both modes). Fires
+    /// [`OnLoadCheckpoint`](crate::hooks::OnLoadCheckpoint) once loaded.
+    pub fn load_with(
+        &mut self,
+        path: impl AsRef<Path>,
+        state: &mut State<'_>,
+        strict: bool,
+    ) -> Result<LoadReport> {
+        let report = self
+            .strategy
+            .load_checkpoint(path.as_ref(), state, strict)?;
+        self.call::<crate::hooks::OnLoadCheckpoint>((path.as_ref(),))?;
+        Ok(report)
+    }
+
+    /// The first registered callback of type `T`.
+    pub fn callback<T: Callback>(&self) -> Option<&T> {
+        self.callbacks.get::<T>()
+    }
+
+    /// The first registered callback of type `T`, mutably.
+    pub fn callback_mut<T: Callback>(&mut self) -> Option<&mut T> {
+        self.callbacks.get_mut::<T>()
+    }
+}
+
+type Loggers = Vec<Box<dyn Logger>>;
+
+/// The loggers of a `Fabric`, shared with the failure handling, which
+/// finalises them when the launcher ends this rank.
+pub(crate) struct SharedLoggers(Arc<Mutex<Loggers>>);
+
+fn lock(loggers: &Mutex<Loggers>) -> MutexGuard<'_, Loggers> {
+    loggers.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SharedLoggers {
+    pub(crate) fn new(loggers: Loggers) -> Self {
+        SharedLoggers(Arc::new(Mutex::new(loggers)))
+    }
+
+    fn is_empty(&self) -> bool {
+        lock(&self.0).is_empty()
+    }
+
+    /// Calls `f` on every logger; the first error, naming the logger and
+    /// `what` it was doing.
+    fn each(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&mut dyn Logger) -> std::result::Result<(), LoggerError>,
+    ) -> Result<()> {
+        for logger in lock(&self.0).iter_mut() {
+            f(&mut **logger).map_err(|source| Error::Plugin {
+                what: format!("logger `{}`: {what}", logger.name()),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Finalises every logger; the first error.
+    pub(crate) fn finalize(&self, success: bool) -> Result<()> {
+        let mut first_error = None;
+        for logger in lock(&self.0).iter_mut() {
+            if let Err(source) = logger.finalize(success) {
+                first_error.get_or_insert(Error::Plugin {
+                    what: format!("logger `{}`: finalize", logger.name()),
+                    source,
+                });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// What the failure handling runs: the loggers finalised as failed,
+    /// unless the `Fabric` is gone.
+    pub(crate) fn failure_flush(&self) -> impl Fn() + Send + Sync + 'static {
+        let loggers = Arc::downgrade(&self.0);
+        move || {
+            if let Some(loggers) = loggers.upgrade() {
+                for logger in lock(&loggers).iter_mut() {
+                    if let Err(error) = logger.finalize(false) {
+                        eprintln!("fabric: logger `{}`: finalize: {error}", logger.name());
+                    }
+                }
+            }
+        }
+    }
+
+    fn position<T: Logger>(loggers: &Loggers) -> Option<usize> {
+        loggers.iter().position(|l| (&**l as &dyn Any).is::<T>())
+    }
+
+    fn get<T: Logger>(&self) -> Option<LoggerRef<'_, T>> {
+        let guard = lock(&self.0);
+        let index = Self::position::<T>(&guard)?;
+        Some(LoggerRef {
+            guard,
+            index,
+            kind: PhantomData,
+        })
+    }
+
+    fn get_mut<T: Logger>(&mut self) -> Option<LoggerMut<'_, T>> {
+        let guard = lock(&self.0);
+        let index = Self::position::<T>(&guard)?;
+        Some(LoggerMut {
+            guard,
+            index,
+            kind: PhantomData,
+        })
+    }
+}
+
+/// A registered logger of type `T`, from [`Fabric::logger`]; it derefs to
+/// the logger.
+pub struct LoggerRef<'a, T> {
+    guard: MutexGuard<'a, Loggers>,
+    index: usize,
+    kind: PhantomData<&'a T>,
+}
+
+/// A registered logger of type `T`, mutably, from [`Fabric::logger_mut`].
+pub struct LoggerMut<'a, T> {
+    guard: MutexGuard<'a, Loggers>,
+    index: usize,
+    kind: PhantomData<&'a mut T>,
+}
+
+impl<T: Logger> std::ops::Deref for LoggerRef<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        (&*self.guard[self.index] as &dyn Any)
+            .downcast_ref()
+            .expect("the logger's type was checked when this reference was made")
+    }
+}
+
+impl<T: Logger> std::ops::Deref for LoggerMut<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        (&*self.guard[self.index] as &dyn Any)
+            .downcast_ref()
+            .expect("the logger's type was checked when this reference was made")
+    }
+}
+
+impl<T: Logger> std::ops::DerefMut for LoggerMut<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        (&mut *self.guard[self.index] as &mut dyn Any)
+            .downcast_mut()
+            .expect("the logger's type was checked when this reference was made")
+    }
+}

@@ -1,0 +1,244 @@
+//! `ddp` and `ddp_spawn`: one process per device, every rank holding the
+//! whole model, gradients averaged after each backward pass, as
+//! Lightning's `DDPStrategy`.
+
+use std::time::Duration;
+
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use super::buckets::{DEFAULT_BUCKET_BYTES, GradientBuckets};
+use super::{ProcessModel, Strategy, StrategyContext};
+use crate::collectives::{Comm, MpiComm, NcclComm, ReduceOp};
+use crate::error::{Error, Result};
+
+/// The `ddp` strategy, with its parameters, as Lightning's
+/// `strategy=DDPStrategy(...)`: one process per device, gradients averaged
+/// in buckets of `bucket_cap_mb` after each backward pass. CPU tensors
+/// travel over Open MPI, CUDA tensors over NCCL.
+///
+/// ```
+/// use std::time::Duration;
+/// use fabric::Fabric;
+/// use fabric::strategy::DdpStrategy;
+///
+/// let fabric = Fabric::builder()
+///     .accelerator("cpu")
+///     .strategy(DdpStrategy::new().bucket_cap_mb(50.0).collective_timeout(Duration::from_secs(600)))
+///     .build()
+///     .unwrap();
+/// assert_eq!(fabric.strategy().name(), "ddp");
+/// ```
+pub struct DdpStrategy {
+    bucket_cap_mb: Option<f64>,
+    collective_timeout: Option<Duration>,
+    failure_timeout: Option<Duration>,
+    spawn: bool,
+    device: Device,
+    global_rank: usize,
+    world_size: usize,
+    /// The collectives, in a run of several processes.
+    comm: Option<Comm>,
+    /// The trainable parameters whose gradients are averaged, and their
+    /// names for messages (`model 1: layer.weight`).
+    params: Vec<Tensor>,
+    names: Vec<String>,
+    models: usize,
+    buckets: GradientBuckets,
+    sync: bool,
+}
+
+impl std::fmt::Debug for DdpStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DdpStrategy")
+            .field("bucket_cap_mb", &self.bucket_cap_mb)
+            .field("collective_timeout", &self.collective_timeout)
+            .field("failure_timeout", &self.failure_timeout)
+            .field("spawn", &self.spawn)
+            .field("device", &self.device)
+            .field("world_size", &self.world_size)
+            .finish()
+    }
+}
+
+impl Default for DdpStrategy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DdpStrategy {
+    /// `ddp` with PyTorch's defaults.
+    pub fn new() -> Self {
+        DdpStrategy {
+            bucket_cap_mb: None,
+            collective_timeout: None,
+            failure_timeout: None,
+            spawn: false,
+            device: Device::Cpu,
+            global_rank: 0,
+            world_size: 1,
+            comm: None,
+            params: Vec::new(),
+            names: Vec::new(),
+            models: 0,
+            buckets: GradientBuckets::default(),
+            sync: true,
+        }
+    }
+
+    /// `ddp_spawn`: started plainly, fabric runs the training function in
+    /// one worker process per device and hands rank 0's result back, as
+    /// Lightning's `DDPStrategy(start_method="spawn")`.
+    pub fn spawn() -> Self {
+        DdpStrategy {
+            spawn: true,
+            ..Self::new()
+        }
+    }
+
+    /// The size of the gradient buckets, in megabytes (25 by default).
+    pub fn bucket_cap_mb(mut self, megabytes: f64) -> Self {
+        self.bucket_cap_mb = Some(megabytes);
+        self
+    }
+
+    /// How long a collective may wait for the other ranks (the builder's
+    /// [`collective_timeout`](crate::FabricBuilder::collective_timeout) by
+    /// default: 30 minutes).
+    pub fn collective_timeout(mut self, timeout: Duration) -> Self {
+        self.collective_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a rank may take to end once the run failed elsewhere (the
+    /// builder's [`failure_timeout`](crate::FabricBuilder::failure_timeout)
+    /// by default: 10 seconds).
+    pub fn failure_timeout(mut self, timeout: Duration) -> Self {
+        self.failure_timeout = Some(timeout);
+        self
+    }
+
+    fn bucket_bytes(&self) -> usize {
+        match self.bucket_cap_mb {
+            Some(megabytes) => (megabytes.max(0.0) * 1024.0 * 1024.0) as usize,
+            None => DEFAULT_BUCKET_BYTES,
+        }
+    }
+}
+
+impl Strategy for DdpStrategy {
+    fn name(&self) -> &str {
+        if self.spawn { "ddp_spawn" } else { "ddp" }
+    }
+
+    fn process_model(&self) -> ProcessModel {
+        ProcessModel::PerDevice { spawn: self.spawn }
+    }
+
+    fn setup_environment(&mut self, context: &StrategyContext) -> Result<()> {
+        self.device = context.root_device();
+        self.global_rank = context.global_rank();
+        self.world_size = context.world_size();
+        if context.world_size() == 1 {
+            return Ok(());
+        }
+        let collective_timeout = self
+            .collective_timeout
+            .unwrap_or(context.collective_timeout());
+        let failure_timeout = self.failure_timeout.unwrap_or(context.failure_timeout());
+        let mpi = MpiComm::join(
+            context.global_rank(),
+            context.world_size(),
+            collective_timeout,
+            failure_timeout,
+        )?;
+        let nccl = match self.device {
+            Device::Cuda(index) => Some(NcclComm::join(&mpi, index, collective_timeout)?),
+            _ => None,
+        };
+        self.comm = Some(Comm::new(mpi, nccl));
+        Ok(())
+    }
+
+    fn root_device(&self) -> Device {
+        self.device
+    }
+
+    fn global_rank(&self) -> usize {
+        self.global_rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    fn setup_module(&mut self, vs: &mut VarStore) -> Result<()> {
+        self.models += 1;
+        let Some(comm) = &self.comm else {
+            return Ok(());
+        };
+        // Every rank starts from rank 0's parameters and buffers, sent in
+        // the order of their names (the same on every rank).
+        let variables = super::replicas::named(vs);
+        tch::no_grad(|| {
+            for (_, variable) in &variables {
+                let value = comm.broadcast(variable, 0)?;
+                variable.shallow_clone().f_copy_(&value)?;
+            }
+            Ok::<(), Error>(())
+        })?;
+        for (name, variable) in variables {
+            if variable.requires_grad() {
+                self.names
+                    .push(format!("`{name}` of model {}", self.models));
+                self.params.push(variable);
+            }
+        }
+        Ok(())
+    }
+
+    fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        loss.f_backward()?;
+        if let Some(comm) = &self.comm
+            && self.sync
+        {
+            let bucket_bytes = self.bucket_bytes();
+            self.buckets
+                .average(comm, &self.params, &self.names, bucket_bytes)?;
+        }
+        Ok(())
+    }
+
+    fn set_backward_sync(&mut self, enabled: bool) -> bool {
+        std::mem::replace(&mut self.sync, enabled)
+    }
+
+    fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {
+        match &self.comm {
+            Some(comm) => comm.all_reduce(tensor, op),
+            None => super::single_device::local_all_reduce(tensor, op),
+        }
+    }
+
+    fn broadcast(&self, tensor: &Tensor, src: usize) -> Result<Tensor> {
+        match &self.comm {
+            Some(comm) => comm.broadcast(tensor, src),
+            None => super::single_device::local_broadcast(tensor, src),
+        }
+    }
+
+    fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
+        match &self.comm {
+            Some(comm) => comm.all_gather(tensor),
+            None => super::single_device::local_all_gather(tensor),
+        }
+    }
+
+    fn barrier(&self) -> Result<()> {
+        match &self.comm {
+            Some(comm) => comm.barrier(),
+            None => Ok(()),
+        }
+    }
+}
