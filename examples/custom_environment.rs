@@ -3,11 +3,8 @@
 //!
 //! ```python
 //! class MyCluster(ClusterEnvironment):
-//!     @property
-//!     def main_address(self): return your_main_address
-//!     @property
-//!     def main_port(self): return your_main_port
 //!     def world_size(self): return the_world_size
+//!     def global_rank(self): return the_rank
 //!
 //! fabric = Fabric(plugins=[MyCluster()], ...)
 //! ```
@@ -15,7 +12,9 @@
 //! Here `MyCluster` reads its scheduler's variables (`MY_CLUSTER_ADDR`,
 //! `MY_CLUSTER_PORT`, `MY_CLUSTER_WORLD_SIZE`, `MY_CLUSTER_RANK`), with a
 //! single process as the default, and fabric takes the ranks from it: only
-//! global rank 0 prints and logs. fabric checks what an environment reports
+//! global rank 0 logs. fabric's Open MPI worlds need no main address or
+//! port, so the trait has none (Lightning's `main_address`/`main_port`):
+//! this example keeps them for its own message. fabric checks what an environment reports
 //! (a rank outside the world is an error naming the environment).
 //!
 //! Run it with `cargo run --release --example custom_environment`.
@@ -53,12 +52,6 @@ impl MyCluster {
 }
 
 impl ClusterEnvironment for MyCluster {
-    fn main_address(&self) -> String {
-        self.address.clone()
-    }
-    fn main_port(&self) -> u16 {
-        self.port
-    }
     fn world_size(&self) -> usize {
         self.world_size
     }

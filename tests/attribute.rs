@@ -336,3 +336,12 @@ fn with_lt_cli_used_a_different_value_in_the_code_is_an_error() {
     ));
     assert!(line.contains(" precision=bf16-mixed "), "{line}");
 }
+
+#[test]
+fn lt_devices_far_beyond_the_machine_is_a_clear_error_not_a_hung_mpirun() {
+    let start = std::time::Instant::now();
+    let error = failed(&probe("ddp", &[("LT_DEVICES", "100000")]));
+    assert!(error.contains("100000 processes were asked for"), "{error}");
+    assert!(error.contains("starts at most"), "{error}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(60));
+}

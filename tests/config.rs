@@ -227,12 +227,6 @@ struct StaticCluster {
 }
 
 impl fabric::ClusterEnvironment for StaticCluster {
-    fn main_address(&self) -> String {
-        "10.1.2.3".into()
-    }
-    fn main_port(&self) -> u16 {
-        29500
-    }
     fn world_size(&self) -> usize {
         self.world
     }
@@ -301,4 +295,67 @@ fn zero_or_none_devices_with_auto_mean_the_cpu_even_where_cuda_is() {
         assert_eq!(fabric.device(), Device::Cpu, "devices = {devices}");
         assert_eq!(fabric.accelerator(), "cpu");
     }
+}
+
+/// A cluster environment that says it has no nodes.
+struct NoNodes;
+
+impl fabric::ClusterEnvironment for NoNodes {
+    fn world_size(&self) -> usize {
+        2
+    }
+    fn global_rank(&self) -> usize {
+        0
+    }
+    fn num_nodes(&self) -> Option<usize> {
+        Some(0)
+    }
+}
+
+#[test]
+fn an_environment_reporting_zero_nodes_is_an_error_not_a_panic() {
+    for num_nodes in [None, Some(1)] {
+        let mut builder = Fabric::builder().accelerator("cpu").plugin(NoNodes);
+        if let Some(n) = num_nodes {
+            builder = builder.num_nodes(n);
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.build()));
+        let err = outcome.expect("no panic").unwrap_err();
+        assert!(matches!(err, Error::ClusterEnvironment { .. }), "{err:?}");
+        assert!(err.to_string().contains("reports 0 nodes"), "{err}");
+        // The fix it suggests is one the parser accepts.
+        assert!(!err.to_string().contains("num_nodes = 0"), "{err}");
+    }
+}
+
+#[test]
+fn far_more_devices_than_the_launcher_can_start_is_an_error() {
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .strategy("ddp")
+        .devices(100_000)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooManyProcesses {
+                requested: 100_000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn build_never_starts_processes_and_names_the_launch_step() {
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .strategy("ddp")
+        .devices(2)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Launch(_)), "{err:?}");
+    assert!(err.to_string().contains("build_or_launch"), "{err}");
 }

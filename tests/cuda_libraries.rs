@@ -95,8 +95,17 @@ fn without_a_driver_nothing_is_loaded() {
 #[ignore = "run by without_a_driver_nothing_is_loaded"]
 fn nothing_without_a_driver() {
     assert!(in_child("nothing_without_a_driver"));
-    // Looked for before `main`, by fabric's start-up constructor, before
-    // anything in this process could ask libtorch about CUDA.
+    // Linking fabric loads nothing by itself: a CPU run does not look.
+    assert!(!testing::cuda_backend_checked());
+    let cpu = fabric::Fabric::builder()
+        .accelerator("cpu")
+        .build()
+        .unwrap();
+    drop(cpu);
+    assert!(!testing::cuda_backend_checked());
+    assert!(!loaded("libtorch_cuda.so"));
+    // A run that may use CUDA looks, before it asks libtorch about CUDA.
+    let fabric = fabric::Fabric::builder().build().unwrap();
     assert!(testing::cuda_backend_checked());
     let driver = Command::new("sh")
         .args(["-c", "ldconfig -p | grep -q 'libcuda.so.1 '"])
@@ -112,9 +121,25 @@ fn nothing_without_a_driver() {
         assert_eq!(backend, CudaBackend::NoDriver);
         assert!(!loaded("libtorch_cuda.so"));
     }
-    // And the builder's question about CUDA goes through the same loader.
-    let fabric = fabric::Fabric::builder().build().unwrap();
     println!("{backend:?}, device {:?}", fabric.device());
+}
+
+#[test]
+fn load_cuda_backend_false_keeps_the_cuda_libraries_out() {
+    child("not_loaded_when_asked", &[]);
+}
+
+#[test]
+#[ignore = "run by load_cuda_backend_false_keeps_the_cuda_libraries_out"]
+fn not_loaded_when_asked() {
+    assert!(in_child("not_loaded_when_asked"));
+    let fabric = fabric::Fabric::builder()
+        .load_cuda_backend(false)
+        .build()
+        .unwrap();
+    assert!(!testing::cuda_backend_checked());
+    assert!(!loaded("libtorch_cuda.so"));
+    assert_eq!(fabric.device(), tch::Device::Cpu);
 }
 
 #[test]

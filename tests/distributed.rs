@@ -369,6 +369,7 @@ fn two_simulated_nodes_of_two_processes() {
             .unwrap();
         let params = train_linear(&mut fabric, GLOBAL_BATCH / 4);
         print_params(&fabric, &params);
+        fabric.print(format!("PRINTED by rank {}", fabric.global_rank()));
         return;
     }
     let token = token();
@@ -386,6 +387,13 @@ fn two_simulated_nodes_of_two_processes() {
         assert_eq!(fields["node"], (rank / 2).to_string(), "{text}");
         assert_eq!(fields["local"], (rank % 2).to_string(), "{text}");
     }
+    // `print` speaks once per node, from its local rank 0, as Lightning's.
+    let mut printed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("PRINTED by ").nth(1))
+        .collect();
+    printed.sort();
+    assert_eq!(printed, ["rank 0", "rank 2"], "{text}");
 }
 
 fn torchrun(rank: usize, world: usize) -> Vec<(&'static str, String)> {
@@ -1083,4 +1091,158 @@ fn ddp_averages_bf16_gradients() {
     let (output, text) = run(this_test(test, &token()));
     assert!(output.status.success(), "{text}");
     assert_eq!(text.matches("ok=true").count(), 2, "{text}");
+}
+
+// ---- failures with loggers ------------------------------------------------
+
+/// Two ranks, rank 0 logging every step to a CSV file under `FABRIC_RUNS`;
+/// rank 1 fails at step 50 as `FABRIC_FAILURE` says.
+fn logging_failure_scenario() {
+    let root = std::env::var("FABRIC_RUNS").unwrap();
+    let mut fabric = Fabric::builder()
+        .accelerator("cpu")
+        .strategy("ddp")
+        .devices(2)
+        .logger(fabric::CsvLogger::new(&root, "run"))
+        .build_or_launch()
+        .unwrap();
+    let failure = std::env::var("FABRIC_FAILURE").unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = nn::linear(vs.root(), 8, 3, Default::default());
+    let opt = nn::Sgd::default().build(&vs, 0.01).unwrap();
+    let (model, mut opt) = fabric.setup(&mut vs, net, opt).unwrap();
+    let (x, y) = data();
+    for step in 0..1000u64 {
+        if fabric.global_rank() == 1 && step == 50 {
+            match failure.as_str() {
+                // SAFETY: the test kills its own rank.
+                "kill" => unsafe {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                },
+                "panic" => panic!("rank 1 gives up"),
+                "error" => {
+                    drop(fabric);
+                    std::process::exit(3)
+                }
+                _ => {}
+            }
+        }
+        opt.zero_grad();
+        let loss = model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+        fabric.backward(&loss).unwrap();
+        opt.step().unwrap();
+        fabric
+            .log_dict([("loss", loss.double_value(&[]))], Some(step))
+            .unwrap();
+    }
+}
+
+/// The steps in `metrics.csv` of the run under `root`.
+fn logged_steps(root: &std::path::Path) -> Vec<u64> {
+    let file = root.join("run/version_0/metrics.csv");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let column = header
+        .iter()
+        .position(|c| *c == "step")
+        .expect("a step column");
+    lines
+        .map(|l| l.split(',').nth(column).unwrap().parse().unwrap())
+        .collect()
+}
+
+fn logging_failure(test: &str, failure: &str) {
+    if scenario().as_deref() == Some(test) {
+        return logging_failure_scenario();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token = token();
+    let start = Instant::now();
+    let mut command = this_test(test, &token);
+    command
+        .env("FABRIC_FAILURE", failure)
+        .env("FABRIC_RUNS", dir.path());
+    let (output, text) = run(command);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    // Rank 0 logged steps 0 to 49 before rank 1 failed: every row is there.
+    let steps = logged_steps(dir.path());
+    assert_eq!(steps, (0..50).collect::<Vec<_>>(), "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(leftovers(&token).is_empty());
+}
+
+#[test]
+fn a_panicking_rank_does_not_lose_rank_zeros_logged_rows() {
+    logging_failure(
+        "a_panicking_rank_does_not_lose_rank_zeros_logged_rows",
+        "panic",
+    );
+}
+
+#[test]
+fn a_killed_rank_does_not_lose_rank_zeros_logged_rows() {
+    logging_failure("a_killed_rank_does_not_lose_rank_zeros_logged_rows", "kill");
+}
+
+#[test]
+fn a_panic_the_user_catches_does_not_end_the_run() {
+    let test = "a_panic_the_user_catches_does_not_end_the_run";
+    if scenario().as_deref() == Some(test) {
+        let mut fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .build_or_launch()
+            .unwrap();
+        let caught = std::panic::catch_unwind(|| panic!("a bad sample"));
+        assert!(caught.is_err());
+        let params = train_linear(&mut fabric, GLOBAL_BATCH / 2);
+        print_params(&fabric, &params);
+        return;
+    }
+    let token = token();
+    let (output, text) = run(this_test(test, &token));
+    assert!(output.status.success(), "{text}");
+    assert_matches_reference(&text, 2);
+}
+
+#[test]
+fn a_parameter_without_gradient_is_named_by_its_path_and_model() {
+    let test = "a_parameter_without_gradient_is_named_by_its_path_and_model";
+    if scenario().as_deref() == Some(test) {
+        let mut fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .build_or_launch()
+            .unwrap();
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let used = nn::linear(vs.root() / "used", 8, 3, Default::default());
+        let _unused = nn::linear(vs.root() / "unused", 8, 3, Default::default());
+        let model = fabric.setup_module(&mut vs, used).unwrap();
+        let (x, y) = data();
+        let loss = model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
+        let error = fabric.backward(&loss).unwrap_err();
+        println!(
+            "RESULT rank={} error={}",
+            fabric.global_rank(),
+            error.to_string().replace(' ', "_")
+        );
+        return;
+    }
+    let token = token();
+    let (output, text) = run(this_test(test, &token));
+    assert!(output.status.success(), "{text}");
+    let results = results(&text);
+    assert_eq!(results.len(), 2, "{text}");
+    for fields in results.values() {
+        let error = &fields["error"];
+        assert!(error.contains("`unused.bias`_of_model_1"), "{text}");
+    }
 }

@@ -431,10 +431,7 @@ impl FabricBuilder {
             Plan::Start {
                 processes, cuda, ..
             } => Ok(launcher::spawn(processes, cuda)?),
-            Plan::Train => {
-                let mut fabric = assemble(connection, assembly)?;
-                launcher::run_spawned(&mut fabric, train)
-            }
+            Plan::Train => launcher::run_spawned(assemble(connection, assembly)?, train),
         }
     }
 }

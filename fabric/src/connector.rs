@@ -20,7 +20,7 @@ mod tests;
 
 /// How many processes per core fabric's own launcher starts at most: more
 /// only thrash (and `mpirun` spins for ever trying to start 100000).
-pub(crate) const MAX_PROCESSES_PER_CORE: usize = 8;
+pub(crate) const MAX_PROCESSES_PER_CORE: usize = 32;
 
 /// What the builder hands the connector.
 pub(crate) struct Request {

@@ -1,13 +1,13 @@
 //! [`ToDevice`]: moving tensors and collections of them to a device.
 
-use tch::{Device, Tensor};
+use tch::{Device, TchError, Tensor};
 
 /// Data that can be moved to a device: tensors, and tuples, vectors, arrays
 /// and options of them, as Lightning's `move_data_to_device`.
 ///
 /// ```
 /// use fabric::ToDevice;
-/// use tch::{Device, Tensor};
+/// use tch::{Device, TchError, Tensor};
 ///
 /// let (x, y) = (Tensor::zeros([2], (tch::Kind::Float, Device::Cpu)), Tensor::from(1i64));
 /// let (x, _y) = (x, y).to_device(Device::Cpu);
@@ -18,35 +18,49 @@ use tch::{Device, Tensor};
     note = "`ToDevice` is implemented for `Tensor` and for tuples, vectors, arrays and options of it"
 )]
 pub trait ToDevice: Sized {
-    /// The same data on `device`; already there, it is returned as is.
-    fn to_device(self, device: Device) -> Self;
+    /// The same data on `device`; already there, it is returned as is. An
+    /// error from libtorch (a CUDA device out of memory) is an `Err`.
+    fn try_to_device(self, device: Device) -> Result<Self, TchError>;
+
+    /// [`try_to_device`](Self::try_to_device), panicking on libtorch's
+    /// error as tch's own `Tensor::to_device` does.
+    fn to_device(self, device: Device) -> Self {
+        self.try_to_device(device)
+            .unwrap_or_else(|e| panic!("moving data to {device:?}: {e}"))
+    }
 }
 
 impl ToDevice for Tensor {
-    fn to_device(self, device: Device) -> Self {
+    fn try_to_device(self, device: Device) -> Result<Self, TchError> {
         if self.device() == device {
-            self
+            Ok(self)
         } else {
-            Tensor::to_device(&self, device)
+            self.f_to_device(device)
         }
     }
 }
 
 impl<T: ToDevice> ToDevice for Vec<T> {
-    fn to_device(self, device: Device) -> Self {
-        self.into_iter().map(|t| t.to_device(device)).collect()
+    fn try_to_device(self, device: Device) -> Result<Self, TchError> {
+        self.into_iter().map(|t| t.try_to_device(device)).collect()
     }
 }
 
 impl<T: ToDevice, const N: usize> ToDevice for [T; N] {
-    fn to_device(self, device: Device) -> Self {
-        self.map(|t| t.to_device(device))
+    fn try_to_device(self, device: Device) -> Result<Self, TchError> {
+        let moved: Vec<T> = self
+            .into_iter()
+            .map(|t| t.try_to_device(device))
+            .collect::<Result<_, _>>()?;
+        Ok(moved
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("N elements in, N out")))
     }
 }
 
 impl<T: ToDevice> ToDevice for Option<T> {
-    fn to_device(self, device: Device) -> Self {
-        self.map(|t| t.to_device(device))
+    fn try_to_device(self, device: Device) -> Result<Self, TchError> {
+        self.map(|t| t.try_to_device(device)).transpose()
     }
 }
 
@@ -54,9 +68,9 @@ macro_rules! tuples {
     ($(($($name:ident),+)),*) => {$(
         impl<$($name: ToDevice),+> ToDevice for ($($name,)+) {
             #[allow(non_snake_case)]
-            fn to_device(self, device: Device) -> Self {
+            fn try_to_device(self, device: Device) -> Result<Self, TchError> {
                 let ($($name,)+) = self;
-                ($($name.to_device(device),)+)
+                Ok(($($name.try_to_device(device)?,)+))
             }
         }
     )*};

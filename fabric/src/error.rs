@@ -73,8 +73,8 @@ pub enum Error {
 
     /// More processes than fabric's launcher starts on this machine.
     #[error(
-        "launch: {requested} processes were asked for, but fabric's launcher starts at most {limit} on this machine ({cores} core(s), at most {per_core} processes per core); ask for fewer devices, or start the ranks with a cluster launcher"
-    , per_core = crate::connector::MAX_PROCESSES_PER_CORE)]
+        "launch: {requested} processes were asked for, but fabric's launcher starts at most {limit} on this machine ({cores} core(s)); ask for fewer devices, or start the ranks with a cluster launcher"
+    )]
     TooManyProcesses {
         /// The processes asked for.
         requested: usize,

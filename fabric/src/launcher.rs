@@ -262,14 +262,14 @@ pub(crate) fn run<R: TrainResult>(fabric: &mut Fabric, train: impl FnOnce(&mut F
 /// [`run`] in a `ddp_spawn` worker: rank 0 hands its result back, and the
 /// worker ends after the function, as in Lightning.
 pub(crate) fn run_spawned<T, E>(
-    fabric: &mut Fabric,
+    mut fabric: Fabric,
     train: impl FnOnce(&mut Fabric) -> std::result::Result<T, E>,
 ) -> std::result::Result<T, E>
 where
     T: serde::Serialize,
     E: From<Error> + std::fmt::Debug,
 {
-    let value = run(fabric, train)?;
+    let value = run(&mut fabric, train)?;
     if !is_spawn_worker() {
         return Ok(value);
     }
@@ -281,8 +281,11 @@ where
             fail_rank(0, &error.to_string());
         }
     }
-    let _ = fabric.finish(true);
-    failure::exit_now(0)
+    // Dropped first: its communicator ends the rank's part in the world
+    // (`MPI_Finalize` runs at exit), which `mpirun` expects of a rank that
+    // succeeds.
+    drop(fabric);
+    std::process::exit(0)
 }
 
 /// The end of a training function: finalises the loggers; in a run of

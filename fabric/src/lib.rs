@@ -60,6 +60,7 @@ pub mod strategy;
 mod switches;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod vars;
 
 #[doc(hidden)]
 pub mod __private {

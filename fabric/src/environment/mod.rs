@@ -12,8 +12,6 @@
 /// struct MyCluster;
 ///
 /// impl ClusterEnvironment for MyCluster {
-///     fn main_address(&self) -> String { "10.0.0.1".into() }
-///     fn main_port(&self) -> u16 { 29500 }
 ///     fn world_size(&self) -> usize { 1 }
 ///     fn global_rank(&self) -> usize { 0 }
 /// }
@@ -40,12 +38,6 @@ pub trait ClusterEnvironment: Send + 'static {
         true
     }
 
-    /// The address of the process with global rank 0.
-    fn main_address(&self) -> String;
-
-    /// The port the process with global rank 0 listens on.
-    fn main_port(&self) -> u16;
-
     /// How many processes take part, over all nodes.
     fn world_size(&self) -> usize;
 
@@ -71,7 +63,7 @@ pub trait ClusterEnvironment: Send + 'static {
 }
 
 /// The environment of a single process started plainly, with no launcher:
-/// world size 1, every rank 0, main address `127.0.0.1`.
+/// world size 1, every rank 0.
 #[derive(Debug, Clone, Default)]
 pub struct SingleProcessEnvironment;
 
@@ -81,12 +73,6 @@ impl ClusterEnvironment for SingleProcessEnvironment {
     }
     fn creates_processes_externally(&self) -> bool {
         false
-    }
-    fn main_address(&self) -> String {
-        "127.0.0.1".into()
-    }
-    fn main_port(&self) -> u16 {
-        0
     }
     fn world_size(&self) -> usize {
         1

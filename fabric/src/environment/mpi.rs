@@ -12,8 +12,6 @@ pub struct MpiEnvironment {
     global_rank: usize,
     local_rank: usize,
     local_size: usize,
-    main_address: String,
-    main_port: u16,
 }
 
 impl MpiEnvironment {
@@ -24,8 +22,7 @@ impl MpiEnvironment {
         std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some()
     }
 
-    /// Reads `OMPI_COMM_WORLD_{SIZE,RANK,LOCAL_RANK,LOCAL_SIZE}`;
-    /// `MASTER_ADDR`/`MASTER_PORT` where set.
+    /// Reads `OMPI_COMM_WORLD_{SIZE,RANK,LOCAL_RANK,LOCAL_SIZE}`.
     pub fn from_env() -> Result<Self> {
         let world_size = required_number(Self::NAME, "OMPI_COMM_WORLD_SIZE")?;
         let global_rank = required_number(Self::NAME, "OMPI_COMM_WORLD_RANK")?;
@@ -33,14 +30,11 @@ impl MpiEnvironment {
             env_number(Self::NAME, "OMPI_COMM_WORLD_LOCAL_RANK")?.unwrap_or(global_rank);
         let local_size =
             env_number(Self::NAME, "OMPI_COMM_WORLD_LOCAL_SIZE")?.unwrap_or(world_size);
-        let main_port = env_number(Self::NAME, "MASTER_PORT")?.unwrap_or(29500);
         Ok(MpiEnvironment {
             world_size,
             global_rank,
             local_rank,
             local_size: local_size.max(1),
-            main_address: std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into()),
-            main_port: u16::try_from(main_port).unwrap_or(29500),
         })
     }
 }
@@ -48,12 +42,6 @@ impl MpiEnvironment {
 impl ClusterEnvironment for MpiEnvironment {
     fn name(&self) -> &str {
         Self::NAME
-    }
-    fn main_address(&self) -> String {
-        self.main_address.clone()
-    }
-    fn main_port(&self) -> u16 {
-        self.main_port
     }
     fn world_size(&self) -> usize {
         self.world_size

@@ -65,18 +65,23 @@ impl SlurmEnvironment {
     }
 }
 
+impl SlurmEnvironment {
+    /// Where rank 0 can be reached for a rendezvous (the first host of the job, `MASTER_PORT` or a port derived from the job id), as
+    /// Lightning's `main_address` and `main_port`.
+    pub fn main_address_and_port(&self) -> (String, u16) {
+        (
+            self.nodes
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            self.main_port,
+        )
+    }
+}
+
 impl ClusterEnvironment for SlurmEnvironment {
     fn name(&self) -> &str {
         Self::NAME
-    }
-    fn main_address(&self) -> String {
-        self.nodes
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "127.0.0.1".into())
-    }
-    fn main_port(&self) -> u16 {
-        self.main_port
     }
     fn world_size(&self) -> usize {
         self.world_size

@@ -54,15 +54,17 @@ impl TorchElasticEnvironment {
     }
 }
 
+impl TorchElasticEnvironment {
+    /// Where rank 0 can be reached for a rendezvous (`MASTER_ADDR` and `MASTER_PORT`), as
+    /// Lightning's `main_address` and `main_port`.
+    pub fn main_address_and_port(&self) -> (String, u16) {
+        (self.main_address.clone(), self.main_port)
+    }
+}
+
 impl ClusterEnvironment for TorchElasticEnvironment {
     fn name(&self) -> &str {
         Self::NAME
-    }
-    fn main_address(&self) -> String {
-        self.main_address.clone()
-    }
-    fn main_port(&self) -> u16 {
-        self.main_port
     }
     fn world_size(&self) -> usize {
         self.world_size

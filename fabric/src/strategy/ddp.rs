@@ -180,7 +180,7 @@ impl Strategy for DdpStrategy {
         };
         // Every rank starts from rank 0's parameters and buffers, sent in
         // the order of their names (the same on every rank).
-        let variables = super::replicas::named(vs);
+        let variables = crate::vars::sorted(vs);
         tch::no_grad(|| {
             for (_, variable) in &variables {
                 let value = comm.broadcast(variable, 0)?;

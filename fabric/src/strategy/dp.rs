@@ -9,9 +9,8 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use super::replicas::{ReplicaGradients, ReplicaSet};
-use super::single_device::{local_all_gather, local_all_reduce, local_broadcast};
+use super::single_device::local_collectives;
 use super::{ProcessModel, Strategy, StrategyContext};
-use crate::collectives::ReduceOp;
 use crate::error::Result;
 
 /// One process driving every selected CUDA device: a forward pass splits
@@ -107,19 +106,5 @@ impl Strategy for DataParallelStrategy {
         true
     }
 
-    fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {
-        local_all_reduce(tensor, op)
-    }
-
-    fn broadcast(&self, tensor: &Tensor, src: usize) -> Result<Tensor> {
-        local_broadcast(tensor, src)
-    }
-
-    fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
-        local_all_gather(tensor)
-    }
-
-    fn barrier(&self) -> Result<()> {
-        Ok(())
-    }
+    local_collectives!();
 }

@@ -85,14 +85,6 @@ pub(crate) struct ReplicaGradients {
     models: Vec<Weak<Mutex<State>>>,
 }
 
-/// Sorted `(name, tensor)` pairs of a var store's variables: the same
-/// order in every process and on every device.
-pub(crate) fn named(vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    variables.sort_by(|a, b| a.0.cmp(&b.0));
-    variables
-}
-
 /// Builds one replica per device of `devices` with `build`, each on its own
 /// var store prepared by `prepare` (the precision's casts), and checks that
 /// each has the variables of `primary`, by name, shape and dtype.
@@ -103,7 +95,7 @@ pub(crate) fn replicate<M>(
     prepare: &dyn Fn(&mut VarStore) -> Result<()>,
     steps: Arc<AtomicU64>,
 ) -> Result<Replicas<M>> {
-    let all = named(primary);
+    let all = crate::vars::sorted(primary);
     let describe = |v: &[(String, Tensor)]| {
         v.iter()
             .map(|(n, t)| format!("{n} {:?} {:?}", t.size(), t.kind()))
@@ -124,7 +116,7 @@ pub(crate) fn replicate<M>(
         let mut vs = VarStore::new(device);
         let module = build(&vs.root());
         prepare(&mut vs)?;
-        let copies = named(&vs);
+        let copies = crate::vars::sorted(&vs);
         let found = describe(&copies);
         if found != expected {
             return Err(Error::InvalidArgument(format!(

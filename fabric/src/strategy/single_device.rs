@@ -77,22 +77,35 @@ impl Strategy for SingleDeviceStrategy {
         true
     }
 
-    fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {
-        local_all_reduce(tensor, op)
-    }
-
-    fn broadcast(&self, tensor: &Tensor, src: usize) -> Result<Tensor> {
-        local_broadcast(tensor, src)
-    }
-
-    fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
-        local_all_gather(tensor)
-    }
-
-    fn barrier(&self) -> Result<()> {
-        Ok(())
-    }
+    local_collectives!();
 }
+
+/// The collectives of a strategy whose world is this process alone, as
+/// methods of its `impl Strategy`.
+macro_rules! local_collectives {
+    () => {
+        fn all_reduce(
+            &self,
+            tensor: &tch::Tensor,
+            op: $crate::collectives::ReduceOp,
+        ) -> $crate::Result<tch::Tensor> {
+            $crate::strategy::single_device::local_all_reduce(tensor, op)
+        }
+
+        fn broadcast(&self, tensor: &tch::Tensor, src: usize) -> $crate::Result<tch::Tensor> {
+            $crate::strategy::single_device::local_broadcast(tensor, src)
+        }
+
+        fn all_gather(&self, tensor: &tch::Tensor) -> $crate::Result<tch::Tensor> {
+            $crate::strategy::single_device::local_all_gather(tensor)
+        }
+
+        fn barrier(&self) -> $crate::Result<()> {
+            Ok(())
+        }
+    };
+}
+pub(crate) use local_collectives;
 
 /// The all-reduce of a world of one: a copy (a mean of integers is a
 /// floating-point copy, as with several ranks).

@@ -30,12 +30,6 @@ impl Logger for Stdout {
 struct MyCluster;
 
 impl ClusterEnvironment for MyCluster {
-    fn main_address(&self) -> String {
-        "127.0.0.1".into()
-    }
-    fn main_port(&self) -> u16 {
-        29500
-    }
     fn world_size(&self) -> usize {
         1
     }

@@ -9,12 +9,6 @@ use fabric::{ClusterEnvironment, Error, Fabric, Plugin, fabric};
 struct MyCluster;
 
 impl ClusterEnvironment for MyCluster {
-    fn main_address(&self) -> String {
-        "127.0.0.1".into()
-    }
-    fn main_port(&self) -> u16 {
-        29500
-    }
     fn world_size(&self) -> usize {
         1
     }

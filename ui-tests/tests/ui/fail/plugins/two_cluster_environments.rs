@@ -4,12 +4,6 @@ use fabric::{ClusterEnvironment, Fabric, SingleProcessEnvironment, fabric};
 struct MyCluster;
 
 impl ClusterEnvironment for MyCluster {
-    fn main_address(&self) -> String {
-        "10.0.0.1".into()
-    }
-    fn main_port(&self) -> u16 {
-        29500
-    }
     fn world_size(&self) -> usize {
         1
     }
