@@ -1075,3 +1075,72 @@ fn ddp_averages_bf16_gradients() {
     assert!(output.status.success(), "{text}");
     assert_eq!(text.matches("ok=true").count(), 2, "{text}");
 }
+
+/// The files in /dev/shm that this process maps (Open MPI's shared
+/// memory: `osc_sm.*` for a shared window, `vader_segment.*` for its
+/// shared-memory transport), as /proc/self/maps lists them.
+fn shared_memory_mappings() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.find("/dev/shm/").map(|i| l[i..].replace(' ', "_")))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+#[test]
+fn dropping_the_fabric_frees_the_shared_window_and_finalises_mpi() {
+    let test = "dropping_the_fabric_frees_the_shared_window_and_finalises_mpi";
+    if scenario().as_deref() == Some(test) {
+        let before = shared_memory_mappings();
+        let fabric = Fabric::builder().accelerator("cpu").build().unwrap();
+        // The first all-reduce opens the shared window.
+        let sum = fabric
+            .all_reduce(&Tensor::from_slice(&[1.0f32; 1000]), ReduceOp::Sum)
+            .unwrap();
+        let open = shared_memory_mappings();
+        let rank = fabric.global_rank();
+        drop(fabric);
+        // The process still lives: what MPI mapped must be gone now.
+        let dropped = shared_memory_mappings();
+        // MPI was finalised: it cannot start again in this process.
+        let again = Fabric::builder()
+            .accelerator("cpu")
+            .build()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+            .replace(' ', "_");
+        println!(
+            "RESULT rank={rank} sum={} before={} open={} dropped={} again={again}",
+            sum.double_value(&[0]),
+            before.join(","),
+            open.join(","),
+            dropped.join(","),
+        );
+        return;
+    }
+    let token = token();
+    let (output, text) = run(mpirun(&[vec![], vec![]], test, &token));
+    assert!(output.status.success(), "{text}");
+    let results = results(&text);
+    assert_eq!(results.len(), 2, "{text}");
+    for fields in results.values() {
+        assert_eq!(fields["sum"], "2", "{text}");
+        assert!(
+            fields["open"].contains("/dev/shm/osc_sm"),
+            "the all-reduce went through a shared window:\n{text}"
+        );
+        assert_eq!(
+            fields["dropped"], fields["before"],
+            "the window and MPI's shared memory are unmapped once the Fabric is dropped:\n{text}"
+        );
+        assert!(
+            fields["again"].contains("MPI_was_finalised"),
+            "MPI was finalised when the Fabric was dropped:\n{text}"
+        );
+    }
+    assert!(leftovers(&token).is_empty());
+}
