@@ -1090,19 +1090,32 @@ fn shared_memory_mappings() -> Vec<String> {
     files
 }
 
+/// The Open MPI shared windows (`osc_sm.*` files) among `mappings`.
+fn windows(mappings: &[String]) -> Vec<String> {
+    mappings
+        .iter()
+        .filter(|m| m.contains("/dev/shm/osc_sm"))
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn dropping_the_fabric_frees_the_shared_window_and_finalises_mpi() {
     let test = "dropping_the_fabric_frees_the_shared_window_and_finalises_mpi";
     if scenario().as_deref() == Some(test) {
         let before = shared_memory_mappings();
-        let fabric = Fabric::builder().accelerator("cpu").build().unwrap();
-        // The first all-reduce opens the shared window.
-        let sum = fabric
-            .all_reduce(&Tensor::from_slice(&[1.0f32; 1000]), ReduceOp::Sum)
-            .unwrap();
-        let open = shared_memory_mappings();
-        let rank = fabric.global_rank();
-        drop(fabric);
+        let ones = Tensor::from_slice(&[1.0f32; 1000]);
+        let first = Fabric::builder().accelerator("cpu").build().unwrap();
+        // The first all-reduce opens the communicator's shared window.
+        let sum = first.all_reduce(&ones, ReduceOp::Sum).unwrap();
+        let first_window = windows(&shared_memory_mappings());
+        // A second communicator keeps MPI alive while the first is dropped.
+        let second = Fabric::builder().accelerator("cpu").build().unwrap();
+        second.all_reduce(&ones, ReduceOp::Sum).unwrap();
+        let rank = first.global_rank();
+        drop(first);
+        let first_dropped = windows(&shared_memory_mappings());
+        drop(second);
         // The process still lives: what MPI mapped must be gone now.
         let dropped = shared_memory_mappings();
         // MPI was finalised: it cannot start again in this process.
@@ -1114,10 +1127,11 @@ fn dropping_the_fabric_frees_the_shared_window_and_finalises_mpi() {
             .to_string()
             .replace(' ', "_");
         println!(
-            "RESULT rank={rank} sum={} before={} open={} dropped={} again={again}",
+            "RESULT rank={rank} sum={} before={} first_window={} first_dropped={} dropped={} again={again}",
             sum.double_value(&[0]),
             before.join(","),
-            open.join(","),
+            first_window.join(","),
+            first_dropped.join(","),
             dropped.join(","),
         );
         return;
@@ -1129,17 +1143,23 @@ fn dropping_the_fabric_frees_the_shared_window_and_finalises_mpi() {
     assert_eq!(results.len(), 2, "{text}");
     for fields in results.values() {
         assert_eq!(fields["sum"], "2", "{text}");
+        let first_window = &fields["first_window"];
         assert!(
-            fields["open"].contains("/dev/shm/osc_sm"),
-            "the all-reduce went through a shared window:\n{text}"
+            first_window.contains("/dev/shm/osc_sm") && !first_window.contains(','),
+            "the all-reduce went through one shared window:\n{text}"
+        );
+        let left = &fields["first_dropped"];
+        assert!(
+            left.contains("/dev/shm/osc_sm") && !left.contains(first_window.as_str()),
+            "dropping the first Fabric freed its window, not the second's, while MPI lived on:\n{text}"
         );
         assert_eq!(
             fields["dropped"], fields["before"],
-            "the window and MPI's shared memory are unmapped once the Fabric is dropped:\n{text}"
+            "every window and MPI's shared memory are unmapped once the last Fabric is dropped:\n{text}"
         );
         assert!(
             fields["again"].contains("MPI_was_finalised"),
-            "MPI was finalised when the Fabric was dropped:\n{text}"
+            "MPI was finalised when the last Fabric was dropped:\n{text}"
         );
     }
     assert!(leftovers(&token).is_empty());
