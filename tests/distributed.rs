@@ -1164,3 +1164,37 @@ fn dropping_the_fabric_frees_the_shared_window_and_finalises_mpi() {
     }
     assert!(leftovers(&token).is_empty());
 }
+
+#[test]
+fn a_rank_whose_peer_hangs_ends_within_the_failure_timeout_when_dropping_its_fabric() {
+    let test = "a_rank_whose_peer_hangs_ends_within_the_failure_timeout_when_dropping_its_fabric";
+    if scenario().as_deref() == Some(test) {
+        let fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .failure_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        // Opens the shared window, whose freeing waits for every rank.
+        fabric
+            .all_reduce(&Tensor::from_slice(&[1.0f32]), ReduceOp::Sum)
+            .unwrap();
+        if fabric.global_rank() == 1 {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        drop(fabric);
+        println!("RESULT rank=0 dropped=true");
+        return;
+    }
+    let (output, text, elapsed, token) = failing_run(test, "none");
+    assert!(!output.status.success(), "{text}");
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    assert!(
+        text.contains("fabric: rank 0: `freeing the MPI communicator` did not complete within 2s"),
+        "{text}"
+    );
+    assert!(!text.contains("dropped=true"), "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(leftovers(&token), Vec::<String>::new());
+}
