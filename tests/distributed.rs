@@ -1111,7 +1111,8 @@ fn dropping_the_fabric_frees_the_shared_window_and_finalises_mpi() {
         let first_window = windows(&shared_memory_mappings());
         // A second communicator keeps MPI alive while the first is dropped.
         let second = Fabric::builder().accelerator("cpu").build().unwrap();
-        second.all_reduce(&ones, ReduceOp::Sum).unwrap();
+        let second_sum = second.all_reduce(&ones, ReduceOp::Sum).unwrap();
+        assert_eq!(second_sum.double_value(&[0]), 2.0);
         let rank = first.global_rank();
         drop(first);
         let first_dropped = windows(&shared_memory_mappings());
@@ -1177,9 +1178,10 @@ fn a_rank_whose_peer_hangs_ends_within_the_failure_timeout_when_dropping_its_fab
             .build()
             .unwrap();
         // Opens the shared window, whose freeing waits for every rank.
-        fabric
+        let sum = fabric
             .all_reduce(&Tensor::from_slice(&[1.0f32]), ReduceOp::Sum)
             .unwrap();
+        assert_eq!(sum.double_value(&[0]), 2.0);
         if fabric.global_rank() == 1 {
             std::thread::sleep(Duration::from_secs(3600));
         }

@@ -177,10 +177,7 @@ impl Endpoint for Handle {
         // when it is aborted or destroyed); `state` is a valid out-pointer.
         let asked = unsafe { sys::ncclCommGetAsyncError(self.0, &mut state) };
         if asked != sys::ncclResult_t::ncclSuccess {
-            return Some(format!(
-                "ncclCommGetAsyncError failed: {}",
-                describe(asked)
-            ));
+            return Some(format!("ncclCommGetAsyncError failed: {}", describe(asked)));
         }
         match state {
             sys::ncclResult_t::ncclSuccess | sys::ncclResult_t::ncclInProgress => None,
@@ -332,9 +329,7 @@ impl NcclComm {
         let armed = watchdog::arm(what, self.timeout);
         self.state.run(what, |handle| {
             enqueue(handle.0, self.stream()?)?;
-            state::wait(handle, &armed, what, || {
-                shim::cuda_stream_done(self.device)
-            })
+            state::wait(handle, &armed, what, || shim::cuda_stream_done(self.device))
         })
     }
 
@@ -349,8 +344,7 @@ impl NcclComm {
         self.state.ensure_live("all_reduce")?;
         let (input, datatype) = self.wire(input, "all_reduce")?;
         let kind = input.f_kind()?;
-        if !output.is_contiguous() || output.numel() != input.numel() || output.f_kind()? != kind
-        {
+        if !output.is_contiguous() || output.numel() != input.numel() || output.f_kind()? != kind {
             return Err(Error::Distributed(
                 "all_reduce_into needs an output of the input's kind and size, contiguous".into(),
             ));

@@ -45,7 +45,9 @@ fn failure_bound() -> Duration {
 
 /// The lock every MPI call of the process is made under.
 pub(super) fn lock() -> MutexGuard<'static, World> {
-    WORLD.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    WORLD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A communicator's share in the MPI world: MPI stays initialised while

@@ -286,4 +286,3 @@ fn shared_memory_room(bytes: usize) -> bool {
     }
     (stats.f_bavail as u128) * (stats.f_frsize as u128) >= bytes as u128
 }
-

@@ -190,9 +190,18 @@ mod tests {
         let refused = comm.ensure_live("ncclBroadcast").unwrap_err().to_string();
         assert!(refused.contains("ncclBroadcast refused"), "{refused}");
         comm.close();
-        assert!(comm.ensure_live("ncclAllGather").unwrap_err().to_string().contains("aborted"));
+        assert!(
+            comm.ensure_live("ncclAllGather")
+                .unwrap_err()
+                .to_string()
+                .contains("aborted")
+        );
         drop(comm);
-        assert_eq!(*log.borrow(), ["abort"], "an aborted communicator is not destroyed");
+        assert_eq!(
+            *log.borrow(),
+            ["abort"],
+            "an aborted communicator is not destroyed"
+        );
     }
 
     #[test]
@@ -223,7 +232,12 @@ mod tests {
         comm.run("ncclAllGather", |_| Ok(())).unwrap();
         assert!(log.borrow().is_empty());
         comm.close();
-        assert!(comm.ensure_live("ncclAllGather").unwrap_err().to_string().contains("destroyed"));
+        assert!(
+            comm.ensure_live("ncclAllGather")
+                .unwrap_err()
+                .to_string()
+                .contains("destroyed")
+        );
         drop(comm);
         assert_eq!(*log.borrow(), ["destroy"]);
     }
