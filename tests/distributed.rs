@@ -1093,6 +1093,137 @@ fn ddp_averages_bf16_gradients() {
     assert_eq!(text.matches("ok=true").count(), 2, "{text}");
 }
 
+/// The files in /dev/shm that this process maps (Open MPI's shared
+/// memory: `osc_sm.*` for a shared window, `vader_segment.*` for its
+/// shared-memory transport), as /proc/self/maps lists them.
+fn shared_memory_mappings() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.find("/dev/shm/").map(|i| l[i..].replace(' ', "_")))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// The Open MPI shared windows (`osc_sm.*` files) among `mappings`.
+fn windows(mappings: &[String]) -> Vec<String> {
+    mappings
+        .iter()
+        .filter(|m| m.contains("/dev/shm/osc_sm"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn dropping_the_fabric_frees_the_shared_window_and_finalises_mpi() {
+    let test = "dropping_the_fabric_frees_the_shared_window_and_finalises_mpi";
+    if scenario().as_deref() == Some(test) {
+        let before = shared_memory_mappings();
+        let ones = Tensor::from_slice(&[1.0f32; 1000]);
+        let first = Fabric::builder()
+            .accelerator("cpu")
+            .build_or_launch()
+            .unwrap();
+        // The first all-reduce opens the communicator's shared window.
+        let sum = first.all_reduce(&ones, ReduceOp::Sum).unwrap();
+        let first_window = windows(&shared_memory_mappings());
+        // A second communicator keeps MPI alive while the first is dropped.
+        let second = Fabric::builder()
+            .accelerator("cpu")
+            .build_or_launch()
+            .unwrap();
+        let second_sum = second.all_reduce(&ones, ReduceOp::Sum).unwrap();
+        assert_eq!(second_sum.double_value(&[0]), 2.0);
+        let rank = first.global_rank();
+        drop(first);
+        let first_dropped = windows(&shared_memory_mappings());
+        drop(second);
+        // The process still lives: what MPI mapped must be gone now.
+        let dropped = shared_memory_mappings();
+        // MPI was finalised: it cannot start again in this process.
+        let again = Fabric::builder()
+            .accelerator("cpu")
+            .build_or_launch()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+            .replace(' ', "_");
+        println!(
+            "RESULT rank={rank} sum={} before={} first_window={} first_dropped={} dropped={} again={again}",
+            sum.double_value(&[0]),
+            before.join(","),
+            first_window.join(","),
+            first_dropped.join(","),
+            dropped.join(","),
+        );
+        return;
+    }
+    let token = token();
+    let (output, text) = run(mpirun(&[vec![], vec![]], test, &token));
+    assert!(output.status.success(), "{text}");
+    let results = results(&text);
+    assert_eq!(results.len(), 2, "{text}");
+    for fields in results.values() {
+        assert_eq!(fields["sum"], "2", "{text}");
+        let first_window = &fields["first_window"];
+        assert!(
+            first_window.contains("/dev/shm/osc_sm") && !first_window.contains(','),
+            "the all-reduce went through one shared window:\n{text}"
+        );
+        let left = &fields["first_dropped"];
+        assert!(
+            left.contains("/dev/shm/osc_sm") && !left.contains(first_window.as_str()),
+            "dropping the first Fabric freed its window, not the second's, while MPI lived on:\n{text}"
+        );
+        assert_eq!(
+            fields["dropped"], fields["before"],
+            "every window and MPI's shared memory are unmapped once the last Fabric is dropped:\n{text}"
+        );
+        assert!(
+            fields["again"].contains("MPI_was_finalised"),
+            "MPI was finalised when the last Fabric was dropped:\n{text}"
+        );
+    }
+    assert!(leftovers(&token).is_empty());
+}
+
+#[test]
+fn a_rank_whose_peer_hangs_ends_within_the_failure_timeout_when_dropping_its_fabric() {
+    let test = "a_rank_whose_peer_hangs_ends_within_the_failure_timeout_when_dropping_its_fabric";
+    if scenario().as_deref() == Some(test) {
+        let fabric = Fabric::builder()
+            .accelerator("cpu")
+            .strategy("ddp")
+            .devices(2)
+            .failure_timeout(Duration::from_secs(2))
+            .build_or_launch()
+            .unwrap();
+        // Opens the shared window, whose freeing waits for every rank.
+        let sum = fabric
+            .all_reduce(&Tensor::from_slice(&[1.0f32]), ReduceOp::Sum)
+            .unwrap();
+        assert_eq!(sum.double_value(&[0]), 2.0);
+        if fabric.global_rank() == 1 {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        drop(fabric);
+        println!("RESULT rank=0 dropped=true");
+        return;
+    }
+    let (output, text, elapsed, token) = failing_run(test, "none");
+    assert!(!output.status.success(), "{text}");
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    assert!(
+        text.contains("fabric: rank 0: `freeing the MPI communicator` did not complete within 2s"),
+        "{text}"
+    );
+    assert!(!text.contains("dropped=true"), "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(leftovers(&token), Vec::<String>::new());
+}
+
 // ---- failures with loggers ------------------------------------------------
 
 /// Two ranks, rank 0 logging every step to a CSV file under `FABRIC_RUNS`;
@@ -1104,6 +1235,7 @@ fn logging_failure_scenario() {
         .strategy("ddp")
         .devices(2)
         .logger(fabric::CsvLogger::new(&root, "run"))
+        .collective_timeout(Duration::from_secs(3))
         .build_or_launch()
         .unwrap();
     let failure = std::env::var("FABRIC_FAILURE").unwrap();
@@ -1120,6 +1252,7 @@ fn logging_failure_scenario() {
                     libc::kill(libc::getpid(), libc::SIGKILL);
                 },
                 "panic" => panic!("rank 1 gives up"),
+                "hang" => std::thread::sleep(Duration::from_secs(3600)),
                 "error" => {
                     drop(fabric);
                     std::process::exit(3)
@@ -1188,6 +1321,14 @@ fn a_panicking_rank_does_not_lose_rank_zeros_logged_rows() {
 #[test]
 fn a_killed_rank_does_not_lose_rank_zeros_logged_rows() {
     logging_failure("a_killed_rank_does_not_lose_rank_zeros_logged_rows", "kill");
+}
+
+#[test]
+fn a_rank_timing_out_on_a_hung_peer_does_not_lose_its_logged_rows() {
+    logging_failure(
+        "a_rank_timing_out_on_a_hung_peer_does_not_lose_its_logged_rows",
+        "hang",
+    );
 }
 
 #[test]

@@ -9,7 +9,9 @@
 
 mod mpi;
 pub(crate) mod nccl;
+mod polite;
 pub(crate) mod watchdog;
+mod world;
 
 pub(crate) use mpi::MpiComm;
 pub(crate) use nccl::NcclComm;
@@ -37,10 +39,14 @@ pub fn nccl_version() -> Result<(i32, i32, i32)> {
 
 /// The collectives of one rank: MPI always (the world, CPU tensors, the
 /// barrier), NCCL too in a run on CUDA devices.
+///
+/// Dropping it ends NCCL's communicator first, then MPI's (whose last
+/// communicator finalises MPI).
 #[derive(Debug)]
 pub(crate) struct Comm {
-    mpi: MpiComm,
+    // Fields drop in this order.
     nccl: Option<NcclComm>,
+    mpi: MpiComm,
 }
 
 impl Comm {

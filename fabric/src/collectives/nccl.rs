@@ -14,6 +14,8 @@
 //! `libnccl.so` link to it for the processes fabric's launcher starts; with
 //! another launcher, the error says how to do the same.
 
+mod state;
+
 use std::ffi::{CStr, c_void};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use cudarc::nccl::result;
 use cudarc::nccl::sys::{self, ncclComm_t, ncclDataType_t, ncclRedOp_t};
 use tch::{Device, Kind, Tensor};
 
+use self::state::{Endpoint, Lifecycle};
 use super::{MpiComm, ReduceOp, watchdog};
 use crate::error::{Error, Result};
 use crate::shim;
@@ -158,22 +161,53 @@ pub(crate) fn version() -> Result<(i32, i32, i32)> {
     loaded_version()
 }
 
+/// A live NCCL communicator handle.
+struct Handle(ncclComm_t);
+
+// SAFETY: NCCL lets a communicator be used from any thread, provided that
+// no two threads use it at once. A `Handle` is owned by one `Lifecycle`,
+// which is not `Sync` (a `RefCell`), so the calls on it are made by one
+// thread at a time, and `abort`/`destroy` consume it.
+unsafe impl Send for Handle {}
+
+impl Endpoint for Handle {
+    fn async_error(&self) -> Option<String> {
+        let mut state = sys::ncclResult_t::ncclSuccess;
+        // SAFETY: `self.0` is a live communicator (a `Handle` is consumed
+        // when it is aborted or destroyed); `state` is a valid out-pointer.
+        let asked = unsafe { sys::ncclCommGetAsyncError(self.0, &mut state) };
+        if asked != sys::ncclResult_t::ncclSuccess {
+            return Some(format!("ncclCommGetAsyncError failed: {}", describe(asked)));
+        }
+        match state {
+            sys::ncclResult_t::ncclSuccess | sys::ncclResult_t::ncclInProgress => None,
+            failed => Some(describe(failed)),
+        }
+    }
+
+    fn abort(self) {
+        // SAFETY: a live communicator, ended here and never used again;
+        // NCCL stops its queued work rather than waiting for it.
+        let _ = unsafe { result::comm_abort(self.0) };
+    }
+
+    fn destroy(self) {
+        // SAFETY: a live communicator whose work is done (every collective
+        // waited for its stream), ended here and never used again.
+        let _ = unsafe { result::comm_destroy(self.0) };
+    }
+}
+
 /// An NCCL communicator over every rank of the run, on this rank's device.
 pub(crate) struct NcclComm {
-    comm: ncclComm_t,
+    /// The communicator: aborted at once when a collective fails (every
+    /// later call is then refused), destroyed when dropped.
+    state: Lifecycle<Handle>,
     device: usize,
     rank: usize,
     size: usize,
     timeout: Duration,
-    /// Set when a collective failed: the communicator is then aborted, not
-    /// destroyed (destroying waits for work that may never finish).
-    failed: std::cell::Cell<bool>,
 }
-
-// SAFETY: an NCCL communicator may be used from any thread, one at a time;
-// `NcclComm` is only used through `&self` from the thread that owns the
-// `Fabric` (it is not `Sync`).
-unsafe impl Send for NcclComm {}
 
 impl std::fmt::Debug for NcclComm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,7 +232,7 @@ impl NcclComm {
                 ))
             })
         });
-        let flag = Tensor::from_slice(&[i64::from(usable.is_err())]);
+        let flag = Tensor::f_from_slice(&[i64::from(usable.is_err())])?;
         let failures = mpi.all_reduce(&flag, ReduceOp::Sum)?.f_int64_value(&[0])?;
         usable?;
         if failures > 0 {
@@ -213,7 +247,7 @@ impl NcclComm {
             sys::ncclUniqueId { internal: [0; 128] }
         };
         let bytes: Vec<u8> = id.internal.iter().map(|&c| c as u8).collect();
-        let bytes = mpi.broadcast(&Tensor::from_slice(&bytes), 0)?;
+        let bytes = mpi.broadcast(&Tensor::f_from_slice(&bytes)?, 0)?;
         let bytes = Vec::<u8>::try_from(&bytes)?;
         let mut id = id;
         for (slot, byte) in id.internal.iter_mut().zip(bytes) {
@@ -229,12 +263,11 @@ impl NcclComm {
             })?;
         }
         Ok(NcclComm {
-            comm,
+            state: Lifecycle::new(Handle(comm)),
             device,
             rank: mpi.rank(),
             size: mpi.size(),
             timeout,
-            failed: std::cell::Cell::new(false),
         })
     }
 
@@ -267,10 +300,10 @@ impl NcclComm {
                 self.device
             )));
         }
-        let datatype = Self::datatype(tensor.kind()).ok_or_else(|| {
+        let kind = tensor.f_kind()?;
+        let datatype = Self::datatype(kind).ok_or_else(|| {
             Error::Distributed(format!(
-                "{what} of {:?} tensors is not supported by NCCL",
-                tensor.kind()
+                "{what} of {kind:?} tensors is not supported by NCCL"
             ))
         })?;
         Ok((tensor.f_contiguous()?, datatype))
@@ -281,48 +314,23 @@ impl NcclComm {
     }
 
     /// Runs `enqueue` (which queues one NCCL collective on the current
-    /// stream) and waits until the stream is done, yielding the CPU; both
-    /// are bounded by the watchdog (NCCL may block on the host while it
-    /// connects to the other ranks). An NCCL failure is an error, and marks
-    /// the communicator for abort.
+    /// stream of the live communicator) and waits
+    /// [politely](super::polite) until the stream is done; both are
+    /// bounded by the watchdog (NCCL may block on the host while it
+    /// connects to the other ranks). Any failure, an asynchronous one
+    /// included, is an error, and aborts the communicator before this
+    /// returns: the caller's tensors are then released only once NCCL no
+    /// longer touches them, and every later call is refused.
     fn run(
         &self,
         what: &'static str,
-        enqueue: impl FnOnce(sys::cudaStream_t) -> Result<()>,
+        enqueue: impl FnOnce(ncclComm_t, sys::cudaStream_t) -> Result<()>,
     ) -> Result<()> {
-        let _armed = watchdog::arm(what, self.timeout);
-        let result = self
-            .stream()
-            .and_then(enqueue)
-            .and_then(|()| self.wait(what));
-        if result.is_err() {
-            self.failed.set(true);
-        }
-        result
-    }
-
-    /// Waits until the current stream is done; an NCCL failure reported
-    /// meanwhile is an error.
-    fn wait(&self, what: &'static str) -> Result<()> {
-        let mut polls = 0u32;
-        while !shim::cuda_stream_done(self.device)? {
-            let mut state = sys::ncclResult_t::ncclSuccess;
-            // SAFETY: `self.comm` is a live communicator.
-            unsafe { sys::ncclCommGetAsyncError(self.comm, &mut state) };
-            if !matches!(
-                state,
-                sys::ncclResult_t::ncclSuccess | sys::ncclResult_t::ncclInProgress
-            ) {
-                return Err(Error::Distributed(format!("{what}: {}", describe(state))));
-            }
-            if polls >= 200 {
-                std::thread::sleep(Duration::from_micros(20));
-            } else {
-                std::thread::yield_now();
-            }
-            polls = polls.saturating_add(1);
-        }
-        Ok(())
+        let armed = watchdog::arm(what, self.timeout);
+        self.state.run(what, |handle| {
+            enqueue(handle.0, self.stream()?)?;
+            state::wait(handle, &armed, what, || shim::cuda_stream_done(self.device))
+        })
     }
 
     /// The element-wise reduction of `input` over every rank, into `output`
@@ -333,11 +341,10 @@ impl NcclComm {
         output: &Tensor,
         op: ReduceOp,
     ) -> Result<()> {
+        self.state.ensure_live("all_reduce")?;
         let (input, datatype) = self.wire(input, "all_reduce")?;
-        if !output.is_contiguous()
-            || output.numel() != input.numel()
-            || output.kind() != input.kind()
-        {
+        let kind = input.f_kind()?;
+        if !output.is_contiguous() || output.numel() != input.numel() || output.f_kind()? != kind {
             return Err(Error::Distributed(
                 "all_reduce_into needs an output of the input's kind and size, contiguous".into(),
             ));
@@ -345,7 +352,7 @@ impl NcclComm {
         if input.numel() == 0 {
             return Ok(());
         }
-        let nccl_op = match (op, input.kind()) {
+        let nccl_op = match (op, kind) {
             (ReduceOp::Mean, Kind::Bool) => {
                 return Err(Error::Distributed(
                     "the mean of a bool tensor is undefined; convert it first".into(),
@@ -357,7 +364,7 @@ impl NcclComm {
             (ReduceOp::Sum, _) => ncclRedOp_t::ncclSum,
             (ReduceOp::Mean, _) => ncclRedOp_t::ncclAvg,
         };
-        self.run("ncclAllReduce", |stream| {
+        self.run("ncclAllReduce", |comm, stream| {
             // SAFETY: both tensors are contiguous on this rank's device,
             // with `count` elements of `datatype`, alive until `run` has
             // waited for the stream.
@@ -368,7 +375,7 @@ impl NcclComm {
                     input.numel(),
                     datatype,
                     nccl_op,
-                    self.comm,
+                    comm,
                     stream,
                 )
             })
@@ -378,12 +385,13 @@ impl NcclComm {
     /// The element-wise reduction of `tensor` over every rank, as
     /// [`MpiComm::all_reduce`]: the mean of an integer tensor is f32.
     pub(crate) fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {
-        if tensor.kind() == Kind::Bool && op == ReduceOp::Mean {
+        self.state.ensure_live("all_reduce")?;
+        if tensor.f_kind()? == Kind::Bool && op == ReduceOp::Mean {
             return Err(Error::Distributed(
                 "the mean of a bool tensor is undefined; convert it first".into(),
             ));
         }
-        let input = if op == ReduceOp::Mean && !tensor.is_floating_point() {
+        let input = if op == ReduceOp::Mean && !tensor.f_is_floating_point()? {
             tensor.f_to_kind(Kind::Float)?
         } else {
             tensor.shallow_clone()
@@ -397,12 +405,13 @@ impl NcclComm {
     /// `tensor` as held by rank `src` (checked by the caller to be a rank),
     /// on every rank.
     pub(crate) fn broadcast(&self, tensor: &Tensor, src: usize) -> Result<Tensor> {
+        self.state.ensure_live("broadcast")?;
         let (input, datatype) = self.wire(tensor, "broadcast")?;
         let output = input.f_empty_like()?;
         if input.numel() == 0 {
             return Ok(output);
         }
-        self.run("ncclBroadcast", |stream| {
+        self.run("ncclBroadcast", |comm, stream| {
             // SAFETY: contiguous tensors of `count` elements on this
             // device, alive until `run` has waited for the stream.
             check("ncclBroadcast", unsafe {
@@ -412,7 +421,7 @@ impl NcclComm {
                     input.numel(),
                     datatype,
                     src as i32,
-                    self.comm,
+                    comm,
                     stream,
                 )
             })
@@ -422,14 +431,15 @@ impl NcclComm {
 
     /// Every rank's `tensor`, stacked along a new first dimension.
     pub(crate) fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
+        self.state.ensure_live("all_gather")?;
         let (input, datatype) = self.wire(tensor, "all_gather")?;
         let mut shape = vec![self.size as i64];
         shape.extend(tensor.size());
-        let output = Tensor::f_empty(shape.as_slice(), (input.kind(), input.device()))?;
+        let output = Tensor::f_empty(shape.as_slice(), (input.f_kind()?, input.device()))?;
         if input.numel() == 0 {
             return Ok(output);
         }
-        self.run("ncclAllGather", |stream| {
+        self.run("ncclAllGather", |comm, stream| {
             // SAFETY: `output` holds `size` times `input`'s elements, both
             // contiguous on this device, alive until `run` has waited.
             check("ncclAllGather", unsafe {
@@ -438,7 +448,7 @@ impl NcclComm {
                     output.data_ptr(),
                     input.numel(),
                     datatype,
-                    self.comm,
+                    comm,
                     stream,
                 )
             })
@@ -450,15 +460,7 @@ impl NcclComm {
 impl Drop for NcclComm {
     fn drop(&mut self) {
         let _armed = watchdog::arm("ncclCommDestroy", self.timeout);
-        // SAFETY: the communicator is live; after a failure it is aborted
-        // (which does not wait for queued work), else destroyed once its
-        // work is done (every collective waited for its stream).
-        let _ = unsafe {
-            if self.failed.get() {
-                result::comm_abort(self.comm)
-            } else {
-                result::comm_destroy(self.comm)
-            }
-        };
+        // Destroys a live communicator (an aborted one is ended already).
+        self.state.close();
     }
 }

@@ -42,10 +42,11 @@ pub(crate) fn start(rank: usize) {
                         "fabric: rank {}: `{what}` did not complete within {timeout:?}: another rank failed, hung, or took a different path; ending this rank so that the launcher ends the run",
                         RANK.load(Ordering::Relaxed)
                     );
-                    // SAFETY: `_exit` ends the process at once, without
-                    // running destructors or `atexit` handlers, which could
-                    // themselves wait on the other ranks.
-                    unsafe { libc::_exit(1) };
+                    // The loggers are flushed first; then the process ends
+                    // at once, without destructors or `atexit` handlers,
+                    // which could themselves wait on the other ranks.
+                    crate::failure::run_handlers();
+                    crate::failure::exit_now(1);
                 }
             }
         })
