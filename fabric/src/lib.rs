@@ -41,6 +41,7 @@ pub mod environment;
 mod error;
 #[allow(clippy::module_inception)]
 mod fabric;
+mod fs;
 mod launcher;
 mod loggers;
 mod module;

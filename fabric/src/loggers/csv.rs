@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::version::ExperimentDir;
 use super::{Hyperparams, Logger, LoggerError, prefixed};
-use crate::checkpoint::atomic;
+use crate::fs;
 
 const METRICS_FILE: &str = "metrics.csv";
 const HPARAMS_FILE: &str = "hparams.yaml";
@@ -216,7 +216,7 @@ impl Logger for CsvLogger {
         }
         let yaml = serde_yaml_ng::to_string(&self.hparams)?;
         let log_dir = self.create_log_dir()?;
-        atomic::write_file(&log_dir.join(HPARAMS_FILE), |out| {
+        fs::write_file(&log_dir.join(HPARAMS_FILE), |out| {
             out.write_all(yaml.as_bytes())
         })?;
         Ok(())
@@ -278,7 +278,7 @@ fn rewrite_with_header(path: &Path, old: &[String], new: &[String]) -> Result<()
         .iter()
         .map(|k| new.iter().position(|n| n == k).unwrap_or(0))
         .collect();
-    atomic::write_file(path, |out| {
+    fs::write_file(path, |out| {
         writeln!(out, "{}", header(new))?;
         for line in reader.lines() {
             let line = line?;
