@@ -222,5 +222,8 @@ fn a_panic_on_the_prefetching_thread_is_an_error_not_a_short_epoch() {
     let items: Vec<_> = loader.iter().collect();
     assert_eq!(items.len(), 3, "two batches, then the error");
     let err = items[2].as_ref().unwrap_err().to_string();
-    assert!(err.contains("panicked") && err.contains("sample 2 is broken"), "{err}");
+    assert!(
+        err.contains("panicked") && err.contains("sample 2 is broken"),
+        "{err}"
+    );
 }

@@ -100,7 +100,9 @@ fn remove_previous(old: &Path, path: &Path) {
         return;
     };
     let mut left = old.to_path_buf();
-    if !old.file_name().is_some_and(|n| n.to_string_lossy().contains(TEMP_TAG))
+    if !old
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().contains(TEMP_TAG))
         && let Ok(temp) = temp_path(path)
         && std::fs::rename(old, &temp).is_ok()
     {

@@ -89,7 +89,11 @@ fn undeletable_previous_checkpoint(exchange: bool) {
     save_step(&path, 2).expect("the new checkpoint is in place: the save succeeded");
     assert_eq!(load_step(&path).unwrap(), 2);
     let left = entries(dir.path());
-    assert_eq!(left.len(), 2, "the previous checkpoint is left beside: {left:?}");
+    assert_eq!(
+        left.len(),
+        2,
+        "the previous checkpoint is left beside: {left:?}"
+    );
     assert!(left[0].starts_with(".ckpt.tmp-"), "{left:?}");
     // Later saves work although the leftover still cannot be deleted.
     save_step(&path, 3).unwrap();

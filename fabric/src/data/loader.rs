@@ -424,7 +424,8 @@ mod tests {
     fn a_batch_that_cannot_reach_the_device_is_an_err_not_a_panic() {
         let dataset = TensorDataset::new(Tensor::arange(6, (Kind::Float, Device::Cpu))).unwrap();
         // libtorch's builds have no Vulkan backend: the move fails.
-        let mut loader = FabricDataLoader::new(DataLoader::new(dataset).batch_size(2), Device::Vulkan);
+        let mut loader =
+            FabricDataLoader::new(DataLoader::new(dataset).batch_size(2), Device::Vulkan);
         let items: Vec<_> = loader.iter().collect();
         assert_eq!(items.len(), 1, "the epoch ends at the first error");
         let err = items[0].as_ref().unwrap_err().to_string();

@@ -249,7 +249,9 @@ fn parse_name<'a>(list: &str, name: &'a str) -> Result<Vec<Part<'a>>> {
             if hi - lo >= MAX_HOSTS {
                 return Err(bad(
                     list,
-                    &format!("the range {range} is implausibly large (more than {MAX_HOSTS} hosts)"),
+                    &format!(
+                        "the range {range} is implausibly large (more than {MAX_HOSTS} hosts)"
+                    ),
                 ));
             }
             ranges.push((lo, hi, low.len()));
@@ -298,18 +300,33 @@ mod tests {
     #[test]
     fn a_huge_host_list_is_a_prompt_clear_error() {
         let start = Instant::now();
-        for list in ["n[0-99999][0-99999]", "n[0-99999][0-99999][0-99999][0-99999][0-99999]", "a[0-999999],b[0-999999]"] {
+        for list in [
+            "n[0-99999][0-99999]",
+            "n[0-99999][0-99999][0-99999][0-99999][0-99999]",
+            "a[0-999999],b[0-999999]",
+        ] {
             let err = expand_hostlist(list).unwrap_err().to_string();
             assert!(err.contains("more than 1000000 hosts"), "{err}");
             let err = hostlist_summary(list).unwrap_err().to_string();
             assert!(err.contains("more than 1000000 hosts"), "{err}");
         }
-        assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            start.elapsed()
+        );
     }
 
     #[test]
     fn the_count_and_first_host_match_the_expansion() {
-        for list in ["node[01-04,07],gpu3", "a1,b[2-3]", "r[1-2]n[08-10]x", "n[0-999][0-999]", "h", "[5-6]"] {
+        for list in [
+            "node[01-04,07],gpu3",
+            "a1,b[2-3]",
+            "r[1-2]n[08-10]x",
+            "n[0-999][0-999]",
+            "h",
+            "[5-6]",
+        ] {
             let hosts = expand_hostlist(list).unwrap();
             let (count, first) = hostlist_summary(list).unwrap();
             assert_eq!(count, hosts.len(), "{list}");

@@ -67,7 +67,8 @@ fn claim_next_version(dir: &Path) -> u32 {
     }
     loop {
         match std::fs::create_dir(dir.join(format!("version_{version}"))) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match version.checked_add(1) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match version.checked_add(1)
+            {
                 Some(next) => version = next,
                 None => return version,
             },

@@ -190,8 +190,8 @@ mod tests {
         let mut scaler = GradScaler::new(GradScalerConfig::default(), Device::Cpu).unwrap();
         // A quantized scale, which libtorch cannot convert to a float:
         // unscaling reports it instead of aborting the process.
-        scaler.scale = Tensor::ones([1], (Kind::Float, Device::Cpu))
-            .quantize_per_tensor(1.0, 0, Kind::QInt8);
+        scaler.scale =
+            Tensor::ones([1], (Kind::Float, Device::Cpu)).quantize_per_tensor(1.0, 0, Kind::QInt8);
         let grad = Tensor::ones([2], (Kind::Float, Device::Cpu));
         assert!(scaler.unscale(&[grad]).is_err());
     }
