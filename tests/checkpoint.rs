@@ -848,3 +848,65 @@ fn has_temporary(dir: &Path) -> bool {
             .starts_with(".ckpt.tmp-")
     })
 }
+
+/// Sets (`+i`) or clears (`-i`) the immutable attribute of `file`; `false`
+/// where `chattr` or the file system cannot (then the test has nothing to
+/// check: permission bits do not stop root, the immutable attribute does).
+fn chattr(flag: &str, file: &Path) -> bool {
+    Command::new("chattr")
+        .arg(flag)
+        .arg(file)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_previous_checkpoint_that_cannot_be_deleted_is_left_and_later_saves_work() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt");
+    let mut fabric = fabric();
+    let save = |fabric: &mut Fabric, value: u32| {
+        let mut v = value;
+        fabric.save(&path, &State::new().value("v", &mut v))
+    };
+    let load = |fabric: &mut Fabric| {
+        let mut v = 0u32;
+        fabric
+            .load(&path, &mut State::new().value("v", &mut v))
+            .map(|_| v)
+    };
+    save(&mut fabric, 1).unwrap();
+    let immutable = path.join("meta.json");
+    if !chattr("+i", &immutable) {
+        eprintln!("skipped: `chattr +i` is not available here");
+        return;
+    }
+    let saved = save(&mut fabric, 2);
+    // Find the old copy, wherever it was left, and make it deletable again.
+    let left: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p != &path)
+        .collect();
+    let unlock = || {
+        for p in left.iter().chain([&path]) {
+            chattr("-i", &p.join("meta.json"));
+        }
+    };
+    if let Err(e) = saved {
+        unlock();
+        panic!("the new checkpoint is in place, so the save succeeded: {e}");
+    }
+    let later = save(&mut fabric, 3);
+    let loaded = load(&mut fabric);
+    unlock();
+    later.expect("a later save works although the old copy is still there");
+    assert_eq!(loaded.unwrap(), 3);
+    assert_eq!(left.len(), 1, "the old copy is left beside: {left:?}");
+    assert!(has_temporary(dir.path()));
+
+    save(&mut fabric, 4).unwrap();
+    assert_eq!(load(&mut fabric).unwrap(), 4);
+    assert!(!has_temporary(dir.path()), "deletable again, it is deleted");
+}

@@ -162,6 +162,21 @@ fn custom_samplers_choose_the_order_and_bad_ones_fail_cleanly() {
 }
 
 #[test]
+fn the_length_counts_the_batches_a_custom_sampler_makes() {
+    // EveryOther visits 4 of 7 samples: 2 batches of 2, not 4.
+    let mut loader = DataLoader::new(numbers(7))
+        .batch_size(2)
+        .sampler(EveryOther);
+    assert_eq!(loader.len(), 2);
+    assert_eq!(loader.len(), epoch(&mut loader).len());
+    let loader = DataLoader::new(numbers(7))
+        .batch_size(3)
+        .drop_last(true)
+        .sampler(EveryOther);
+    assert_eq!(loader.len(), 1, "4 samples make one full batch of 3");
+}
+
+#[test]
 fn fabric_loaders_deliver_batches_on_the_device_and_follow_the_global_seed() {
     let fabric = Fabric::builder().accelerator("cpu").build().unwrap();
     fabric.seed_everything(1234);
@@ -186,4 +201,29 @@ fn fabric_loaders_deliver_batches_on_the_device_and_follow_the_global_seed() {
         "loaders without a seed of their own follow seed_everything"
     );
     assert_eq!(a.len(), 4);
+}
+
+/// A data set whose third batch panics.
+struct PanicsAtTwo;
+impl Dataset for PanicsAtTwo {
+    type Batch = Tensor;
+    fn len(&self) -> usize {
+        4
+    }
+    fn get_batch(&self, indices: &[usize]) -> fabric::Result<Tensor> {
+        assert!(indices[0] != 2, "sample 2 is broken");
+        Ok(Tensor::from_slice(&[indices[0] as i64]))
+    }
+}
+
+#[test]
+fn a_panic_on_the_prefetching_thread_is_an_error_not_a_short_epoch() {
+    let mut loader = DataLoader::new(PanicsAtTwo).prefetch(2);
+    let items: Vec<_> = loader.iter().collect();
+    assert_eq!(items.len(), 3, "two batches, then the error");
+    let err = items[2].as_ref().unwrap_err().to_string();
+    assert!(
+        err.contains("panicked") && err.contains("sample 2 is broken"),
+        "{err}"
+    );
 }

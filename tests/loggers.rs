@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Barrier};
 
-use fabric::{CsvLogger, Fabric, TensorBoardLogger};
+use fabric::{CsvLogger, Fabric, Logger, TensorBoardLogger};
 
 fn python() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
@@ -35,7 +36,9 @@ fn loss_at(step: u64) -> f64 {
 fn csv_and_tensorboard_files_are_read_back_by_python() {
     let root = tempfile::tempdir().unwrap();
     let csv = CsvLogger::new(root.path(), "run").flush_logs_every_n_steps(4);
-    let tb = TensorBoardLogger::new(root.path(), "run");
+    // Both in one directory: the TensorBoard logger takes the version the
+    // CSV logger claimed.
+    let tb = TensorBoardLogger::new(root.path(), "run").version(csv.version_number());
     let (csv_dir, tb_dir) = (csv.log_dir(), tb.log_dir());
     assert_eq!(csv_dir, root.path().join("run/version_0"));
     let mut fabric = Fabric::builder()
@@ -67,8 +70,6 @@ fn csv_and_tensorboard_files_are_read_back_by_python() {
         }
     }
     fabric.finish(true).unwrap();
-    // The TensorBoard logger wrote to the same version (its directory existed
-    // only once the CSV logger wrote, after the version was chosen).
     assert_eq!(tb_dir, csv_dir);
 
     let logs = read_back(&csv_dir.join("metrics.csv"), &tb_dir);
@@ -314,4 +315,55 @@ fn hyperparameters_must_be_a_map() {
         parsed,
         serde_json::json!({"lr": 0.1, "layers": [64, 32], "seed": 3})
     );
+}
+
+#[test]
+fn loggers_started_at_once_claim_different_versions() {
+    let root = tempfile::tempdir().unwrap();
+    // Asked for their directory before either logged: still two versions.
+    let a = CsvLogger::new(root.path(), "seq");
+    let b = TensorBoardLogger::new(root.path(), "seq");
+    assert_eq!(a.log_dir(), root.path().join("seq/version_0"));
+    assert_eq!(b.log_dir(), root.path().join("seq/version_1"));
+
+    // Runs racing for the next version, each writing its own rows.
+    let runs = 8;
+    let barrier = Arc::new(Barrier::new(runs));
+    let threads: Vec<_> = (0..runs)
+        .map(|run| {
+            let (root, barrier) = (root.path().to_path_buf(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let mut csv = CsvLogger::new(&root, "race").flush_logs_every_n_steps(3);
+                barrier.wait();
+                for step in 0..10 {
+                    csv.log_metrics(&[("run", run as f64)], Some(step)).unwrap();
+                }
+                csv.finalize(true).unwrap();
+                csv.log_dir()
+            })
+        })
+        .collect();
+    let mut dirs: Vec<PathBuf> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (run, dir) in dirs.iter().enumerate() {
+        let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        let expected: String = std::iter::once("run,step\n".to_string())
+            .chain((0..10).map(|step| format!("{:?},{step}\n", run as f64)))
+            .collect();
+        assert_eq!(csv, expected, "{}", dir.display());
+    }
+    dirs.sort();
+    dirs.dedup();
+    assert_eq!(dirs.len(), runs, "every run has its own version");
+}
+
+#[test]
+fn a_dropped_csv_logger_writes_its_buffered_rows() {
+    let root = tempfile::tempdir().unwrap();
+    let mut csv = CsvLogger::new(root.path(), "drop");
+    csv.log_metrics(&[("loss", 0.5)], Some(0)).unwrap();
+    csv.log_metrics(&[("loss", 0.25)], Some(1)).unwrap();
+    let dir = csv.log_dir();
+    drop(csv);
+    let written = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(written, "loss,step\n0.5,0\n0.25,1\n");
 }

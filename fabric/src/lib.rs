@@ -43,6 +43,7 @@ mod error;
 #[allow(clippy::module_inception)]
 mod fabric;
 mod failure;
+mod fs;
 mod launcher;
 mod loggers;
 mod machine;

@@ -1,55 +1,55 @@
-//! Atomic writes: a file or a directory appears under its final name
-//! complete, or not at all.
+//! Replacing a checkpoint directory atomically, and cleaning up what an
+//! interrupted save left.
 //!
-//! Everything is first written under a temporary name in the same directory
-//! (`.<name>.tmp-<pid>-<n>`), flushed to the disk (`fsync`), then renamed
-//! over the final name, and the directory holding it is flushed too. A
-//! process killed at any point leaves either the previous content or the new
-//! one under the final name, and at worst a temporary entry beside it, which
-//! the next save of the same name removes.
+//! A new checkpoint is written under a temporary name beside the final one
+//! ([`crate::fs::temp_path`]), flushed, then put under the final name:
+//!
+//! - where the file system can (`renameat2(RENAME_EXCHANGE)` on Linux), by
+//!   swapping it with the previous checkpoint in one step; the previous one
+//!   is then under the temporary name and is deleted;
+//! - elsewhere (NFS, Lustre, other systems), by two renames: the previous
+//!   checkpoint moves aside to `.<name>.previous`, the new one takes the
+//!   final name, and the previous one is deleted. Between the renames the
+//!   final name is missing, and [`load`](super::load) reads the previous
+//!   checkpoint from `.<name>.previous` instead; a save interrupted there
+//!   leaves `.<name>.previous`, which the next save puts back
+//!   ([`recover`]) before anything else, so no save ever deletes the only
+//!   complete checkpoint.
+//!
+//! A previous checkpoint that cannot be deleted (a file of another owner, a
+//! read-only or immutable entry) does not make the save fail: the new
+//! checkpoint is in place, the old one is left under a temporary name that
+//! a warning on stderr names, and later saves try again to delete it,
+//! warning again while they cannot.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::fs::{TEMP_TAG, file_name, io_error, parent, sync_dir, temp_path};
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-const TEMP_TAG: &str = ".tmp-";
-
-pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
+/// Where the two-rename swap keeps the previous checkpoint while the new
+/// one takes its name: `.<name>.previous`, beside it.
+pub(crate) fn aside_path(path: &Path) -> Result<PathBuf> {
+    Ok(parent(path).join(format!(".{}.previous", file_name(path)?)))
 }
 
-/// The directory holding `path` (`.` for a bare file name).
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+/// Deletes a directory tree (or a file).
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    if faults::UNDELETABLE.get() {
+        return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+    }
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
     }
 }
 
-fn file_name(path: &Path) -> Result<String> {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::InvalidArgument(format!("{} has no file name", path.display())))
-}
-
-/// A fresh temporary name beside `path`.
-pub(crate) fn temp_path(path: &Path) -> Result<PathBuf> {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    Ok(parent(path).join(format!(
-        ".{}{TEMP_TAG}{}-{n}",
-        file_name(path)?,
-        std::process::id()
-    )))
-}
-
-/// Removes temporary entries that earlier, interrupted writes of `path`
-/// left beside it. Only the process that writes `path` may call this.
+/// Removes temporary entries that earlier, interrupted or incomplete saves
+/// of `path` left beside it; one that cannot be removed is named in a
+/// warning and left. Only the process that writes `path` may call this, and
+/// only after [`recover`].
 pub(crate) fn remove_stale_temporaries(path: &Path) -> Result<()> {
     let prefix = format!(".{}{TEMP_TAG}", file_name(path)?);
     let Ok(entries) = std::fs::read_dir(parent(path)) else {
@@ -58,90 +58,142 @@ pub(crate) fn remove_stale_temporaries(path: &Path) -> Result<()> {
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
             let stale = entry.path();
-            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                std::fs::remove_dir_all(&stale)
-            } else {
-                std::fs::remove_file(&stale)
-            };
-            removed.map_err(io_error(format!("removing {}", stale.display())))?;
+            if let Err(error) = remove_tree(&stale) {
+                eprintln!(
+                    "fabric: warning: cannot remove {}, left by an earlier save of {} ({error}); it is left as it is",
+                    stale.display(),
+                    path.display()
+                );
+            }
         }
     }
     Ok(())
 }
 
-/// Flushes a directory's entries (new names, renames) to the disk.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(format!("flushing directory {}", dir.display())))
-}
-
-/// Writes a file with `write`, flushes it to the disk, and returns it.
-pub(crate) fn write_new_file(
-    path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let context = || format!("writing {}", path.display());
-    let file = File::options()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io_error(context()))?;
-    let mut out = BufWriter::new(file);
-    write(&mut out).map_err(io_error(context()))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| io_error(context())(e.into_error()))?;
-    file.sync_all().map_err(io_error(context()))
-}
-
-/// Replaces the file `path` with what `write` writes, atomically.
-pub(crate) fn write_file(
-    path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let temp = temp_path(path)?;
-    let result = write_new_file(&temp, write).and_then(|()| {
-        std::fs::rename(&temp, path).map_err(io_error(format!(
-            "renaming {} to {}",
-            temp.display(),
-            path.display()
-        )))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-        return result;
+/// Finishes what a save interrupted in the middle of a two-rename swap left:
+/// with `path` missing, the previous checkpoint in `.<name>.previous` is put
+/// back under `path`; with `path` in place, it is deleted. Called first by
+/// every save.
+pub(crate) fn recover(path: &Path) -> Result<()> {
+    let aside = aside_path(path)?;
+    if std::fs::symlink_metadata(&aside).is_err() {
+        return Ok(());
     }
-    sync_dir(parent(path))
+    if std::fs::symlink_metadata(path).is_err() {
+        std::fs::rename(&aside, path).map_err(io_error(format!(
+            "restoring the previous checkpoint {} to {}",
+            aside.display(),
+            path.display()
+        )))?;
+        return sync_dir(parent(path));
+    }
+    remove_previous(&aside, path);
+    Ok(())
+}
+
+/// Deletes the previous checkpoint `old` once `path` holds the new one. If
+/// it cannot be deleted, it is left (under a temporary name, so that later
+/// saves try again and `.<name>.previous` is free) and a warning names it:
+/// the save itself succeeded.
+fn remove_previous(old: &Path, path: &Path) {
+    let Err(error) = remove_tree(old) else {
+        return;
+    };
+    let mut left = old.to_path_buf();
+    if !old
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().contains(TEMP_TAG))
+        && let Ok(temp) = temp_path(path)
+        && std::fs::rename(old, &temp).is_ok()
+    {
+        left = temp;
+    }
+    eprintln!(
+        "fabric: warning: saved the checkpoint {}, but the previous checkpoint cannot be deleted ({error}); it is left at {}",
+        path.display(),
+        left.display()
+    );
 }
 
 /// Puts the complete directory `temp` under the name `path`, atomically:
-/// `path` names either its previous content or `temp`'s, never a mix or
-/// nothing. An existing `path` is swapped with `temp` in one step
-/// (`renameat2(RENAME_EXCHANGE)` on Linux) and then deleted.
+/// `path` names either its previous content or `temp`'s, never a mix, and
+/// at every moment `path` or `.<name>.previous` holds a complete checkpoint
+/// (see the module's documentation). An existing `path` is swapped with
+/// `temp` and then deleted.
 pub(crate) fn replace_dir(temp: &Path, path: &Path) -> Result<()> {
     let context = || format!("renaming {} to {}", temp.display(), path.display());
-    if !path.exists() {
+    if std::fs::symlink_metadata(path).is_err() {
         std::fs::rename(temp, path).map_err(io_error(context()))?;
         return sync_dir(parent(path));
     }
-    exchange(temp, path).map_err(io_error(context()))?;
-    sync_dir(parent(path))?;
-    // `temp` now names the previous checkpoint.
-    std::fs::remove_dir_all(temp).map_err(io_error(format!(
-        "removing the previous checkpoint {}",
-        temp.display()
-    )))
+    match exchange(temp, path) {
+        Ok(()) => {
+            sync_dir(parent(path))?;
+            // `temp` now names the previous checkpoint.
+            remove_previous(temp, path);
+            Ok(())
+        }
+        Err(error) if exchange_unsupported(&error) => swap_by_renames(temp, path),
+        Err(error) => Err(io_error(context())(error)),
+    }
 }
 
+/// Without an atomic exchange, two renames, the previous checkpoint moving
+/// aside to `.<name>.previous` first (see the module's documentation).
+fn swap_by_renames(temp: &Path, path: &Path) -> Result<()> {
+    let aside = aside_path(path)?;
+    // `recover` emptied the place; something still there is in the way.
+    if std::fs::symlink_metadata(&aside).is_ok() {
+        remove_previous(&aside, path);
+    }
+    std::fs::rename(path, &aside).map_err(io_error(format!(
+        "moving the previous checkpoint {} aside to {}",
+        path.display(),
+        aside.display()
+    )))?;
+    #[cfg(test)]
+    if faults::CRASH_AFTER_ASIDE.get() {
+        panic!("simulated crash after moving the previous checkpoint aside");
+    }
+    if let Err(error) = std::fs::rename(temp, path) {
+        // Put the previous checkpoint back; if even that fails, `load`
+        // reads it from `.<name>.previous` and the next save restores it.
+        let _ = std::fs::rename(&aside, path);
+        return Err(io_error(format!(
+            "renaming {} to {}",
+            temp.display(),
+            path.display()
+        ))(error));
+    }
+    sync_dir(parent(path))?;
+    remove_previous(&aside, path);
+    Ok(())
+}
+
+/// Whether `exchange` failed because the file system (or kernel) has no
+/// atomic exchange.
+fn exchange_unsupported(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::Unsupported
+        || matches!(
+            error.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+        )
+}
+
+/// Swaps the entries `a_path` and `b_path` in one step.
 #[cfg(target_os = "linux")]
 fn exchange(a_path: &Path, b_path: &Path) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
+    #[cfg(test)]
+    if faults::NO_EXCHANGE.get() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let a = CString::new(a_path.as_os_str().as_bytes())?;
     let b = CString::new(b_path.as_os_str().as_bytes())?;
-    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them
-    // relative to the working directory, as `rename` does.
+    // SAFETY: both are valid NUL-terminated paths that outlive the call;
+    // AT_FDCWD resolves them relative to the working directory, as `rename`
+    // does.
     let rc = unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
@@ -152,27 +204,32 @@ fn exchange(a_path: &Path, b_path: &Path) -> std::io::Result<()> {
         )
     };
     if rc == 0 {
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        // A file system (or kernel) without RENAME_EXCHANGE.
-        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => exchange_by_renames(a_path, b_path),
-        _ => Err(error),
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    exchange_by_renames(a, b)
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
-/// Without an atomic exchange, two renames: the previous directory moves
-/// aside first, so a crash between them leaves it complete under
-/// `.<name>.tmp-...-old`.
-fn exchange_by_renames(a: &Path, b: &Path) -> std::io::Result<()> {
-    let aside = PathBuf::from(format!("{}-old", a.display()));
-    std::fs::rename(b, &aside)?;
-    std::fs::rename(a, b)?;
-    std::fs::rename(&aside, a)
+/// Switches the tests of this crate use to take the paths that a file
+/// system without `RENAME_EXCHANGE`, a crash or an undeletable file would.
+/// They are per thread, as the test harness runs each test on its own.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// `renameat2(RENAME_EXCHANGE)` fails as on NFS or Lustre.
+        pub(crate) static NO_EXCHANGE: Cell<bool> = const { Cell::new(false) };
+        /// The two-rename swap panics (as a crash stops it) right after the
+        /// previous checkpoint moved aside.
+        pub(crate) static CRASH_AFTER_ASIDE: Cell<bool> = const { Cell::new(false) };
+        /// Deleting a previous checkpoint or a stale temporary fails with
+        /// EPERM, as for an immutable file or one of another owner.
+        pub(crate) static UNDELETABLE: Cell<bool> = const { Cell::new(false) };
+    }
 }

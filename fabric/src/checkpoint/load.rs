@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::format::{self, EntryMeta, FileMeta, Meta};
 use super::tensors::{self, FileTensor};
-use super::{Entry, State};
+use super::{Entry, State, atomic};
 use crate::error::{Error, Result};
 use crate::optim::{Algorithm, Optimizer, ParamState};
 use crate::precision::{GradScaler, GradScalerState};
@@ -162,8 +162,44 @@ enum Action {
 }
 
 /// Loads `path` into `state` (see the module's documentation).
+///
+/// While a save on a file system without an atomic exchange swaps the
+/// checkpoint by two renames, `path` is missing for a moment and the
+/// previous checkpoint is complete under `.<name>.previous`: that is read
+/// instead. A read that fails because the swap moved on meanwhile is tried
+/// again where the checkpoint now is.
 pub(crate) fn load(path: &Path, state: &mut State<'_>, strict: bool) -> Result<LoadReport> {
     state.check_names()?;
+    let aside = atomic::aside_path(path)?;
+    let source = || {
+        if std::fs::symlink_metadata(path).is_err() && aside.is_dir() {
+            aside.as_path()
+        } else {
+            path
+        }
+    };
+    let mut from = source();
+    let mut tries = 1;
+    let (report, actions) = loop {
+        let planned = plan(from, state, strict);
+        let now = source();
+        if planned.is_ok() || now == from || tries == 3 {
+            break planned?;
+        }
+        from = now;
+        tries += 1;
+    };
+    apply(state, actions)?;
+    Ok(report)
+}
+
+/// Reads and checks the checkpoint `path` against `state`: what `load`
+/// reports, and what it then copies into the state.
+fn plan(
+    path: &Path,
+    state: &State<'_>,
+    strict: bool,
+) -> Result<(LoadReport, Vec<(usize, Action)>)> {
     let meta = read_meta(path)?;
     let mut report = LoadReport::default();
     let requested: BTreeSet<&str> = state.entries.iter().map(|(n, _)| n.as_str()).collect();
@@ -254,8 +290,7 @@ pub(crate) fn load(path: &Path, state: &mut State<'_>, strict: bool) -> Result<L
             problems: report.problems(),
         });
     }
-    apply(state, actions)?;
-    Ok(report)
+    Ok((report, actions))
 }
 
 fn parse<'b>(

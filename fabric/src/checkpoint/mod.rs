@@ -23,6 +23,18 @@
 //!   (`renameat2(RENAME_EXCHANGE)` on Linux). A crash or kill at any point
 //!   leaves the previous checkpoint complete under the final name; the next
 //!   save removes what an interrupted one left.
+//! - **Also without an atomic exchange** (NFS, Lustre, other systems): the
+//!   previous checkpoint first moves aside to `.<name>.previous`, then the
+//!   new one takes the final name. While the final name is missing, loading
+//!   it reads the previous checkpoint from `.<name>.previous`; a save
+//!   interrupted there leaves it, and the next save puts it back before
+//!   anything else. No save deletes the only complete checkpoint.
+//! - **A previous checkpoint that cannot be deleted** (a file of another
+//!   owner, an immutable file, a read-only directory inside it) does not fail
+//!   the save, which succeeded: a warning on stderr says that the checkpoint
+//!   was saved and names where the previous one is left
+//!   (`.<name>.tmp-<pid>-<n>` beside it). Later saves work, try to delete it
+//!   again and warn while they cannot.
 //! - **Rank 0 writes**, the other ranks wait at a barrier.
 //! - **Checked before loaded.** Loading reads and checks everything first:
 //!   the files' sizes and checksums, and every name, shape and dtype against
@@ -33,10 +45,12 @@
 //!   loads what matches instead and reports the rest in the [`LoadReport`].
 //! - An existing path that is not a fabric checkpoint is never replaced.
 
-pub(crate) mod atomic;
+mod atomic;
 mod format;
 mod load;
 mod save;
+#[cfg(test)]
+mod swap_tests;
 mod tensors;
 
 use std::sync::{Arc, Mutex};

@@ -8,22 +8,24 @@ use super::format::{self, EntryMeta, FileMeta, Meta};
 use super::tensors::{self, HostTensor};
 use super::{Entry, State, atomic};
 use crate::error::{Error, Result};
+use crate::fs;
 
 /// Writes `state` to the directory `path` (see the module's documentation).
 /// Called on global rank 0 only.
 pub(crate) fn save(path: &Path, state: &State<'_>) -> Result<()> {
     state.check_names()?;
+    atomic::recover(path)?;
     if path.exists() {
         refuse_foreign(path)?;
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
-            .map_err(atomic::io_error(format!("creating {}", parent.display())))?;
+            .map_err(fs::io_error(format!("creating {}", parent.display())))?;
     }
     atomic::remove_stale_temporaries(path)?;
-    let temp = atomic::temp_path(path)?;
-    std::fs::create_dir(&temp).map_err(atomic::io_error(format!("creating {}", temp.display())))?;
-    let written = write_entries(&temp, state).and_then(|()| atomic::sync_dir(&temp));
+    let temp = fs::temp_path(path)?;
+    std::fs::create_dir(&temp).map_err(fs::io_error(format!("creating {}", temp.display())))?;
+    let written = write_entries(&temp, state).and_then(|()| fs::sync_dir(&temp));
     if let Err(error) = written.and_then(|()| atomic::replace_dir(&temp, path)) {
         let _ = std::fs::remove_dir_all(&temp);
         return Err(error);
@@ -93,13 +95,13 @@ fn write_entries(dir: &Path, state: &State<'_>) -> Result<()> {
     };
     let json = serde_json::to_vec_pretty(&meta)
         .map_err(|e| Error::InvalidArgument(format!("checkpoint metadata: {e}")))?;
-    atomic::write_new_file(&dir.join(format::META_FILE), |out| out.write_all(&json))
+    fs::write_new_file(&dir.join(format::META_FILE), |out| out.write_all(&json))
 }
 
 fn write_tensors(dir: &Path, name: &str, host: &BTreeMap<String, HostTensor>) -> Result<FileMeta> {
     let bytes = tensors::serialize(host)?;
     let file = format!("{name}.safetensors");
-    atomic::write_new_file(&dir.join(&file), |out| out.write_all(&bytes))?;
+    fs::write_new_file(&dir.join(&file), |out| out.write_all(&bytes))?;
     Ok(FileMeta {
         file,
         bytes: bytes.len() as u64,

@@ -1,5 +1,7 @@
 //! Data sets: what a loader draws batches from.
 
+use std::sync::{Mutex, PoisonError};
+
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -76,18 +78,75 @@ tensor_tuples!((Tensor 0, Tensor 1), (Tensor 0, Tensor 1, Tensor 2), (Tensor 0, 
 /// Samples held in tensors whose first dimension indexes the samples, as
 /// PyTorch's `TensorDataset`: batches are the same tensors indexed by the
 /// batch's sample indices.
+///
+/// The tensors are behind a lock, since a loader's background thread
+/// ([`DataLoader::prefetch`](super::DataLoader::prefetch)) makes batches
+/// from the same data set as the thread that owns it: batches are made one
+/// at a time, and the tensors themselves are reachable only through `&mut`
+/// ([`tensors`](Self::tensors)) or by value ([`into_tensors`](Self::into_tensors)).
+/// So any [`Tensors`] type, even one with interior mutability, is safe to
+/// share between threads:
+///
+/// ```
+/// use std::cell::Cell;
+/// use fabric::data::{Dataset, TensorDataset, Tensors};
+/// use tch::{Device, Kind, Tensor};
+///
+/// /// Tensors that count how often they were indexed.
+/// struct Counted { x: Tensor, selections: Cell<u64> }
+///
+/// impl Tensors for Counted {
+///     fn tensors(&self) -> Vec<&Tensor> {
+///         vec![&self.x]
+///     }
+///     fn select(&self, index: &Tensor) -> fabric::Result<Self> {
+///         self.selections.set(self.selections.get() + 1);
+///         Ok(Counted { x: self.x.f_index_select(0, index)?, selections: Cell::new(0) })
+///     }
+/// }
+///
+/// let x = Tensor::arange(8, (Kind::Float, Device::Cpu));
+/// let mut dataset = TensorDataset::new(Counted { x, selections: Cell::new(0) }).unwrap();
+/// std::thread::scope(|s| {
+///     for _ in 0..4 {
+///         s.spawn(|| for _ in 0..100 { dataset.get_batch(&[1, 2]).unwrap(); });
+///     }
+/// });
+/// assert_eq!(dataset.tensors().selections.get(), 400);
+/// ```
+///
+/// Reaching the tensors from two threads at once does not compile:
+///
+/// ```compile_fail,E0499
+/// use std::cell::Cell;
+/// use fabric::data::{TensorDataset, Tensors};
+/// use tch::{Device, Kind, Tensor};
+///
+/// struct Counted { x: Tensor, reads: Cell<u64> }
+///
+/// impl Tensors for Counted {
+///     fn tensors(&self) -> Vec<&Tensor> {
+///         self.reads.set(self.reads.get() + 1); // a data race if two threads get here
+///         vec![&self.x]
+///     }
+///     fn select(&self, index: &Tensor) -> fabric::Result<Self> {
+///         Ok(Counted { x: self.x.f_index_select(0, index)?, reads: Cell::new(0) })
+///     }
+/// }
+///
+/// let x = Tensor::arange(8, (Kind::Float, Device::Cpu));
+/// let mut dataset = TensorDataset::new(Counted { x, reads: Cell::new(0) }).unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(|| dataset.tensors().tensors().len());
+///     s.spawn(|| dataset.tensors().tensors().len());
+/// });
+/// ```
 #[derive(Debug)]
 pub struct TensorDataset<T> {
-    tensors: T,
+    tensors: Mutex<T>,
     len: usize,
     device: Device,
 }
-
-// SAFETY: a `TensorDataset` only ever reads its tensors (`index_select`,
-// `size`), and libtorch allows concurrent reads of a tensor from several
-// threads; no method hands out a mutable reference or mutates them. This is
-// what lets a loader prefetch batches on a background thread.
-unsafe impl<T: Send> Sync for TensorDataset<T> {}
 
 impl<T: Tensors> TensorDataset<T> {
     /// Wraps tensors that all have the same, non-zero number of dimensions
@@ -122,15 +181,27 @@ impl<T: Tensors> TensorDataset<T> {
         let len =
             usize::try_from(len).map_err(|_| Error::Data("negative first dimension".into()))?;
         Ok(TensorDataset {
-            tensors,
+            tensors: Mutex::new(tensors),
             len,
             device,
         })
     }
 
-    /// The wrapped tensors.
-    pub fn tensors(&self) -> &T {
-        &self.tensors
+    /// The wrapped tensors (`&mut`: no other thread makes a batch from them
+    /// meanwhile).
+    pub fn tensors(&mut self) -> &T {
+        // A panic while the lock was held (in a `Tensors::select`) left
+        // the tensors as they were: they are only ever read.
+        self.tensors
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The wrapped tensors, by value.
+    pub fn into_tensors(self) -> T {
+        self.tensors
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -152,8 +223,11 @@ impl<T: Tensors> Dataset for TensorDataset<T> {
             }
             index.push(i as i64);
         }
-        let index = Tensor::from_slice(&index).to_device(self.device);
+        let index = Tensor::f_from_slice(&index)?.f_to_device(self.device)?;
         debug_assert_eq!(index.kind(), Kind::Int64);
-        self.tensors.select(&index)
+        self.tensors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .select(&index)
     }
 }

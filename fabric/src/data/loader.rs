@@ -1,6 +1,7 @@
 //! [`DataLoader`]: batches from a data set, in a sampled order, optionally
 //! prepared on a background thread.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread;
@@ -122,12 +123,19 @@ impl<D: Dataset> DataLoader<D> {
         &self.dataset
     }
 
-    /// The number of batches in an epoch (of this rank's shard, once set
-    /// up for several processes).
+    /// The number of batches in the next epoch (of this rank's shard, once
+    /// set up for several processes): of the samples a custom
+    /// [`sampler`](Self::sampler) visits in that epoch, else of the whole
+    /// data set.
     pub fn len(&self) -> usize {
-        let samples = match self.shard {
-            Some((_, world)) => self.dataset.len().div_ceil(world),
+        let visited = match &self.sampler {
+            Some(sampler) => sampler.indices(self.dataset.len(), self.epoch).len(),
             None => self.dataset.len(),
+        };
+        let samples = match self.shard {
+            Some((_, world)) if world > 0 => visited.div_ceil(world),
+            Some(_) => 0,
+            None => visited,
         };
         match self.batch_size {
             0 => 0,
@@ -236,7 +244,15 @@ where
     let (sender, receiver) = sync_channel(depth);
     thread::spawn(move || {
         for chunk in chunks {
-            let batch = dataset.get_batch(&chunk);
+            // A panic in the data set ends the epoch with an error, rather
+            // than silently, as a closed channel would.
+            let batch = panic::catch_unwind(AssertUnwindSafe(|| dataset.get_batch(&chunk)))
+                .unwrap_or_else(|payload| {
+                    Err(Error::Data(format!(
+                        "the data set panicked while making a batch on the prefetching thread: {}",
+                        panic_message(&*payload)
+                    )))
+                });
             let failed = batch.is_err();
             // A closed channel means the consumer stopped early: stop too.
             if sender.send(batch).is_err() || failed {
@@ -310,6 +326,7 @@ where
         DeviceBatches {
             batches: self.loader.iter(),
             device: self.device,
+            failed: false,
         }
     }
 
@@ -346,10 +363,13 @@ where
     }
 }
 
-/// The batches of one epoch of a [`FabricDataLoader`], on the run's device.
+/// The batches of one epoch of a [`FabricDataLoader`], on the run's device;
+/// a batch that cannot be moved there (the device is out of memory) is an
+/// `Err` item, after which the epoch ends.
 pub struct DeviceBatches<D: Dataset> {
     batches: Batches<D>,
     device: Device,
+    failed: bool,
 }
 
 impl<D: Dataset> Iterator for DeviceBatches<D>
@@ -359,9 +379,51 @@ where
     type Item = Result<D::Batch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let device = self.device;
-        self.batches
-            .next()
-            .map(|batch| batch.map(|b| b.to_device(device)))
+        if self.failed {
+            return None;
+        }
+        let moved = self
+            .batches
+            .next()?
+            .and_then(|batch| move_to_device(batch, self.device));
+        self.failed = moved.is_err();
+        Some(moved)
+    }
+}
+
+/// `batch` on `device`, or libtorch's error that prevented the move (a
+/// CUDA device out of memory).
+fn move_to_device<B: ToDevice>(batch: B, device: Device) -> Result<B> {
+    batch
+        .try_to_device(device)
+        .map_err(|e| Error::Data(format!("moving a batch to {device:?} failed: {e}")))
+}
+
+/// The message of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(a panic without a message)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Kind, Tensor};
+
+    use super::*;
+    use crate::data::TensorDataset;
+
+    #[test]
+    fn a_batch_that_cannot_reach_the_device_is_an_err_not_a_panic() {
+        let dataset = TensorDataset::new(Tensor::arange(6, (Kind::Float, Device::Cpu))).unwrap();
+        // libtorch's builds have no Vulkan backend: the move fails.
+        let mut loader =
+            FabricDataLoader::new(DataLoader::new(dataset).batch_size(2), Device::Vulkan);
+        let items: Vec<_> = loader.iter().collect();
+        assert_eq!(items.len(), 1, "the epoch ends at the first error");
+        let err = items[0].as_ref().unwrap_err().to_string();
+        assert!(err.contains("moving a batch to Vulkan failed"), "{err}");
     }
 }

@@ -15,7 +15,8 @@ pub struct SlurmEnvironment {
     global_rank: usize,
     local_rank: usize,
     node_rank: usize,
-    nodes: Vec<String>,
+    main_address: String,
+    num_nodes: usize,
     main_port: u16,
 }
 
@@ -31,12 +32,13 @@ impl SlurmEnvironment {
             )
     }
 
-    /// Reads the variables and expands the node list.
+    /// Reads the variables, and the node list's first host and number of
+    /// hosts (without expanding it).
     pub fn from_env() -> Result<Self> {
         let list = std::env::var("SLURM_JOB_NODELIST")
             .or_else(|_| std::env::var("SLURM_NODELIST"))
             .unwrap_or_else(|_| "127.0.0.1".into());
-        let nodes = expand_hostlist(&list)?;
+        let (num_nodes, main_address) = hostlist_summary(&list)?;
         // Lightning derives the port from the job id when MASTER_PORT is unset.
         let port = match env_number(Self::NAME, "MASTER_PORT")? {
             Some(port) => port,
@@ -47,17 +49,18 @@ impl SlurmEnvironment {
             global_rank: required_number(Self::NAME, "SLURM_PROCID")?,
             local_rank: required_number(Self::NAME, "SLURM_LOCALID")?,
             node_rank: required_number(Self::NAME, "SLURM_NODEID")?,
-            nodes,
+            main_address,
+            num_nodes,
             main_port: u16::try_from(port).unwrap_or(29500),
         };
         if let Some(n) = env_number(Self::NAME, "SLURM_NNODES")?
-            && n != env.nodes.len()
+            && n != env.num_nodes
         {
             return Err(Error::ClusterEnvironment {
                 environment: Self::NAME.into(),
                 message: format!(
                     "SLURM_NNODES={n}, but SLURM_JOB_NODELIST={list:?} names {} node(s)",
-                    env.nodes.len()
+                    env.num_nodes
                 ),
             });
         }
@@ -66,16 +69,11 @@ impl SlurmEnvironment {
 }
 
 impl SlurmEnvironment {
-    /// Where rank 0 can be reached for a rendezvous (the first host of the job, `MASTER_PORT` or a port derived from the job id), as
+    /// Where rank 0 can be reached for a rendezvous (the first host of the
+    /// job; `MASTER_PORT`, or a port derived from the job id), as
     /// Lightning's `main_address` and `main_port`.
     pub fn main_address_and_port(&self) -> (String, u16) {
-        (
-            self.nodes
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "127.0.0.1".into()),
-            self.main_port,
-        )
+        (self.main_address.clone(), self.main_port)
     }
 }
 
@@ -96,7 +94,7 @@ impl ClusterEnvironment for SlurmEnvironment {
         self.node_rank
     }
     fn num_nodes(&self) -> Option<usize> {
-        Some(self.nodes.len())
+        Some(self.num_nodes)
     }
 }
 
@@ -107,9 +105,183 @@ fn bad(list: &str, why: &str) -> Error {
     }
 }
 
+/// The most hosts a host list may name: far more than any cluster has, and
+/// few enough to hold their names in memory.
+const MAX_HOSTS: u64 = 1_000_000;
+
+/// One part of a host name: text, or a bracket group of ranges.
+enum Part<'a> {
+    Text(&'a str),
+    /// Inclusive ranges `(low, high, width)`, `width` the zero padding.
+    Ranges(Vec<(u64, u64, usize)>),
+}
+
+/// A host list read into its names and their parts, without expanding it.
+struct HostList<'a> {
+    list: &'a str,
+    names: Vec<Vec<Part<'a>>>,
+}
+
+impl<'a> HostList<'a> {
+    fn parse(list: &'a str) -> Result<Self> {
+        // Split on the commas outside brackets.
+        let (mut depth, mut start) = (0usize, 0usize);
+        let mut names = Vec::new();
+        for (i, c) in list.char_indices() {
+            match c {
+                '[' => depth += 1,
+                ']' => {
+                    depth = depth
+                        .checked_sub(1)
+                        .ok_or_else(|| bad(list, "unbalanced `]`"))?
+                }
+                ',' if depth == 0 => {
+                    names.push(&list[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        if depth != 0 {
+            return Err(bad(list, "unbalanced `[`"));
+        }
+        names.push(&list[start..]);
+        let names = names
+            .into_iter()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|name| parse_name(list, name))
+            .collect::<Result<Vec<_>>>()?;
+        if names.is_empty() {
+            return Err(bad(list, "it names no host"));
+        }
+        let parsed = HostList { list, names };
+        parsed.count()?;
+        Ok(parsed)
+    }
+
+    /// The number of hosts, computed without expanding them; more than
+    /// [`MAX_HOSTS`] is an error.
+    fn count(&self) -> Result<u64> {
+        let too_many = || {
+            bad(
+                self.list,
+                &format!("it names more than {MAX_HOSTS} hosts, more than any cluster has"),
+            )
+        };
+        let mut total = 0u64;
+        for name in &self.names {
+            let mut hosts = 1u64;
+            for part in name {
+                if let Part::Ranges(ranges) = part {
+                    let group: u64 = ranges.iter().map(|(lo, hi, _)| hi - lo + 1).sum();
+                    hosts = hosts.checked_mul(group).ok_or_else(too_many)?;
+                }
+                if hosts > MAX_HOSTS {
+                    return Err(too_many());
+                }
+            }
+            total += hosts;
+            if total > MAX_HOSTS {
+                return Err(too_many());
+            }
+        }
+        Ok(total)
+    }
+
+    /// The first host, without expanding the others.
+    fn first(&self) -> String {
+        self.names[0]
+            .iter()
+            .map(|part| match part {
+                Part::Text(text) => (*text).to_owned(),
+                Part::Ranges(ranges) => {
+                    let (lo, _, width) = ranges[0];
+                    format!("{lo:0width$}")
+                }
+            })
+            .collect()
+    }
+
+    fn expand(&self) -> Vec<String> {
+        let mut hosts = Vec::new();
+        for name in &self.names {
+            let mut names = vec![String::new()];
+            for part in name {
+                names = match part {
+                    Part::Text(text) => names.into_iter().map(|n| n + text).collect(),
+                    Part::Ranges(ranges) => names
+                        .iter()
+                        .flat_map(|n| {
+                            ranges.iter().flat_map(move |&(lo, hi, width)| {
+                                (lo..=hi).map(move |i| format!("{n}{i:0width$}"))
+                            })
+                        })
+                        .collect(),
+                };
+            }
+            hosts.extend(names);
+        }
+        hosts
+    }
+}
+
+/// Reads one name with zero or more bracket groups into its parts.
+fn parse_name<'a>(list: &str, name: &'a str) -> Result<Vec<Part<'a>>> {
+    let mut parts = Vec::new();
+    let mut rest = name;
+    while let Some(open) = rest.find('[') {
+        let close = rest[open..]
+            .find(']')
+            .map(|i| open + i)
+            .ok_or_else(|| bad(list, "unbalanced `[`"))?;
+        if open > 0 {
+            parts.push(Part::Text(&rest[..open]));
+        }
+        let mut ranges = Vec::new();
+        for range in rest[open + 1..close].split(',').map(str::trim) {
+            let (low, high) = range.split_once('-').unwrap_or((range, range));
+            let parse = |s: &str| {
+                s.parse::<u64>()
+                    .map_err(|_| bad(list, &format!("`{s}` is not a number")))
+            };
+            let (lo, hi) = (parse(low)?, parse(high)?);
+            if lo > hi {
+                return Err(bad(list, &format!("the range {range} runs backwards")));
+            }
+            if hi - lo >= MAX_HOSTS {
+                return Err(bad(
+                    list,
+                    &format!(
+                        "the range {range} is implausibly large (more than {MAX_HOSTS} hosts)"
+                    ),
+                ));
+            }
+            ranges.push((lo, hi, low.len()));
+        }
+        parts.push(Part::Ranges(ranges));
+        rest = &rest[close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest));
+    }
+    Ok(parts)
+}
+
+/// The number of hosts of a SLURM host list and its first host, computed
+/// without expanding the list: what fabric needs of `SLURM_JOB_NODELIST`.
+/// A list naming more than [`MAX_HOSTS`] hosts is an error.
+pub(crate) fn hostlist_summary(list: &str) -> Result<(usize, String)> {
+    let parsed = HostList::parse(list)?;
+    // `count` is at most MAX_HOSTS, which fits any usize of 32 bits or more.
+    Ok((parsed.count()? as usize, parsed.first()))
+}
+
 /// Expands a SLURM host list such as `node[01-04,07],gpu3` into its hosts
 /// (`node01`, `node02`, `node03`, `node04`, `node07`, `gpu3`), keeping
-/// zero padding; several bracket groups in one name multiply out.
+/// zero padding; several bracket groups in one name multiply out. A list
+/// naming more than a million hosts is an error, found before anything is
+/// expanded.
 ///
 /// ```
 /// use fabric::environment::expand_hostlist;
@@ -117,74 +289,55 @@ fn bad(list: &str, why: &str) -> Error {
 /// assert_eq!(expand_hostlist("node[01-03,07]").unwrap(), ["node01", "node02", "node03", "node07"]);
 /// assert_eq!(expand_hostlist("a1,b[2-3]").unwrap(), ["a1", "b2", "b3"]);
 /// assert!(expand_hostlist("node[3-1]").is_err());
+/// assert!(expand_hostlist("n[0-99999][0-99999]").is_err());
 /// ```
 pub fn expand_hostlist(list: &str) -> Result<Vec<String>> {
-    let mut hosts = Vec::new();
-    // Split on the commas outside brackets.
-    let (mut depth, mut start) = (0usize, 0usize);
-    let mut names = Vec::new();
-    for (i, c) in list.char_indices() {
-        match c {
-            '[' => depth += 1,
-            ']' => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| bad(list, "unbalanced `]`"))?
-            }
-            ',' if depth == 0 => {
-                names.push(&list[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if depth != 0 {
-        return Err(bad(list, "unbalanced `[`"));
-    }
-    names.push(&list[start..]);
-    for name in names.into_iter().map(str::trim).filter(|n| !n.is_empty()) {
-        hosts.extend(expand_name(list, name)?);
-    }
-    if hosts.is_empty() {
-        return Err(bad(list, "it names no host"));
-    }
-    Ok(hosts)
+    Ok(HostList::parse(list)?.expand())
 }
 
-/// Expands one name with zero or more bracket groups.
-fn expand_name(list: &str, name: &str) -> Result<Vec<String>> {
-    let Some(open) = name.find('[') else {
-        return Ok(vec![name.to_owned()]);
-    };
-    let close = name[open..]
-        .find(']')
-        .map(|i| open + i)
-        .ok_or_else(|| bad(list, "unbalanced `[`"))?;
-    let (prefix, ranges, rest) = (&name[..open], &name[open + 1..close], &name[close + 1..]);
-    let tails = expand_name(list, rest)?;
-    let mut out = Vec::new();
-    for range in ranges.split(',').map(str::trim) {
-        let (low, high) = range.split_once('-').unwrap_or((range, range));
-        let width = low.len();
-        let parse = |s: &str| {
-            s.parse::<u64>()
-                .map_err(|_| bad(list, &format!("`{s}` is not a number")))
-        };
-        let (lo, hi) = (parse(low)?, parse(high)?);
-        if lo > hi {
-            return Err(bad(list, &format!("the range {range} runs backwards")));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_huge_host_list_is_a_prompt_clear_error() {
+        let start = Instant::now();
+        for list in [
+            "n[0-99999][0-99999]",
+            "n[0-99999][0-99999][0-99999][0-99999][0-99999]",
+            "a[0-999999],b[0-999999]",
+        ] {
+            let err = expand_hostlist(list).unwrap_err().to_string();
+            assert!(err.contains("more than 1000000 hosts"), "{err}");
+            let err = hostlist_summary(list).unwrap_err().to_string();
+            assert!(err.contains("more than 1000000 hosts"), "{err}");
         }
-        if hi - lo > 100_000 {
-            return Err(bad(
-                list,
-                &format!("the range {range} is implausibly large"),
-            ));
-        }
-        for n in lo..=hi {
-            for tail in &tails {
-                out.push(format!("{prefix}{n:0width$}{tail}"));
-            }
-        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            start.elapsed()
+        );
     }
-    Ok(out)
+
+    #[test]
+    fn the_count_and_first_host_match_the_expansion() {
+        for list in [
+            "node[01-04,07],gpu3",
+            "a1,b[2-3]",
+            "r[1-2]n[08-10]x",
+            "n[0-999][0-999]",
+            "h",
+            "[5-6]",
+        ] {
+            let hosts = expand_hostlist(list).unwrap();
+            let (count, first) = hostlist_summary(list).unwrap();
+            assert_eq!(count, hosts.len(), "{list}");
+            assert_eq!(first, hosts[0], "{list}");
+        }
+        assert_eq!(
+            expand_hostlist("r[1-2]n[08-10]x").unwrap(),
+            ["r1n08x", "r1n09x", "r1n10x", "r2n08x", "r2n09x", "r2n10x"]
+        );
+    }
 }

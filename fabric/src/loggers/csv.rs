@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::version::ExperimentDir;
 use super::{Hyperparams, Logger, LoggerError, prefixed};
-use crate::checkpoint::atomic;
+use crate::fs;
 
 const METRICS_FILE: &str = "metrics.csv";
 const HPARAMS_FILE: &str = "hparams.yaml";
@@ -18,9 +18,11 @@ const HPARAMS_FILE: &str = "hparams.yaml";
 /// - The version is the next free one (`version_0`, `version_1`, ...) unless
 ///   fixed with [`version`](Self::version); it is chosen, and its directory
 ///   created, when the logger first logs (on global rank 0 only) or when
-///   [`log_dir`](Self::log_dir) is first called. As in Lightning, two
-///   loggers with the same `root_dir` and `name` take different versions,
-///   unless their `log_dir` was asked for before either logged.
+///   [`log_dir`](Self::log_dir) is first called. Creating the directory
+///   claims the version: two loggers with the same `root_dir` and `name`,
+///   in one process or in runs started at the same time, take different
+///   versions. (To put a CSV and a TensorBoard logger in one directory, give
+///   the second the first one's [`version_number`](Self::version_number).)
 /// - Each call to [`Fabric::log_dict`](crate::Fabric::log_dict) is one row
 ///   with a `step` column; without a step, the row's step is the number of
 ///   rows logged before it.
@@ -28,8 +30,10 @@ const HPARAMS_FILE: &str = "hparams.yaml";
 ///   a new name appears, the file is rewritten with the wider header (as
 ///   Lightning does), and rows that lack a metric leave its cell empty.
 /// - Rows are buffered and written every
-///   [`flush_logs_every_n_steps`](Self::flush_logs_every_n_steps) rows (100)
-///   and when training ends, with an error or not.
+///   [`flush_logs_every_n_steps`](Self::flush_logs_every_n_steps) rows (100),
+///   by [`save`](Self::save), when training ends, with an error or not
+///   ([`Logger::finalize`] calls `save`), and when the logger is dropped.
+///   Written rows are flushed to the disk (`fsync`).
 ///
 /// ```
 /// use fabric::{CsvLogger, Fabric};
@@ -82,44 +86,16 @@ impl CsvLogger {
         }
     }
 
-    /// Writes to `version_<version>` instead of the next free version; a
-    /// `metrics.csv` already there is replaced, as in Lightning.
-    pub fn version(mut self, version: u32) -> Self {
-        self.dir.set_version(version);
-        self
-    }
-
-    /// Prepends `prefix-` to every metric name.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
     /// How many rows are buffered before they are written (100; at least 1).
     pub fn flush_logs_every_n_steps(mut self, rows: u64) -> Self {
         self.flush_every = rows.max(1);
         self
     }
 
-    /// The directory holding `<name>/version_<n>`.
-    pub fn root_dir(&self) -> &Path {
-        self.dir.root_dir()
-    }
-
-    /// The experiment name (Lightning's `logger.name`).
-    pub fn experiment_name(&self) -> &str {
-        self.dir.name()
-    }
-
-    /// The version number (the next free one is looked up on the first call).
-    pub fn version_number(&self) -> u32 {
-        self.dir.version()
-    }
-
-    /// `<root_dir>/<name>/version_<n>`, where the files are.
-    pub fn log_dir(&self) -> PathBuf {
-        self.dir.log_dir()
-    }
+    super::version::experiment_methods!(
+        version: "; a `metrics.csv` already there is replaced, as in Lightning.",
+        files: "the files"
+    );
 
     /// Chooses the version and creates its directory, at the first call
     /// that logs (as Lightning's experiment writer does).
@@ -130,7 +106,8 @@ impl CsvLogger {
         Ok(log_dir)
     }
 
-    /// Writes the buffered rows to `metrics.csv`.
+    /// Writes the buffered rows to `metrics.csv` and flushes them to the
+    /// disk.
     pub fn save(&mut self) -> Result<(), LoggerError> {
         if self.pending.is_empty() {
             return Ok(());
@@ -176,7 +153,9 @@ impl CsvLogger {
         for (step, metrics) in &self.pending {
             writeln!(out, "{}", row(&keys, *step, metrics))?;
         }
-        out.flush()
+        out.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|file| file.sync_data())
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         self.keys = keys;
         self.pending.clear();
@@ -216,7 +195,7 @@ impl Logger for CsvLogger {
         }
         let yaml = serde_yaml_ng::to_string(&self.hparams)?;
         let log_dir = self.create_log_dir()?;
-        atomic::write_file(&log_dir.join(HPARAMS_FILE), |out| {
+        fs::write_file(&log_dir.join(HPARAMS_FILE), |out| {
             out.write_all(yaml.as_bytes())
         })?;
         Ok(())
@@ -224,6 +203,19 @@ impl Logger for CsvLogger {
 
     fn finalize(&mut self, _success: bool) -> Result<(), LoggerError> {
         self.save()
+    }
+}
+
+impl Drop for CsvLogger {
+    /// Writes the rows still buffered; an error is reported on stderr.
+    fn drop(&mut self) {
+        if let Err(e) = self.save() {
+            eprintln!(
+                "fabric: CsvLogger could not write its last {} row(s) to {}: {e}",
+                self.pending.len(),
+                self.dir.log_dir().join(METRICS_FILE).display()
+            );
+        }
     }
 }
 
@@ -278,7 +270,7 @@ fn rewrite_with_header(path: &Path, old: &[String], new: &[String]) -> Result<()
         .iter()
         .map(|k| new.iter().position(|n| n == k).unwrap_or(0))
         .collect();
-    atomic::write_file(path, |out| {
+    fs::write_file(path, |out| {
         writeln!(out, "{}", header(new))?;
         for line in reader.lines() {
             let line = line?;

@@ -1,12 +1,16 @@
 //! Lightning's experiment layout, shared by the built-in loggers:
-//! `<root_dir>/<name>/version_<n>`, with the next free `n` by default.
+//! `<root_dir>/<name>/version_<n>`, with the next free `n` by default, and
+//! the builder methods and accessors the loggers share
+//! ([`experiment_methods`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Where a logger writes: `<root_dir>/<name>/version_<n>`. The version is
 /// chosen on first use (as Lightning's lazily resolved `version`), so that
-/// only the process that logs (global rank 0) looks at the disk.
+/// only the process that logs (global rank 0) looks at the disk, and claimed
+/// there by creating its directory exclusively: two loggers, in one process
+/// or in runs started at once, never take the same version.
 #[derive(Debug)]
 pub(crate) struct ExperimentDir {
     root_dir: PathBuf,
@@ -37,17 +41,39 @@ impl ExperimentDir {
     }
 
     /// The version: the one fixed by the user, else the next free one,
-    /// looked up on the first call.
+    /// claimed on the first call.
     pub(crate) fn version(&self) -> u32 {
         *self
             .version
-            .get_or_init(|| next_version(&self.root_dir.join(&self.name)))
+            .get_or_init(|| claim_next_version(&self.root_dir.join(&self.name)))
     }
 
     pub(crate) fn log_dir(&self) -> PathBuf {
         self.root_dir
             .join(&self.name)
             .join(format!("version_{}", self.version()))
+    }
+}
+
+/// Claims the next free version of `dir` by creating its `version_<n>`
+/// directory exclusively, trying the next number while another logger (in
+/// this process or another) took it first. Where no directory can be made
+/// (a read-only root), the next free number is returned unclaimed: the
+/// first write reports why it cannot create it.
+fn claim_next_version(dir: &Path) -> u32 {
+    let mut version = next_version(dir);
+    if std::fs::create_dir_all(dir).is_err() {
+        return version;
+    }
+    loop {
+        match std::fs::create_dir(dir.join(format!("version_{version}"))) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match version.checked_add(1)
+            {
+                Some(next) => version = next,
+                None => return version,
+            },
+            _ => return version,
+        }
     }
 }
 
@@ -72,3 +98,46 @@ pub(crate) fn next_version(dir: &Path) -> u32 {
         .max()
         .map_or(0, |v| v + 1)
 }
+
+/// The builder methods and accessors of a built-in logger, a struct with
+/// the fields `dir: ExperimentDir` and `prefix: String`: `version`,
+/// `prefix`, `root_dir`, `experiment_name`, `version_number` and `log_dir`.
+/// `$version` ends the documentation of `version`, `$files` names what
+/// `log_dir` holds.
+macro_rules! experiment_methods {
+    (version: $version:literal, files: $files:literal) => {
+        #[doc = concat!("Writes to `version_<version>` instead of the next free version", $version)]
+        pub fn version(mut self, version: u32) -> Self {
+            self.dir.set_version(version);
+            self
+        }
+
+        /// Prepends `prefix-` to every metric name.
+        pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+            self.prefix = prefix.into();
+            self
+        }
+
+        /// The directory holding `<name>/version_<n>`.
+        pub fn root_dir(&self) -> &std::path::Path {
+            self.dir.root_dir()
+        }
+
+        /// The experiment name (Lightning's `logger.name`).
+        pub fn experiment_name(&self) -> &str {
+            self.dir.name()
+        }
+
+        /// The version number: on the first call, the next free version is
+        /// claimed by creating its directory.
+        pub fn version_number(&self) -> u32 {
+            self.dir.version()
+        }
+
+        #[doc = concat!("`<root_dir>/<name>/version_<n>`, where ", $files, " are; on the first call, the next free version is claimed by creating its directory.")]
+        pub fn log_dir(&self) -> std::path::PathBuf {
+            self.dir.log_dir()
+        }
+    };
+}
+pub(crate) use experiment_methods;

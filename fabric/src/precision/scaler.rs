@@ -78,8 +78,8 @@ impl GradScaler {
         }
         Ok(GradScaler {
             config,
-            scale: Tensor::full([1], config.init_scale, (Kind::Float, device)),
-            growth_tracker: Tensor::zeros([1], (Kind::Int, device)),
+            scale: one_value(config.init_scale as f32, device)?,
+            growth_tracker: one_value(0i32, device)?,
         })
     }
 
@@ -107,12 +107,12 @@ impl GradScaler {
     /// tensor that is 1 if any of them holds an infinity or NaN, else 0.
     pub fn unscale(&self, grads: &[Tensor]) -> Result<Tensor> {
         let device = self.scale.device();
-        let mut found_inf = Tensor::zeros([1], (Kind::Float, device));
+        let mut found_inf = Tensor::f_zeros([1], (Kind::Float, device))?;
         let inv_scale = self
             .scale
-            .to_kind(Kind::Double)
-            .reciprocal()
-            .to_kind(Kind::Float);
+            .f_to_kind(Kind::Double)?
+            .f_reciprocal()?
+            .f_to_kind(Kind::Float)?;
         // The kernel takes tensors of one device and dtype at a time.
         let mut groups: Vec<(Device, Kind, Vec<Tensor>)> = Vec::new();
         for grad in grads {
@@ -123,15 +123,15 @@ impl GradScaler {
             }
         }
         for (group_device, _, group) in groups {
-            let group_found = Tensor::zeros([1], (Kind::Float, group_device));
+            let group_found = Tensor::f_zeros([1], (Kind::Float, group_device))?;
             shim::non_finite_check_and_unscale(
                 &group,
                 &group_found,
-                &inv_scale.to_device(group_device),
+                &inv_scale.f_to_device(group_device)?,
             )?;
-            let _ = found_inf.f_add_(&group_found.to_device(device))?;
+            let _ = found_inf.f_add_(&group_found.f_to_device(device)?)?;
         }
-        Ok(found_inf.clamp_max(1.0))
+        Ok(found_inf.f_clamp_max(1.0)?)
     }
 
     /// Adapts the scale after a step: backs off if `found_inf` is non-zero,
@@ -163,10 +163,36 @@ impl GradScaler {
     pub fn load_state(&mut self, state: GradScalerState) -> Result<()> {
         let device = self.scale.device();
         let mut restored = GradScaler::new(state.config, device)?;
-        restored.scale = Tensor::full([1], state.scale, (Kind::Float, device));
-        restored.growth_tracker =
-            Tensor::full([1], i64::from(state.growth_tracker), (Kind::Int, device));
+        restored.scale = one_value(state.scale as f32, device)?;
+        restored.growth_tracker = one_value(state.growth_tracker, device)?;
         *self = restored;
         Ok(())
+    }
+}
+
+/// A one-element tensor on `device`. Made on the CPU and moved: tch's
+/// `f_full` frees its fill value before reading libtorch's error, and so
+/// panics where it should return the error.
+fn one_value<T: tch::kind::Element>(value: T, device: Device) -> Result<Tensor> {
+    Ok(Tensor::f_from_slice(&[value])?.f_to_device(device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_libtorch_error_is_an_err_not_a_panic() {
+        // libtorch's builds have no Vulkan backend: allocating there fails.
+        let err = GradScaler::new(GradScalerConfig::default(), Device::Vulkan).unwrap_err();
+        assert!(matches!(err, Error::Torch(_)), "{err}");
+
+        let mut scaler = GradScaler::new(GradScalerConfig::default(), Device::Cpu).unwrap();
+        // A quantized scale, which libtorch cannot convert to a float:
+        // unscaling reports it instead of aborting the process.
+        scaler.scale =
+            Tensor::ones([1], (Kind::Float, Device::Cpu)).quantize_per_tensor(1.0, 0, Kind::QInt8);
+        let grad = Tensor::ones([2], (Kind::Float, Device::Cpu));
+        assert!(scaler.unscale(&[grad]).is_err());
     }
 }

@@ -173,18 +173,6 @@ impl TensorBoardLogger {
         }
     }
 
-    /// Writes to `version_<version>` instead of the next free version.
-    pub fn version(mut self, version: u32) -> Self {
-        self.dir.set_version(version);
-        self
-    }
-
-    /// Prepends `prefix-` to every metric name.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
     /// Whether logging hyperparameters also logs the placeholder metric
     /// `hp_metric = -1` (true, as in Lightning).
     pub fn default_hp_metric(mut self, enabled: bool) -> Self {
@@ -192,25 +180,7 @@ impl TensorBoardLogger {
         self
     }
 
-    /// The directory holding `<name>/version_<n>`.
-    pub fn root_dir(&self) -> &Path {
-        self.dir.root_dir()
-    }
-
-    /// The experiment name (Lightning's `logger.name`).
-    pub fn experiment_name(&self) -> &str {
-        self.dir.name()
-    }
-
-    /// The version number (the next free one is looked up on the first call).
-    pub fn version_number(&self) -> u32 {
-        self.dir.version()
-    }
-
-    /// `<root_dir>/<name>/version_<n>`, where the event file is.
-    pub fn log_dir(&self) -> PathBuf {
-        self.dir.log_dir()
-    }
+    super::version::experiment_methods!(version: ".", files: "the event files");
 
     /// The event file, once something was logged.
     pub fn event_file(&self) -> Option<&Path> {
