@@ -292,9 +292,12 @@ pub trait Strategy: Send + 'static {
     }
 }
 
+/// Makes a registered strategy with its default parameters.
+pub(crate) type MakeStrategy = fn() -> Box<dyn Strategy>;
+
 /// The strategies `strategy = "..."` names, one line each: the option's
 /// family and the object it makes.
-pub(crate) const REGISTRY: &[(fabric_options::Strategy, fn() -> Box<dyn Strategy>)] = &[
+pub(crate) const REGISTRY: &[(fabric_options::Strategy, MakeStrategy)] = &[
     (fabric_options::Strategy::SingleDevice, || {
         Box::new(SingleDeviceStrategy::new())
     }),
