@@ -1,8 +1,6 @@
 //! [`FabricBuilder`]: the typed configuration a [`Fabric`] is built from.
 
-use fabric_options::{
-    Accelerator, Devices, NumNodes, OptionError, Options, Precision, Strategy, Value,
-};
+use fabric_options::{Accelerator, Devices, Key, RawOptions, Strategy, Value};
 
 use std::time::Duration;
 
@@ -14,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::fabric::Fabric;
 use crate::launcher;
 use crate::loggers::Logger;
-use crate::overrides::Overrides;
+use crate::overrides;
 use crate::plugins::{IntoPlugin, Plugin};
 use crate::precision::{self, GradScaler, PrecisionPlugin};
 use crate::private::TrainResult;
@@ -44,11 +42,9 @@ use crate::strategy::{self, Plan};
 #[derive(Default)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct FabricBuilder {
-    accelerator: Option<Value>,
-    strategy: Option<Value>,
-    devices: Option<Value>,
-    num_nodes: Option<Value>,
-    precision: Option<Value>,
+    /// `accelerator`, `strategy`, `devices`, `num_nodes` and `precision`,
+    /// as given.
+    options: RawOptions,
     plugins: Vec<Plugin>,
     callbacks: Callbacks,
     loggers: Vec<Box<dyn Logger>>,
@@ -64,11 +60,7 @@ pub struct FabricBuilder {
 impl std::fmt::Debug for FabricBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FabricBuilder")
-            .field("accelerator", &self.accelerator)
-            .field("strategy", &self.strategy)
-            .field("devices", &self.devices)
-            .field("num_nodes", &self.num_nodes)
-            .field("precision", &self.precision)
+            .field("options", &self.options)
             .field("plugins", &self.plugins)
             .field("callbacks", &self.callbacks.len())
             .field("loggers", &self.loggers.len())
@@ -80,7 +72,7 @@ impl std::fmt::Debug for FabricBuilder {
 impl FabricBuilder {
     /// `accelerator`: `"cpu"`, `"cuda"`, `"gpu"`, `"mps"`, `"tpu"` or `"auto"` (the default).
     pub fn accelerator(mut self, value: impl Into<Value>) -> Self {
-        self.accelerator = Some(value.into());
+        self.options.set(Key::Accelerator, value);
         self
     }
 
@@ -94,20 +86,20 @@ impl FabricBuilder {
     /// `devices`: a count, a list of indices, `"1, 4"`, `-1` for all,
     /// `0`/`None` for the CPU, or `"auto"` (the default).
     pub fn devices(mut self, value: impl Into<Value>) -> Self {
-        self.devices = Some(value.into());
+        self.options.set(Key::Devices, value);
         self
     }
 
     /// `num_nodes`: how many machines take part (1 by default).
     pub fn num_nodes(mut self, value: impl Into<Value>) -> Self {
-        self.num_nodes = Some(value.into());
+        self.options.set(Key::NumNodes, value);
         self
     }
 
     /// `precision`: `"32-true"` (the default), `"64-true"`, `"bf16-mixed"`, ...
     /// or an alias such as `"bf16"` or `16`.
     pub fn precision(mut self, value: impl Into<Value>) -> Self {
-        self.precision = Some(value.into());
+        self.options.set(Key::Precision, value);
         self
     }
 
@@ -168,22 +160,6 @@ impl FabricBuilder {
     /// With `LT_CLI_USED=1`, a value given here that differs from its
     /// variable is an error.
     fn prepare(mut self) -> Result<Prepared> {
-        let mut overrides = Overrides::from_env()?;
-        let mut errors = overrides.apply([
-            &mut self.accelerator,
-            &mut self.strategy,
-            &mut self.devices,
-            &mut self.num_nodes,
-            &mut self.precision,
-        ]);
-        let accelerator = parse(&self.accelerator, Accelerator::parse, &mut errors);
-        let strategy = parse(&self.strategy, Strategy::parse, &mut errors);
-        let devices = parse(&self.devices, Devices::parse, &mut errors);
-        let num_nodes = parse(&self.num_nodes, NumNodes::parse, &mut errors);
-        let precision = match &self.precision {
-            Some(value) => Precision::parse(value).map_err(|e| errors.push(e)).ok(),
-            None => None,
-        };
         let mut environment: Option<Box<dyn ClusterEnvironment>> = None;
         let mut precision_plugin: Option<Box<dyn PrecisionPlugin>> = None;
         let (mut cluster_environments, mut precision_plugins) = (0, 0);
@@ -199,19 +175,8 @@ impl FabricBuilder {
                 }
             }
         }
-        let options = Options {
-            accelerator,
-            strategy,
-            devices,
-            num_nodes,
-            precision,
-            precision_plugins,
-            cluster_environments,
-        };
-        errors.extend(overrides.annotate(options.check()));
-        if !errors.is_empty() {
-            return Err(Error::from(errors));
-        }
+        let options =
+            overrides::resolve(&mut self.options, precision_plugins, cluster_environments)?;
 
         let environment = match environment {
             Some(environment) => Some(environment),
@@ -248,7 +213,7 @@ impl FabricBuilder {
             &options.devices,
             devices.len(),
             options.num_nodes.get() as usize,
-            self.num_nodes.is_some(),
+            self.options.get(Key::NumNodes).is_some(),
             &*environment,
         )?;
         if matches!(layout.plan, Plan::Launch(_) | Plan::Spawn(_)) && launcher::was_launched() {
@@ -539,20 +504,6 @@ impl Prepared {
     }
 }
 
-fn parse<T: Default>(
-    value: &Option<Value>,
-    parser: fn(&Value) -> Result<T, OptionError>,
-    errors: &mut Vec<OptionError>,
-) -> T {
-    match value {
-        Some(value) => parser(value).unwrap_or_else(|e| {
-            errors.push(e);
-            T::default()
-        }),
-        None => T::default(),
-    }
-}
-
 /// Rejects ranks that cannot belong to the world the environment reports.
 fn validate_environment(env: &dyn ClusterEnvironment) -> Result<()> {
     let error = |message: String| Error::ClusterEnvironment {
@@ -596,14 +547,14 @@ pub trait IntoStrategy {
 #[diagnostic::do_not_recommend]
 impl<T: Into<Value>> IntoStrategy for T {
     fn configure(self, mut builder: FabricBuilder) -> FabricBuilder {
-        builder.strategy = Some(self.into());
+        builder.options.set(Key::Strategy, self);
         builder
     }
 }
 
 impl IntoStrategy for strategy::DdpStrategy {
     fn configure(self, mut builder: FabricBuilder) -> FabricBuilder {
-        builder.strategy = Some(Value::Str("ddp".into()));
+        builder.options.set(Key::Strategy, "ddp");
         if let Some(megabytes) = self.bucket_cap_mb {
             builder = builder.bucket_cap_mb(megabytes);
         }
