@@ -90,7 +90,11 @@ pub(crate) fn strategy_class(expr: &Expr) -> Option<(String, Strategy)> {
 /// model parallelism, XLA), so that the combination check says why,
 /// pointing at the object. Otherwise the object is an error that names the
 /// strategy to write instead.
-pub(crate) fn strategy_object(expr: &Expr, class: &str, strategy: Strategy) -> syn::Result<Strategy> {
+pub(crate) fn strategy_object(
+    expr: &Expr,
+    class: &str,
+    strategy: Strategy,
+) -> syn::Result<Strategy> {
     let options = Options {
         strategy,
         ..Options::default()

@@ -240,4 +240,3 @@ fn parse_arg(input: ParseStream) -> syn::Result<Arg> {
     }
     Ok(Arg { key, value })
 }
-

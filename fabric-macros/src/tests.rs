@@ -130,7 +130,10 @@ fn every_literal_form_becomes_a_value() {
         code.contains(".devices(::fabric::options::Value::List(::std::vec![1i64,4i64]))"),
         "{code}"
     );
-    let code = code_of(quote!(strategy = " DDP_Find_Unused_Parameters_True ", precision = "bf16"));
+    let code = code_of(quote!(
+        strategy = " DDP_Find_Unused_Parameters_True ",
+        precision = "bf16"
+    ));
     assert!(
         code.contains(".strategy(::fabric::options::Value::Str(::std::string::String::from(\"ddp_find_unused_parameters_true\"))).precision(::fabric::options::Value::Str(::std::string::String::from(\"bf16-mixed\")))"),
         "{code}"
@@ -312,7 +315,9 @@ fn lightnings_strategy_names_are_checked() {
         message.starts_with("\"model_parallel\" is not a valid strategy"),
         "{message}"
     );
-    let message = error(quote!(strategy = ModelParallelStrategy(tensor_parallel_size = 2)));
+    let message = error(quote!(
+        strategy = ModelParallelStrategy(tensor_parallel_size = 2)
+    ));
     assert!(
         message.starts_with("the sharded strategy \"model_parallel\" is not available"),
         "{message}"
@@ -338,7 +343,11 @@ fn ddp_spawn_is_decided_from_the_typed_options() {
     assert_eq!(launcher(quote!(strategy = "ddp_spawn")), "launch_spawn");
     assert_eq!(launcher(quote!(strategy = " DDP_Spawn ")), "launch_spawn");
     assert_eq!(
-        launcher(quote!(strategy = "ddp_spawn", accelerator = "cpu", devices = 2)),
+        launcher(quote!(
+            strategy = "ddp_spawn",
+            accelerator = "cpu",
+            devices = 2
+        )),
         "launch_spawn"
     );
     for other in [

@@ -76,7 +76,9 @@ const SCHEMA: [Entry; 8] = [
         written: "a string literal such as \"cpu\" or \"cuda\"",
         example: "\"cpu\"",
         slot: Some(Slot {
-            set: |options, value| Ok(options.accelerator = Accelerator::parse(value)?),
+            set: |options, value| {
+                Accelerator::parse(value).map(|parsed| options.accelerator = parsed)
+            },
             get: |options| Some(options.accelerator.into()),
         }),
     },
@@ -106,7 +108,7 @@ const SCHEMA: [Entry; 8] = [
         written: "an integer literal such as 2 or -1, a list of device indices such as [1, 4], a string literal such as \"1, 4\", or None",
         example: "2",
         slot: Some(Slot {
-            set: |options, value| Ok(options.devices = Devices::parse(value)?),
+            set: |options, value| Devices::parse(value).map(|parsed| options.devices = parsed),
             get: |options| Some(options.devices.clone().into()),
         }),
     },
@@ -117,7 +119,7 @@ const SCHEMA: [Entry; 8] = [
         written: "a positive integer literal such as 1",
         example: "1",
         slot: Some(Slot {
-            set: |options, value| Ok(options.num_nodes = NumNodes::parse(value)?),
+            set: |options, value| NumNodes::parse(value).map(|parsed| options.num_nodes = parsed),
             get: |options| Some(options.num_nodes.into()),
         }),
     },
@@ -128,7 +130,9 @@ const SCHEMA: [Entry; 8] = [
         written: "a string literal such as \"bf16-mixed\" or an integer literal such as 32",
         example: "\"bf16-mixed\"",
         slot: Some(Slot {
-            set: |options, value| Ok(options.precision = Some(Precision::parse(value)?)),
+            set: |options, value| {
+                Precision::parse(value).map(|parsed| options.precision = Some(parsed))
+            },
             // Lightning's default is no precision (`None`), not `32-true`.
             get: |options| options.precision.map(Value::from),
         }),

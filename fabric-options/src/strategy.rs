@@ -221,13 +221,10 @@ impl StrategyName {
             ));
         };
         let lower = name.trim().to_lowercase();
-        NAMES
-            .into_iter()
-            .find(|n| n.name == lower)
-            .ok_or_else(|| {
-                let names: Vec<_> = Strategy::names().collect();
-                OptionError::invalid_name(Key::Strategy, value, "strategy", &names)
-            })
+        NAMES.into_iter().find(|n| n.name == lower).ok_or_else(|| {
+            let names: Vec<_> = Strategy::names().collect();
+            OptionError::invalid_name(Key::Strategy, value, "strategy", &names)
+        })
     }
 
     /// The name registered for `strategy` with `params`, if there is one

@@ -41,19 +41,31 @@ fn lightning() -> Vec<(&'static str, Strategy, StrategyParams)> {
         ),
         // deepspeed.py
         ("deepspeed", Strategy::DeepSpeed, none),
-        ("deepspeed_stage_1", Strategy::DeepSpeed, params(false, Some(1), None, None)),
+        (
+            "deepspeed_stage_1",
+            Strategy::DeepSpeed,
+            params(false, Some(1), None, None),
+        ),
         (
             "deepspeed_stage_1_offload",
             Strategy::DeepSpeed,
             params(false, Some(1), CPU, None),
         ),
-        ("deepspeed_stage_2", Strategy::DeepSpeed, params(false, Some(2), None, None)),
+        (
+            "deepspeed_stage_2",
+            Strategy::DeepSpeed,
+            params(false, Some(2), None, None),
+        ),
         (
             "deepspeed_stage_2_offload",
             Strategy::DeepSpeed,
             params(false, Some(2), CPU, None),
         ),
-        ("deepspeed_stage_3", Strategy::DeepSpeed, params(false, Some(3), None, None)),
+        (
+            "deepspeed_stage_3",
+            Strategy::DeepSpeed,
+            params(false, Some(3), None, None),
+        ),
         (
             "deepspeed_stage_3_offload",
             Strategy::DeepSpeed,
@@ -67,7 +79,11 @@ fn lightning() -> Vec<(&'static str, Strategy, StrategyParams)> {
         // dp.py, fsdp.py (cpu_offload=True), xla.py, xla_fsdp.py, single_xla.py
         ("dp", Strategy::Dp, none),
         ("fsdp", Strategy::Fsdp, none),
-        ("fsdp_cpu_offload", Strategy::Fsdp, params(false, None, None, CPU)),
+        (
+            "fsdp_cpu_offload",
+            Strategy::Fsdp,
+            params(false, None, None, CPU),
+        ),
         ("xla", Strategy::Xla, none),
         ("xla_fsdp", Strategy::Xla, none),
         ("single_xla", Strategy::Xla, none),
@@ -121,7 +137,11 @@ fn each_family_reads_back_as_its_plain_name() {
             strategy_params: params,
             ..Options::default()
         };
-        let expected = if strategy == Strategy::Xla { "xla" } else { name };
+        let expected = if strategy == Strategy::Xla {
+            "xla"
+        } else {
+            name
+        };
         assert_eq!(options.strategy_name(), expected);
         assert_eq!(options.get(Key::Strategy), Some(Value::from(expected)));
     }
@@ -133,9 +153,15 @@ fn each_family_reads_back_as_its_plain_name() {
 #[test]
 fn misspelt_new_names_get_a_suggestion() {
     let cases = [
-        ("ddp_find_unused_parameters_ture", "ddp_find_unused_parameters_true"),
+        (
+            "ddp_find_unused_parameters_ture",
+            "ddp_find_unused_parameters_true",
+        ),
         ("deepspeed_stage_1_ofload", "deepspeed_stage_1_offload"),
-        ("deepspeed_stage_3_offload_nvm", "deepspeed_stage_3_offload_nvme"),
+        (
+            "deepspeed_stage_3_offload_nvm",
+            "deepspeed_stage_3_offload_nvme",
+        ),
         ("fsdp_cpu_offlaod", "fsdp_cpu_offload"),
     ];
     for (misspelt, meant) in cases {
@@ -144,11 +170,17 @@ fn misspelt_new_names_get_a_suggestion() {
             error.contains(&format!(": did you mean `{meant}`")),
             "{misspelt}: {error}"
         );
-        assert_eq!(did_you_mean(misspelt, Strategy::names()).first(), Some(meant));
+        assert_eq!(
+            did_you_mean(misspelt, Strategy::names()).first(),
+            Some(meant)
+        );
     }
     let error = parse("horovod").unwrap_err();
     assert!(!error.contains("did you mean"), "{error}");
-    assert!(error.contains("\"deepspeed_stage_3_offload_nvme\""), "{error}");
+    assert!(
+        error.contains("\"deepspeed_stage_3_offload_nvme\""),
+        "{error}"
+    );
     assert!(!error.contains("model_parallel"), "{error}");
 }
 
