@@ -1,5 +1,6 @@
 //! The generated code. Nothing here parses or reports errors: it turns a
-//! [`Config`] and the user's function into the wrapper
+//! [`Config`] (its typed options, and the expressions given) and the user's
+//! function into the wrapper
 //!
 //! ```text
 //! fn train() -> R {
@@ -19,14 +20,13 @@
 //! The user's body, parameter and return type keep their spans, so the
 //! compiler's errors about them point at the user's code.
 
-use fabric_options::{Key, Value};
+use fabric_options::{Key, Strategy, Value};
 use proc_macro2::{Delimiter, Group, Literal, Punct, Spacing, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Expr, GenericArgument, Ident, ItemFn, PathArguments, ReturnType, Type};
 
-use crate::parse::{Config, VALUE_KEYS};
-use crate::validate;
+use crate::parse::{Config, Form};
 
 /// The wrapper around a function whose signature passed the checks. When
 /// the attribute had errors, the options are left out (the builder gets
@@ -60,11 +60,7 @@ pub(crate) fn wrapper(function: ItemFn, config: &Config, with_options: bool) -> 
     let mut argument = inner.clone();
     // `ddp_spawn` hands rank 0's result back to the launching process, so
     // its launcher needs the result serialisable.
-    let spawn = with_options
-        && matches!(
-            config.setting(fabric_options::Key::Strategy).and_then(|s| s.value.as_ref()),
-            Some(Value::Str(name)) if name.trim().eq_ignore_ascii_case("ddp_spawn")
-        );
+    let spawn = with_options && config.options.strategy == Strategy::DdpSpawn;
     let launch_fn = if spawn {
         quote!(launch_spawn)
     } else {
@@ -165,11 +161,7 @@ struct Plugins<'a> {
 
 impl<'a> Plugins<'a> {
     fn new(config: &'a Config) -> Self {
-        let exprs = config
-            .plugins
-            .iter()
-            .flat_map(|plugins| &plugins.items)
-            .collect();
+        let exprs = config.exprs(Key::Plugins).iter().collect();
         Plugins { config, exprs }
     }
 
@@ -194,10 +186,7 @@ impl<'a> Plugins<'a> {
             return TokenStream::new();
         }
         // Only a valid `precision`: an invalid one is reported on its own.
-        let with_precision = config
-            .setting(Key::Precision)
-            .and_then(|setting| setting.value.as_ref())
-            .is_some_and(|value| validate::accepts(Key::Precision, value));
+        let with_precision = config.options.precision.is_some();
         let exprs = &self.exprs;
         let plugins = (0..exprs.len()).map(|i| self.field(PLUGINS, i, i));
         let mut tokens = quote! {
@@ -302,7 +291,9 @@ fn located(tokens: TokenStream, at: Span) -> TokenStream {
 }
 
 /// `Fabric::builder()` and one call per option and per expression, in the
-/// order written within each key.
+/// order written within each key. An option given as a literal is passed
+/// as the typed options hold it, in canonical form (`precision = 16` as
+/// `"16-mixed"`): the runtime parses it again, with the `LT_*` overrides.
 fn builder(
     config: &Config,
     plugins: &Plugins,
@@ -311,19 +302,19 @@ fn builder(
 ) -> TokenStream {
     let mut calls = TokenStream::new();
     if with_options {
-        for key in VALUE_KEYS {
-            if let Some(setting) = config.setting(key).filter(|s| s.passthrough) {
-                let expr = &setting.expr;
-                let method = format_ident!("{}", key.name(), span = expr.span());
-                calls.extend(quote_spanned!(expr.span()=> .#method(#expr)));
-                continue;
-            }
-            let Some(value) = config.setting(key).and_then(|s| s.value.as_ref()) else {
+        for key in Key::ALL.into_iter().filter(|key| key.takes_value()) {
+            let Some(given) = config.get(key) else {
                 continue;
             };
-            let method = format_ident!("{}", key.name());
-            let value = value_tokens(value, krate);
-            calls.extend(quote!(.#method(#value)));
+            if let Form::Passthrough = given.form {
+                let expr = &given.expr;
+                let method = format_ident!("{}", key.name(), span = expr.span());
+                calls.extend(quote_spanned!(expr.span()=> .#method(#expr)));
+            } else if let Some(value) = config.options.get(key) {
+                let method = format_ident!("{}", key.name());
+                let value = value_tokens(&value, krate);
+                calls.extend(quote!(.#method(#value)));
+            }
         }
     }
     // Located at the expressions: "`X` is not a fabric plugin" points at
@@ -336,9 +327,8 @@ fn builder(
         calls.extend(located(quote!(.plugin), first));
         calls.extend([TokenTree::Group(call)]);
     }
-    let expression_keys = [(&config.callbacks, "callback"), (&config.loggers, "logger")];
-    for (exprs, method) in expression_keys {
-        for expr in exprs.iter().flat_map(|e| &e.items) {
+    for (key, method) in [(Key::Callbacks, "callback"), (Key::Loggers, "logger")] {
+        for expr in config.exprs(key) {
             let method = format_ident!("{method}", span = expr.span());
             calls.extend(quote_spanned!(expr.span()=> .#method(#expr)));
         }
@@ -346,8 +336,7 @@ fn builder(
     quote!(#krate::Fabric::builder() #calls)
 }
 
-/// The value as the expression that builds it: the runtime parses it again
-/// (with the `LT_*` overrides), exactly as written.
+/// The value as the expression that builds it.
 fn value_tokens(value: &Value, krate: &TokenStream) -> TokenStream {
     let ty = quote!(#krate::options::Value);
     match value {

@@ -4,20 +4,28 @@
 //! Use it through `fabric`, which re-exports it as `fabric::fabric`; the
 //! documentation of [`macro@fabric`] is the attribute's reference.
 //!
-//! The attribute runs in two stages, as tokio's `#[tokio::main]` does:
-//! `parse.rs` turns the arguments into a configuration that remembers where
-//! each value was written, `validate.rs` asks `fabric-options` (the parser
-//! the runtime uses too) what the values mean and which combinations cannot
-//! work, and `signature.rs` checks the function. Every error found on the
-//! way is collected in a `Ctxt` (`ctxt.rs`, as serde_derive does) and
-//! reported together, each pointing at the token it is about;
-//! `generate.rs` then writes the code, which is also emitted when there are
-//! errors, so that they are the only ones the user sees.
+//! The attribute runs in stages, as tokio's `#[tokio::main]` does, each
+//! module using only those before it:
+//!
+//! 1. `parse.rs` reads the arguments into a `Config` that remembers where
+//!    each value was written, turning each literal into a value
+//!    (`literal.rs`) and parsing it into the typed `Options` of
+//!    `fabric-options` (the parser the runtime uses too);
+//! 2. `validate.rs` asks `fabric-options` which combinations of those
+//!    options cannot work;
+//! 3. `signature.rs` checks the function;
+//! 4. `generate.rs` writes the code from the typed options.
+//!
+//! Every error found on the way is collected in a `Ctxt` (`ctxt.rs`, as
+//! serde_derive does) and reported together, each pointing at the token it
+//! is about. The code is also emitted when there are errors, so that they
+//! are the only ones the user sees.
 //!
 //! [fabric]: https://docs.rs/fabric
 
 mod ctxt;
 mod generate;
+mod literal;
 mod parse;
 mod signature;
 mod validate;
@@ -61,7 +69,7 @@ use crate::ctxt::Ctxt;
 /// | option | values | default |
 /// |---|---|---|
 /// | `accelerator` | `"cpu"`, `"cuda"`, `"gpu"`, `"mps"`, `"auto"` | `"auto"` |
-/// | `strategy` | `"auto"`, `"single_device"`, `"ddp"`, `"ddp_spawn"`, ... | `"auto"` |
+/// | `strategy` | `"auto"`, `"single_device"`, `"ddp"`, `"ddp_spawn"`, and the other names Lightning registers, such as `"ddp_find_unused_parameters_true"` | `"auto"` |
 /// | `devices` | a count `2`, all `-1`, indices `[1, 4]` or `"1, 4"`, the CPU `0` or `None`, `"auto"` | `"auto"` |
 /// | `num_nodes` | a positive integer | `1` |
 /// | `precision` | `"32-true"`, `"64-true"`, `"16-true"`, `"bf16-true"`, `"16-mixed"`, `"bf16-mixed"`, or an alias `32`, `"bf16"`, ... | `"32-true"` |
@@ -81,8 +89,8 @@ use crate::ctxt::Ctxt;
 /// #[fabric(
 ///     accelerator = "cpu",
 ///     precision = "64-true",
-///     callbacks = [EarlyStopping::new(3), Timer::default()],
-///     loggers = CsvLogger::new("runs/"),
+///     callbacks = [EarlyStopping::new("val_loss", 3), ThroughputMonitor::new(10)],
+///     loggers = CsvLogger::new("runs", "train"),
 ///     plugins = [MyCluster],
 /// )]
 /// fn train(fabric: &mut Fabric) -> anyhow::Result<()> { ... }

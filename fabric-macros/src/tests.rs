@@ -73,6 +73,8 @@ fn no_argument_is_a_default_builder() {
     );
 }
 
+/// Each literal is handed to the builder as the typed options hold it, in
+/// canonical form.
 #[test]
 fn every_literal_form_becomes_a_value() {
     let code = code(
@@ -106,7 +108,9 @@ fn every_literal_form_becomes_a_value() {
         "{code}"
     );
     assert!(
-        code.contains(".precision(::fabric::options::Value::Int(64i64))"),
+        code.contains(
+            ".precision(::fabric::options::Value::Str(::std::string::String::from(\"64-true\")))"
+        ),
         "{code}"
     );
 
@@ -115,16 +119,23 @@ fn every_literal_form_becomes_a_value() {
         code.contains(".devices(::fabric::options::Value::Int(-1i64))"),
         "{code}"
     );
+    // `None` and `0` both mean the CPU.
     let code = code_of(quote!(devices = None));
     assert!(
-        code.contains(".devices(::fabric::options::Value::None)"),
+        code.contains(".devices(::fabric::options::Value::Int(0i64))"),
         "{code}"
     );
     let code = code_of(quote!(devices = "1, 4", accelerator = "gpu"));
     assert!(
-        code.contains(
-            ".devices(::fabric::options::Value::Str(::std::string::String::from(\"1,4\")))"
-        ),
+        code.contains(".devices(::fabric::options::Value::List(::std::vec![1i64,4i64]))"),
+        "{code}"
+    );
+    let code = code_of(quote!(
+        strategy = " DDP_Find_Unused_Parameters_True ",
+        precision = "bf16"
+    ));
+    assert!(
+        code.contains(".strategy(::fabric::options::Value::Str(::std::string::String::from(\"ddp_find_unused_parameters_true\"))).precision(::fabric::options::Value::Str(::std::string::String::from(\"bf16-mixed\")))"),
         "{code}"
     );
 }
@@ -280,6 +291,90 @@ fn values_are_checked_by_fabric_options() {
     assert!(error(quote!(devices = [])).contains("selects no device"));
     assert!(error(quote!(devices = "1, x")).contains("`x`, which is not a device index"));
     assert!(error(quote!(num_nodes = 0)).contains("not a number of nodes"));
+}
+
+#[test]
+fn lightnings_strategy_names_are_checked() {
+    assert!(errors(quote!(strategy = "ddp_find_unused_parameters_true")).is_empty());
+    let message = error(quote!(strategy = "deepspeed_stage_3_offload_nvme"));
+    assert!(
+        message.starts_with(
+            "the sharded strategy \"deepspeed_stage_3_offload_nvme\" is not available"
+        ),
+        "{message}"
+    );
+    let message = error(quote!(strategy = "ddp_find_unused_parameters_ture"));
+    assert!(
+        message.contains(": did you mean `ddp_find_unused_parameters_true`?"),
+        "{message}"
+    );
+    // Lightning 2.6 registers no `model_parallel`; its class is still
+    // recognised, and rejected for what it is.
+    let message = error(quote!(strategy = "model_parallel"));
+    assert!(
+        message.starts_with("\"model_parallel\" is not a valid strategy"),
+        "{message}"
+    );
+    let message = error(quote!(
+        strategy = ModelParallelStrategy(tensor_parallel_size = 2)
+    ));
+    assert!(
+        message.starts_with("the sharded strategy \"model_parallel\" is not available"),
+        "{message}"
+    );
+}
+
+/// The launcher of `#[fabric]`'s function: `launch_spawn` for `ddp_spawn`.
+fn launcher(args: TokenStream) -> &'static str {
+    let (output, _) = expand_with_errors(args, train());
+    let output = output.to_string().replace(' ', "");
+    match (
+        output.contains("__private::launch_spawn("),
+        output.contains("__private::launch("),
+    ) {
+        (true, false) => "launch_spawn",
+        (false, true) => "launch",
+        _ => panic!("one launcher expected in {output}"),
+    }
+}
+
+#[test]
+fn ddp_spawn_is_decided_from_the_typed_options() {
+    assert_eq!(launcher(quote!(strategy = "ddp_spawn")), "launch_spawn");
+    assert_eq!(launcher(quote!(strategy = " DDP_Spawn ")), "launch_spawn");
+    assert_eq!(
+        launcher(quote!(
+            strategy = "ddp_spawn",
+            accelerator = "cpu",
+            devices = 2
+        )),
+        "launch_spawn"
+    );
+    for other in [
+        quote!(strategy = "ddp"),
+        quote!(strategy = "ddp_find_unused_parameters_true"),
+        quote!(strategy = "auto"),
+        quote!(strategy = DdpStrategy::new()),
+        TokenStream::new(),
+        // With an error, the options (and `ddp_spawn`) are left out.
+        quote!(strategy = "ddp_spawn", devices = -2),
+    ] {
+        assert_eq!(launcher(other.clone()), "launch", "{other}");
+    }
+
+    // What is written does not decide: the typed options do.
+    let cx = crate::ctxt::Ctxt::new();
+    let mut config = crate::parse::parse_config(quote!(strategy = "ddp"), &cx);
+    cx.check().unwrap();
+    config.options.strategy = fabric_options::Strategy::DdpSpawn;
+    let function = syn::parse2(train()).unwrap();
+    let output = crate::generate::wrapper(function, &config, true)
+        .to_string()
+        .replace(' ', "");
+    assert!(
+        output.contains("__private::launch_spawn(::fabric::Fabric::builder().strategy(::fabric::options::Value::Str(::std::string::String::from(\"ddp_spawn\"))),__fabric_train)"),
+        "{output}"
+    );
 }
 
 #[test]

@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use crate::error::{Key, OptionError};
+use crate::error::OptionError;
+use crate::schema::Key;
 use crate::value::Value;
 
 /// The hardware to train on, as named in Lightning Fabric.

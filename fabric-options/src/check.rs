@@ -2,12 +2,17 @@
 
 use crate::accelerator::Accelerator;
 use crate::devices::Devices;
-use crate::error::{Key, OptionError};
+use crate::error::OptionError;
 use crate::num_nodes::NumNodes;
 use crate::precision::Precision;
-use crate::strategy::Strategy;
+use crate::schema::Key;
+use crate::strategy::{Strategy, StrategyParams};
 
 /// A parsed configuration, as far as it can be known without the machine.
+///
+/// [`Options::set`] parses a value into its field (the schema maps each
+/// [`Key`] to one), and [`RawOptions::parse`](crate::RawOptions::parse)
+/// every value given.
 ///
 /// [`Options::check`] rejects what cannot work anywhere, with the same
 /// messages at compile time (in `#[fabric(...)]`) and at run time (in the
@@ -17,8 +22,12 @@ use crate::strategy::Strategy;
 pub struct Options {
     /// `accelerator`
     pub accelerator: Accelerator,
-    /// `strategy`
+    /// `strategy`: its family.
     pub strategy: Strategy,
+    /// What the strategy's name sets beyond its family, such as
+    /// `find_unused_parameters` for `"ddp_find_unused_parameters_true"`
+    /// (see [`StrategyName`](crate::StrategyName)).
+    pub strategy_params: StrategyParams,
     /// `devices`
     pub devices: Devices,
     /// `num_nodes`
@@ -69,7 +78,8 @@ impl Options {
             Strategy::Fsdp | Strategy::DeepSpeed | Strategy::ModelParallel => error(
                 Key::Strategy,
                 format!(
-                    "the sharded strategy \"{strategy}\" is not available in fabric yet; use \"ddp\", which replicates the model on every device"
+                    "the sharded strategy \"{}\" is not available in fabric yet; use \"ddp\", which replicates the model on every device",
+                    self.strategy_name()
                 ),
             ),
             Strategy::DdpFork | Strategy::DdpNotebook => error(

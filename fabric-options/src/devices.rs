@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::error::{Key, OptionError};
+use crate::error::OptionError;
+use crate::schema::Key;
 use crate::value::Value;
 
 /// Which devices to train on, in every form Lightning Fabric documents.

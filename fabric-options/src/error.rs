@@ -2,99 +2,9 @@
 
 use std::fmt;
 
+use crate::schema::Key;
 use crate::suggest::did_you_mean;
 use crate::value::Value;
-
-/// The options of fabric's configuration, as Lightning Fabric names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Key {
-    /// `accelerator`
-    Accelerator,
-    /// `strategy`
-    Strategy,
-    /// `devices`
-    Devices,
-    /// `num_nodes`
-    NumNodes,
-    /// `precision`
-    Precision,
-    /// `plugins`
-    Plugins,
-    /// `callbacks`
-    Callbacks,
-    /// `loggers`
-    Loggers,
-}
-
-impl Key {
-    /// Every key, in the order Lightning's constructor lists them.
-    pub const ALL: [Key; 8] = [
-        Key::Accelerator,
-        Key::Strategy,
-        Key::Devices,
-        Key::NumNodes,
-        Key::Precision,
-        Key::Plugins,
-        Key::Callbacks,
-        Key::Loggers,
-    ];
-
-    /// The key's name as written in `#[fabric(...)]` and Lightning.
-    pub fn name(self) -> &'static str {
-        match self {
-            Key::Accelerator => "accelerator",
-            Key::Strategy => "strategy",
-            Key::Devices => "devices",
-            Key::NumNodes => "num_nodes",
-            Key::Precision => "precision",
-            Key::Plugins => "plugins",
-            Key::Callbacks => "callbacks",
-            Key::Loggers => "loggers",
-        }
-    }
-
-    /// The environment variable that overrides this key at run time, as
-    /// set by Lightning's CLI (`LT_ACCELERATOR`, ...), if there is one.
-    pub fn env_var(self) -> Option<&'static str> {
-        match self {
-            Key::Accelerator => Some("LT_ACCELERATOR"),
-            Key::Strategy => Some("LT_STRATEGY"),
-            Key::Devices => Some("LT_DEVICES"),
-            Key::NumNodes => Some("LT_NUM_NODES"),
-            Key::Precision => Some("LT_PRECISION"),
-            Key::Plugins | Key::Callbacks | Key::Loggers => None,
-        }
-    }
-
-    /// Looks a key up by name.
-    pub fn from_name(name: &str) -> Option<Key> {
-        Key::ALL.into_iter().find(|key| key.name() == name)
-    }
-
-    /// An error for a name that is not a key, with a suggestion when the
-    /// name looks like a misspelt key.
-    pub fn unknown(name: &str) -> OptionError {
-        let accepted = Key::ALL.map(Key::name);
-        let list = accepted.map(|k| format!("`{k}`")).join(", ");
-        let suggestions = did_you_mean(name, accepted);
-        let message = if suggestions.is_empty() {
-            format!("unknown option `{name}`; the options are {list}")
-        } else {
-            format!("unknown option `{name}`: {suggestions} The options are {list}")
-        };
-        OptionError {
-            key: None,
-            origin: None,
-            message,
-        }
-    }
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// A value that fabric does not accept, or a combination of values that
 /// cannot work. The message says what was wrong and what is accepted.
@@ -112,6 +22,15 @@ impl OptionError {
             key: Some(key),
             origin: None,
             message: message.into(),
+        }
+    }
+
+    /// An error about no option in particular (an unknown option name).
+    pub(crate) fn unkeyed(message: String) -> Self {
+        OptionError {
+            key: None,
+            origin: None,
+            message,
         }
     }
 

@@ -8,8 +8,12 @@
 //!
 //! Each option has a type with a `parse` function taking a [`Value`]: the
 //! forms a user can write (a string, an integer, a list of integers, or
-//! nothing). [`Options::check`] then validates the combinations that can
-//! never work, whatever the machine.
+//! nothing). The options are described once, in a schema keyed by [`Key`]:
+//! each key's name, its `LT_*` variable ([`Key::env_var`]) and the field of
+//! [`Options`] its value is parsed into ([`Options::set`], [`Options::get`]).
+//! [`RawOptions`] holds the values as given and parses them all;
+//! [`Options::check`] then validates the combinations that can never work,
+//! whatever the machine.
 //!
 //! ```
 //! use fabric_options::{Accelerator, Devices, Precision, Value};
@@ -29,6 +33,8 @@ mod error;
 mod hooks;
 mod num_nodes;
 mod precision;
+mod raw;
+mod schema;
 mod strategy;
 mod suggest;
 mod value;
@@ -36,10 +42,12 @@ mod value;
 pub use accelerator::Accelerator;
 pub use check::Options;
 pub use devices::Devices;
-pub use error::{Key, OptionError};
+pub use error::OptionError;
 pub use hooks::{STANDARD_HOOKS, hook_type};
 pub use num_nodes::NumNodes;
 pub use precision::Precision;
-pub use strategy::Strategy;
+pub use raw::RawOptions;
+pub use schema::Key;
+pub use strategy::{Offload, Strategy, StrategyName, StrategyParams};
 pub use suggest::{Suggestions, did_you_mean};
 pub use value::{Integer, Value};

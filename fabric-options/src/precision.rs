@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use crate::error::{Key, OptionError};
+use crate::error::OptionError;
+use crate::schema::Key;
 use crate::value::Value;
 
 /// The numeric precision of training, as named in Lightning Fabric.

@@ -3,7 +3,8 @@
 //! accepted lists and the "did you mean" suggestions) is accepted.
 
 use fabric_options::{
-    Accelerator, Devices, Key, NumNodes, OptionError, Options, Precision, Strategy, Value,
+    Accelerator, Devices, Key, NumNodes, OptionError, Options, Precision, Strategy, StrategyName,
+    Value,
 };
 use proptest::collection::vec;
 use proptest::prelude::{
@@ -19,7 +20,7 @@ type Parser = fn(&Value) -> Result<Value, OptionError>;
 
 const PARSERS: [(Key, Parser); 5] = [
     (Key::Accelerator, |v| Accelerator::parse(v).map(Value::from)),
-    (Key::Strategy, |v| Strategy::parse(v).map(Value::from)),
+    (Key::Strategy, |v| StrategyName::parse(v).map(Value::from)),
     (Key::Devices, |v| Devices::parse(v).map(Value::from)),
     (Key::NumNodes, |v| NumNodes::parse(v).map(Value::from)),
     (Key::Precision, |v| Precision::parse(v).map(Value::from)),
@@ -161,6 +162,20 @@ proptest! {
     }
 
     #[test]
+    fn the_schema_parses_each_key_with_its_type(value in values()) {
+        // The schema's slot for a key runs that key's parser: the same
+        // errors, and values that read back the same.
+        for (key, parse) in PARSERS {
+            match (key.canonical(&value), parse(&value)) {
+                (Ok(schema), Ok(typed)) => {
+                    prop_assert_eq!(key.canonical(&typed), Ok(schema), "{} = {}", key, value);
+                }
+                (schema, typed) => prop_assert_eq!(schema, typed, "{} = {}", key, value),
+            }
+        }
+    }
+
+    #[test]
     fn unknown_keys_suggest_only_keys(name in strings()) {
         let error = Key::unknown(&name);
         prop_assert_eq!(error.key(), None);
@@ -183,9 +198,11 @@ proptest! {
         precision_plugins in 0usize..3,
         cluster_environments in 0usize..3,
     ) {
+        let strategy = StrategyName::parse(&strategy.into()).expect("a listed name");
         let options = Options {
             accelerator,
-            strategy: Strategy::parse(&strategy.into()).expect("a listed name"),
+            strategy: strategy.strategy(),
+            strategy_params: strategy.params(),
             devices: Devices::parse(&devices).unwrap_or_default(),
             num_nodes: NumNodes(num_nodes),
             precision: precision.map(|p| Precision::parse(&p.into()).expect("a listed name")),

@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use fabric_options::{
-    Accelerator, Devices, NumNodes, OptionError, Options, Precision, Strategy as StrategyName,
-    Value,
-};
+use fabric_options::{Key, RawOptions, Strategy as StrategyName, Value};
 
 use crate::callbacks::{Callback, Callbacks};
 use crate::connector::{self, Connection, Plan, Request};
@@ -16,7 +13,7 @@ use crate::fabric::{Fabric, Parts};
 use crate::launcher::{self, TrainResult};
 use crate::loggers::Logger;
 use crate::machine::ThisMachine;
-use crate::overrides::Overrides;
+use crate::overrides;
 use crate::plugins::{IntoPlugin, Plugin};
 use crate::precision::{GradScaler, PrecisionPlugin};
 use crate::process::{ProcessSettings, Threads};
@@ -62,12 +59,10 @@ use crate::switches;
 #[derive(Default)]
 #[must_use = "a builder does nothing until `build` or `launch` is called"]
 pub struct FabricBuilder {
-    accelerator: Option<Value>,
-    strategy: Option<Value>,
+    /// `accelerator`, `strategy`, `devices`, `num_nodes` and `precision`,
+    /// as given.
+    options: RawOptions,
     strategy_object: Option<Box<dyn Strategy>>,
-    devices: Option<Value>,
-    num_nodes: Option<Value>,
-    precision: Option<Value>,
     plugins: Vec<Plugin>,
     callbacks: Callbacks,
     loggers: Vec<Box<dyn Logger>>,
@@ -84,15 +79,11 @@ pub struct FabricBuilder {
 impl std::fmt::Debug for FabricBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FabricBuilder")
-            .field("accelerator", &self.accelerator)
-            .field("strategy", &self.strategy)
+            .field("options", &self.options)
             .field(
                 "strategy_object",
                 &self.strategy_object.as_ref().map(|s| s.name()),
             )
-            .field("devices", &self.devices)
-            .field("num_nodes", &self.num_nodes)
-            .field("precision", &self.precision)
             .field("plugins", &self.plugins)
             .field("callbacks", &self.callbacks.len())
             .field("loggers", &self.loggers.len())
@@ -118,7 +109,7 @@ impl Fabric {
 impl FabricBuilder {
     /// `accelerator`: `"cpu"`, `"cuda"`, `"gpu"`, `"mps"`, `"tpu"` or `"auto"` (the default).
     pub fn accelerator(mut self, value: impl Into<Value>) -> Self {
-        self.accelerator = Some(value.into());
+        self.options.set(Key::Accelerator, value);
         self
     }
 
@@ -129,7 +120,7 @@ impl FabricBuilder {
     pub fn strategy(mut self, strategy: impl IntoStrategy) -> Self {
         match strategy.into_strategy() {
             StrategyChoice::Name(value) => {
-                self.strategy = Some(value);
+                self.options.set(Key::Strategy, value);
                 self.strategy_object = None;
             }
             StrategyChoice::Object(object) => {
@@ -137,7 +128,11 @@ impl FabricBuilder {
                 // checks (`dp` on the CPU, ...); a strategy of the user's
                 // is resolved by its process model alone.
                 let name = Value::Str(object.name().to_owned());
-                self.strategy = StrategyName::parse(&name).is_ok().then_some(name);
+                if StrategyName::parse(&name).is_ok() {
+                    self.options.set(Key::Strategy, name);
+                } else {
+                    self.options.unset(Key::Strategy);
+                }
                 self.strategy_object = Some(object);
             }
         }
@@ -147,20 +142,20 @@ impl FabricBuilder {
     /// `devices`: a count, a list of indices, `"1, 4"`, `-1` for all,
     /// `0`/`None` for the CPU, or `"auto"` (the default).
     pub fn devices(mut self, value: impl Into<Value>) -> Self {
-        self.devices = Some(value.into());
+        self.options.set(Key::Devices, value);
         self
     }
 
     /// `num_nodes`: how many machines take part (1 by default).
     pub fn num_nodes(mut self, value: impl Into<Value>) -> Self {
-        self.num_nodes = Some(value.into());
+        self.options.set(Key::NumNodes, value);
         self
     }
 
     /// `precision`: `"32-true"` (the default), `"64-true"`, `"bf16-mixed"`, ...
     /// or an alias such as `"bf16"` or `16`.
     pub fn precision(mut self, value: impl Into<Value>) -> Self {
-        self.precision = Some(value.into());
+        self.options.set(Key::Precision, value);
         self
     }
 
@@ -248,27 +243,7 @@ impl FabricBuilder {
     /// With `LT_CLI_USED=1`, a value given here that differs from its
     /// variable is an error.
     fn connect(mut self) -> Result<(Connection, Assembly)> {
-        let mut overrides = Overrides::from_env()?;
-        let given_strategy = self.strategy.clone();
-        let mut errors = overrides.apply([
-            &mut self.accelerator,
-            &mut self.strategy,
-            &mut self.devices,
-            &mut self.num_nodes,
-            &mut self.precision,
-        ]);
-        if self.strategy != given_strategy {
-            // LT_STRATEGY replaces the strategy, object included.
-            self.strategy_object = None;
-        }
-        let accelerator = parse(&self.accelerator, Accelerator::parse, &mut errors);
-        let strategy = parse(&self.strategy, StrategyName::parse, &mut errors);
-        let devices = parse(&self.devices, Devices::parse, &mut errors);
-        let num_nodes = parse(&self.num_nodes, NumNodes::parse, &mut errors);
-        let precision = match &self.precision {
-            Some(value) => Precision::parse(value).map_err(|e| errors.push(e)).ok(),
-            None => None,
-        };
+        let given_strategy = self.options.get(Key::Strategy).cloned();
         let mut environment: Option<Box<dyn ClusterEnvironment>> = None;
         let mut precision_plugin: Option<Box<dyn PrecisionPlugin>> = None;
         let (mut cluster_environments, mut precision_plugins) = (0, 0);
@@ -284,18 +259,11 @@ impl FabricBuilder {
                 }
             }
         }
-        let options = Options {
-            accelerator,
-            strategy,
-            devices,
-            num_nodes,
-            precision,
-            precision_plugins,
-            cluster_environments,
-        };
-        errors.extend(overrides.annotate(options.check()));
-        if !errors.is_empty() {
-            return Err(Error::from(errors));
+        let options =
+            overrides::resolve(&mut self.options, precision_plugins, cluster_environments)?;
+        if self.options.get(Key::Strategy) != given_strategy.as_ref() {
+            // LT_STRATEGY replaces the strategy, object included.
+            self.strategy_object = None;
         }
         let environment = match environment {
             Some(environment) => Some(environment),
@@ -307,7 +275,7 @@ impl FabricBuilder {
         let simulated_dp = None;
         let request = Request {
             options,
-            num_nodes_given: self.num_nodes.is_some(),
+            num_nodes_given: self.options.get(Key::NumNodes).is_some(),
             strategy: self.strategy_object,
             precision: precision_plugin,
             environment,
@@ -507,18 +475,4 @@ fn assemble(connection: Connection, assembly: Assembly) -> Result<Fabric> {
         loggers: assembly.loggers,
         progress_bar: assembly.progress_bar,
     }))
-}
-
-fn parse<T: Default>(
-    value: &Option<Value>,
-    parser: fn(&Value) -> Result<T, OptionError>,
-    errors: &mut Vec<OptionError>,
-) -> T {
-    match value {
-        Some(value) => parser(value).unwrap_or_else(|e| {
-            errors.push(e);
-            T::default()
-        }),
-        None => T::default(),
-    }
 }

@@ -22,29 +22,28 @@
 
 use std::ffi::OsString;
 
-use fabric_options::{
-    Accelerator, Devices, Key, NumNodes, OptionError, Precision, Strategy, Value,
-};
+use fabric_options::{Key, OptionError, Options, RawOptions, Value};
 
 use crate::error::{Error, Result};
 
-/// The options that a variable can override, in the order
-/// [`Overrides::apply`] takes their values.
-const KEYS: [Key; 5] = [
-    Key::Accelerator,
-    Key::Strategy,
-    Key::Devices,
-    Key::NumNodes,
-    Key::Precision,
-];
-
 const CLI_USED: &str = "LT_CLI_USED";
+
+/// The options of `raw` with the `LT_*` variables of this process applied
+/// (to `raw` too, so that it says what is in effect), parsed and checked
+/// with the plugins' counts: the typed [`Options`], or every error.
+pub(crate) fn resolve(
+    raw: &mut RawOptions,
+    precision_plugins: usize,
+    cluster_environments: usize,
+) -> Result<Options> {
+    Overrides::from_env()?.resolve(raw, precision_plugins, cluster_environments)
+}
 
 /// The `LT_*` variables as read from the environment.
 #[derive(Debug, Default)]
 pub(crate) struct Overrides {
-    /// The raw value of each variable that is set, in [`KEYS`] order.
-    values: [Option<Result<String, OsString>>; 5],
+    /// The raw value of each variable that is set, in [`Key::ALL`] order.
+    values: Vec<(Key, Result<String, OsString>)>,
     /// `LT_CLI_USED=1`: the values come from Lightning's CLI.
     cli_used: bool,
     /// The variables that replaced a value, as `LT_PRECISION=bf16-mixed`.
@@ -54,17 +53,19 @@ pub(crate) struct Overrides {
 impl Overrides {
     /// Reads the variables of this process.
     pub(crate) fn from_env() -> Result<Self> {
-        Self::read(|name| std::env::var_os(name))
+        Self::read(crate::switches::var)
     }
 
     /// Reads the variables through `lookup`.
     fn read(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self> {
-        let mut overrides = Overrides::default();
-        for (slot, key) in overrides.values.iter_mut().zip(KEYS) {
-            let var = key.env_var().unwrap_or_default();
-            *slot = lookup(var).map(OsString::into_string);
-        }
-        overrides.cli_used = match lookup(CLI_USED) {
+        let values = Key::ALL
+            .into_iter()
+            .filter_map(|key| {
+                let value = lookup(key.env_var()?)?;
+                Some((key, value.into_string()))
+            })
+            .collect();
+        let cli_used = match lookup(CLI_USED) {
             None => false,
             Some(value) => match value.to_str().map(str::trim) {
                 Some("1") => true,
@@ -77,22 +78,45 @@ impl Overrides {
                 }
             },
         };
-        Ok(overrides)
+        Ok(Overrides {
+            values,
+            cli_used,
+            applied: Vec::new(),
+        })
     }
 
-    /// Replaces the code's value of each option whose variable is set,
-    /// `values` being those of `accelerator`, `strategy`, `devices`,
-    /// `num_nodes` and `precision`. Returns the errors: a variable that
-    /// does not parse, and with `LT_CLI_USED=1` a code value that conflicts
-    /// with its variable. A code value replaced by a variable is still
-    /// checked, so that a mistake in the code is not hidden by a launcher.
-    pub(crate) fn apply(&mut self, values: [&mut Option<Value>; 5]) -> Vec<OptionError> {
+    /// [`resolve`] with these variables.
+    fn resolve(
+        &mut self,
+        raw: &mut RawOptions,
+        precision_plugins: usize,
+        cluster_environments: usize,
+    ) -> Result<Options> {
+        let mut errors = self.apply(raw);
+        let (mut options, parse_errors) = raw.parse();
+        errors.extend(parse_errors);
+        options.precision_plugins = precision_plugins;
+        options.cluster_environments = cluster_environments;
+        errors.extend(self.annotate(options.check()));
+        if errors.is_empty() {
+            Ok(options)
+        } else {
+            Err(Error::from(errors))
+        }
+    }
+
+    /// Replaces the code's value of each option whose variable is set.
+    /// Returns the errors: a variable that does not parse, and with
+    /// `LT_CLI_USED=1` a code value that conflicts with its variable. A code
+    /// value replaced by a variable is still checked, so that a mistake in
+    /// the code is not hidden by a launcher.
+    fn apply(&mut self, raw: &mut RawOptions) -> Vec<OptionError> {
         let mut errors = Vec::new();
-        for ((key, raw), slot) in KEYS.into_iter().zip(&self.values).zip(values) {
-            let Some(raw) = raw else { continue };
+        for (key, value) in &self.values {
+            let key = *key;
             let var = key.env_var().unwrap_or_default();
-            let raw = match raw {
-                Ok(raw) => raw,
+            let value = match value {
+                Ok(value) => value,
                 Err(os) => {
                     let shown = shown(&os.to_string_lossy());
                     errors.push(
@@ -102,18 +126,20 @@ impl Overrides {
                     continue;
                 }
             };
-            let origin = format!("from {var}={}", shown(raw));
-            let from_env = match canonical(key, &Value::Str(raw.clone())) {
+            let origin = format!("from {var}={}", shown(value));
+            let from_env = match key.canonical(&Value::Str(value.clone())) {
                 Ok(value) => value,
                 Err(error) => {
                     errors.push(error.with_origin(origin));
                     continue;
                 }
             };
-            if let Some(code) = slot.as_ref() {
-                match canonical(key, code) {
+            if let Some(code) = raw.get(key) {
+                match key.canonical(code) {
                     Ok(from_code) => {
-                        if self.cli_used && from_code != from_env && !is_default(key, &from_code) {
+                        // A default in the code gives way to the CLI.
+                        let is_default = key.default_value().as_ref() == Some(&from_code);
+                        if self.cli_used && from_code != from_env && !is_default {
                             errors.push(OptionError::new(key, format!(
                                 "the code sets `{key} = {code}`, which conflicts with the value {from_env} set through the CLI ({CLI_USED}=1); remove it from the code (`#[fabric(...)]` or the builder), or from the command"
                             )).with_origin(origin.clone()));
@@ -122,7 +148,7 @@ impl Overrides {
                     Err(error) => errors.push(error),
                 }
             }
-            *slot = Some(from_env);
+            raw.set(key, from_env);
             self.applied.push((key, origin));
         }
         errors
@@ -131,7 +157,7 @@ impl Overrides {
     /// `errors` from checking the combined options, each saying which
     /// variables were in effect: `(from LT_DEVICES=1, 4)` on an error about
     /// an overridden option, `(with LT_ACCELERATOR=cpu)` on another one.
-    pub(crate) fn annotate(&self, errors: Vec<OptionError>) -> Vec<OptionError> {
+    fn annotate(&self, errors: Vec<OptionError>) -> Vec<OptionError> {
         if self.applied.is_empty() {
             return errors;
         }
@@ -159,33 +185,6 @@ impl Overrides {
     }
 }
 
-/// The value as its option's parser understands it, written back in its
-/// canonical form (`"bf16"` becomes `"bf16-mixed"`, `"2"` becomes `2`).
-fn canonical(key: Key, value: &Value) -> Result<Value, OptionError> {
-    match key {
-        Key::Accelerator => Accelerator::parse(value).map(Value::from),
-        Key::Strategy => Strategy::parse(value).map(Value::from),
-        Key::Devices => Devices::parse(value).map(Value::from),
-        Key::NumNodes => NumNodes::parse(value).map(Value::from),
-        Key::Precision => Precision::parse(value).map(Value::from),
-        Key::Plugins | Key::Callbacks | Key::Loggers => Ok(value.clone()),
-    }
-}
-
-/// Whether `value` (canonical) is Lightning's default for `key`: a default
-/// written in the code does not conflict with the CLI. `precision` has no
-/// default value in Lightning (`None`).
-fn is_default(key: Key, value: &Value) -> bool {
-    let default = match key {
-        Key::Accelerator => Value::from(Accelerator::default()),
-        Key::Strategy => Value::from(Strategy::default()),
-        Key::Devices => Value::from(Devices::default()),
-        Key::NumNodes => Value::from(NumNodes::default()),
-        _ => return false,
-    };
-    *value == default
-}
-
 /// A variable's value as shown in messages: as it is, or quoted when it is
 /// empty or holds spaces or control characters.
 fn shown(raw: &str) -> String {
@@ -202,28 +201,36 @@ mod tests {
 
     use super::*;
 
-    /// The code's values, in [`KEYS`] order.
-    type Code = [Option<Value>; 5];
-
-    fn code() -> Code {
-        [
-            Some("cpu".into()),
-            Some("auto".into()),
-            Some(1.into()),
-            Some(1.into()),
-            Some("32-true".into()),
-        ]
+    /// The code's values.
+    fn code() -> RawOptions {
+        raw(&[
+            (Key::Accelerator, "cpu".into()),
+            (Key::Strategy, "auto".into()),
+            (Key::Devices, 1.into()),
+            (Key::NumNodes, 1.into()),
+            (Key::Precision, "32-true".into()),
+        ])
     }
 
-    /// Applies `vars` to `code`: the errors as displayed, and the values.
-    fn apply(vars: &[(&str, &str)], mut code: Code) -> Result<(Vec<String>, Code)> {
+    fn raw(values: &[(Key, Value)]) -> RawOptions {
+        let mut raw = RawOptions::default();
+        for (key, value) in values {
+            raw.set(*key, value.clone());
+        }
+        raw
+    }
+
+    fn overrides(vars: &[(&str, &str)]) -> Result<Overrides> {
         let vars: HashMap<String, OsString> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), OsString::from(v)))
             .collect();
-        let mut overrides = Overrides::read(|name| vars.get(name).cloned())?;
-        let [a, s, d, n, p] = &mut code;
-        let errors = overrides.apply([a, s, d, n, p]);
+        Overrides::read(|name| vars.get(name).cloned())
+    }
+
+    /// Applies `vars` to `code`: the errors as displayed, and the values.
+    fn apply(vars: &[(&str, &str)], mut code: RawOptions) -> Result<(Vec<String>, RawOptions)> {
+        let errors = overrides(vars)?.apply(&mut code);
         Ok((errors.iter().map(ToString::to_string).collect(), code))
     }
 
@@ -250,18 +257,18 @@ mod tests {
         assert_eq!(errors, Vec::<String>::new());
         assert_eq!(
             values,
-            [
-                Some("cuda".into()),
-                Some("ddp_spawn".into()),
-                Some([1, 4].into()),
-                Some(2.into()),
-                Some("bf16-mixed".into()),
-            ]
+            raw(&[
+                (Key::Accelerator, "cuda".into()),
+                (Key::Strategy, "ddp_spawn".into()),
+                (Key::Devices, [1, 4].into()),
+                (Key::NumNodes, 2.into()),
+                (Key::Precision, "bf16-mixed".into()),
+            ])
         );
         // An option the code does not set is set by its variable.
         let (_, values) = apply(&[("LT_PRECISION", "64")], Default::default()).unwrap();
-        assert_eq!(values[4], Some("64-true".into()));
-        assert_eq!(values[0], None);
+        assert_eq!(values.get(Key::Precision), Some(&"64-true".into()));
+        assert_eq!(values.get(Key::Accelerator), None);
     }
 
     #[test]
@@ -314,11 +321,11 @@ mod tests {
         // A default in the code (`strategy = "auto"`) gives way to the CLI.
         let (errors, values) = apply(&[cli, ("LT_STRATEGY", "ddp")], code()).unwrap();
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(values[1], Some("ddp".into()));
+        assert_eq!(values.get(Key::Strategy), Some(&"ddp".into()));
         // Without the CLI, the variable wins silently, as in Lightning.
         let (errors, values) = apply(&[("LT_ACCELERATOR", "cuda")], code()).unwrap();
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(values[0], Some("cuda".into()));
+        assert_eq!(values.get(Key::Accelerator), Some(&"cuda".into()));
         let (errors, _) = apply(&[cli, ("LT_ACCELERATOR", "cuda")], code()).unwrap();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
@@ -333,14 +340,14 @@ mod tests {
     #[test]
     fn an_invalid_code_value_is_still_reported() {
         let mut values = code();
-        values[4] = Some("bf16-mixd".into());
+        values.set(Key::Precision, "bf16-mixd");
         let (errors, values) = apply(&[("LT_PRECISION", "64-true")], values).unwrap();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
             errors[0].starts_with("invalid `precision`: \"bf16-mixd\""),
             "{errors:?}"
         );
-        assert_eq!(values[4], Some("64-true".into()));
+        assert_eq!(values.get(Key::Precision), Some(&"64-true".into()));
     }
 
     #[test]
@@ -351,14 +358,51 @@ mod tests {
         let mut overrides =
             Overrides::read(|name| (name == "LT_PRECISION").then(|| value.clone())).unwrap();
         let mut values = code();
-        let [a, s, d, n, p] = &mut values;
-        let errors = overrides.apply([a, s, d, n, p]);
+        let errors = overrides.apply(&mut values);
         assert_eq!(
             errors[0].to_string(),
             "invalid `precision` (from LT_PRECISION=bf\u{fffd}): the value is not valid UTF-8"
         );
         // The code's value stays.
-        assert_eq!(values[4], Some("32-true".into()));
+        assert_eq!(values.get(Key::Precision), Some(&"32-true".into()));
+    }
+
+    #[test]
+    fn resolve_returns_the_typed_options_or_every_error() {
+        use fabric_options::{Accelerator, Strategy};
+
+        let mut raw = code();
+        let options = overrides(&[("LT_STRATEGY", "ddp_find_unused_parameters_true")])
+            .unwrap()
+            .resolve(&mut raw, 0, 1)
+            .unwrap();
+        assert_eq!(options.strategy, Strategy::Ddp);
+        assert!(options.strategy_params.find_unused_parameters);
+        assert_eq!(options.accelerator, Accelerator::Cpu);
+        assert_eq!(options.cluster_environments, 1);
+        // `raw` says what is in effect.
+        assert_eq!(
+            raw.get(Key::Strategy),
+            Some(&"ddp_find_unused_parameters_true".into())
+        );
+
+        // A bad variable, a bad value in the code and a combination (with
+        // the variable that made it), all at once.
+        let mut raw = code();
+        raw.set(Key::NumNodes, 0);
+        let error = overrides(&[("LT_PRECISION", "bf16-mixd"), ("LT_STRATEGY", "dp")])
+            .unwrap()
+            .resolve(&mut raw, 0, 2)
+            .unwrap_err();
+        let Error::Options(errors) = error else {
+            panic!("{error}")
+        };
+        let errors: Vec<_> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert!(errors[0].starts_with("invalid `precision` (from LT_PRECISION=bf16-mixd)"));
+        assert!(errors[1].starts_with("invalid `num_nodes`: 0 is not"));
+        assert!(errors[2].starts_with("invalid `strategy` (from LT_STRATEGY=dp): \"dp\""));
+        assert!(errors[3].contains("2 cluster environments"), "{errors:#?}");
     }
 
     #[test]
@@ -372,11 +416,8 @@ mod tests {
 
     #[test]
     fn combination_errors_say_which_variables_were_set() {
-        let vars: HashMap<&str, OsString> = [("LT_DEVICES", OsString::from("1, 4"))].into();
-        let mut overrides = Overrides::read(|name| vars.get(name).cloned()).unwrap();
-        let mut values = code();
-        let [a, s, d, n, p] = &mut values;
-        assert!(overrides.apply([a, s, d, n, p]).is_empty());
+        let mut overrides = overrides(&[("LT_DEVICES", "1, 4")]).unwrap();
+        assert!(overrides.apply(&mut code()).is_empty());
         let errors = overrides.annotate(vec![
             OptionError::new(Key::Devices, "indices on the CPU"),
             OptionError::new(Key::Strategy, "other"),

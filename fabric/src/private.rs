@@ -27,7 +27,7 @@ pub use crate::launcher::TrainResult;
 /// Builds the `Fabric` configured by the attribute and runs the training
 /// function with it. A configuration error is returned through the
 /// function's own error type.
-pub fn launch<R: TrainResult>(builder: FabricBuilder, train: impl FnOnce(&mut Fabric) -> R) -> R {
+pub fn launch<R: TrainResult>(builder: FabricBuilder, train: fn(&mut Fabric) -> R) -> R {
     builder.launch(train)
 }
 
@@ -35,7 +35,7 @@ pub fn launch<R: TrainResult>(builder: FabricBuilder, train: impl FnOnce(&mut Fa
 /// to this process, serialised.
 pub fn launch_spawn<T, E>(
     builder: FabricBuilder,
-    train: impl FnOnce(&mut Fabric) -> Result<T, E>,
+    train: fn(&mut Fabric) -> Result<T, E>,
 ) -> Result<T, E>
 where
     T: serde::Serialize + serde::de::DeserializeOwned,

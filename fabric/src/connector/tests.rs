@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 
-use fabric_options::{Accelerator, Devices, NumNodes, Options, Precision, Strategy as Name, Value};
+use fabric_options::{Key, NumNodes, Precision, RawOptions, Value};
 use tch::Device;
 
 use super::{Connection, MAX_PROCESSES_PER_CORE, Plan, Request, connect};
@@ -107,15 +107,12 @@ fn cluster(world: usize, rank: usize, local: usize, nodes: Option<usize>) -> Box
 
 /// A request from option values as a user writes them.
 fn request(accelerator: &str, strategy: &str, devices: impl Into<Value>) -> Request {
-    let options = Options {
-        accelerator: Accelerator::parse(&accelerator.into()).unwrap(),
-        strategy: Name::parse(&strategy.into()).unwrap(),
-        devices: Devices::parse(&devices.into()).unwrap(),
-        num_nodes: NumNodes::default(),
-        precision: None,
-        precision_plugins: 0,
-        cluster_environments: 0,
-    };
+    let mut raw = RawOptions::default();
+    raw.set(Key::Accelerator, accelerator);
+    raw.set(Key::Strategy, strategy);
+    raw.set(Key::Devices, devices);
+    let (options, errors) = raw.parse();
+    assert!(errors.is_empty(), "{errors:?}");
     Request {
         options,
         num_nodes_given: false,

@@ -157,6 +157,10 @@ impl StrategyContext {
 /// assert_eq!(fabric.strategy().name(), "loud_ddp");
 /// # Ok(()) }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a strategy",
+    note = "implement `fabric::strategy::Strategy` for `{Self}`, or pass a built-in strategy such as `fabric::strategy::DdpStrategy::new()`"
+)]
 pub trait Strategy: Send + 'static {
     /// The strategy's name, such as `"ddp"`.
     fn name(&self) -> &str;
@@ -350,12 +354,14 @@ impl std::fmt::Debug for StrategyChoice {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<S: Strategy> IntoStrategy for S {
     fn into_strategy(self) -> StrategyChoice {
         StrategyChoice::Object(Box::new(self))
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl IntoStrategy for Box<dyn Strategy> {
     fn into_strategy(self) -> StrategyChoice {
         StrategyChoice::Object(self)
@@ -365,6 +371,7 @@ impl IntoStrategy for Box<dyn Strategy> {
 /// Names: a string, or an option value (whose type the parser checks).
 macro_rules! strategy_names {
     ($($ty:ty),*) => {$(
+        #[diagnostic::do_not_recommend]
         impl IntoStrategy for $ty {
             fn into_strategy(self) -> StrategyChoice {
                 StrategyChoice::Name(self.into())
