@@ -9,7 +9,8 @@
 //   loaded), for NCCL.
 //
 // Every function catches C++ exceptions and returns the message as a
-// malloc'ed string (NULL on success), freed by `fabric_free_error`.
+// malloc'ed string (NULL on success, never NULL on failure: a static message
+// when memory is exhausted), freed by `fabric_free_error`.
 // Tensors cross the boundary as tch's `C_tensor`, which is `at::Tensor*`.
 
 #include <ATen/ATen.h>
@@ -24,12 +25,21 @@
 
 namespace {
 
-char *error_message(const char *message) {
+// Returned instead of a message when the message itself cannot be
+// allocated, so that a failure is never reported as success (NULL). It is
+// static: `fabric_free_error` does not free it.
+char out_of_memory[] =
+    "fabric's C++ shim: out of memory (the message of an error could not be allocated)";
+
+// A malloc'ed copy of `message`, or `out_of_memory` when `allocate` fails.
+// `allocate` is malloc but in the shim's own test of that failure.
+char *error_message(const char *message, void *(*allocate)(size_t) = std::malloc) {
   size_t n = std::strlen(message) + 1;
-  char *copy = static_cast<char *>(std::malloc(n));
-  if (copy != nullptr) {
-    std::memcpy(copy, message, n);
+  char *copy = static_cast<char *>(allocate(n));
+  if (copy == nullptr) {
+    return out_of_memory;
   }
+  std::memcpy(copy, message, n);
   return copy;
 }
 
@@ -62,7 +72,17 @@ at::DeviceType device_type(int device) {
 
 extern "C" {
 
-void fabric_free_error(char *error) { std::free(error); }
+void fabric_free_error(char *error) {
+  if (error != out_of_memory) {
+    std::free(error);
+  }
+}
+
+// The error of a failed operation whose message cannot be allocated (as when
+// memory is exhausted): for the test that such a failure is an error.
+char *fabric_test_error_without_memory() {
+  return error_message("a test error", [](size_t) -> void * { return nullptr; });
+}
 
 // device: 0 = CPU, 1 = CUDA. dtype: an at::ScalarType code.
 char *fabric_autocast_get(int device, bool *enabled, int *dtype) {
