@@ -130,17 +130,19 @@ impl Adam {
         self
     }
 
-    /// Creates the state of a parameter at its first step, as PyTorch does:
-    /// `step` a float32 zero on the parameter's device, moments zero.
+    /// Creates the state tensors a parameter lacks (all of them at its first
+    /// step), as PyTorch does: `step` a float32 zero on the parameter's
+    /// device, the moments zero.
     fn init_state(&self, param: &Tensor, state: &mut ParamState) -> Result<()> {
-        if state.is_empty() {
-            let step = Tensor::f_zeros([], (Kind::Float, param.device()))?;
-            state.insert("step".into(), step);
-            state.insert("exp_avg".into(), param.f_zeros_like()?);
-            state.insert("exp_avg_sq".into(), param.f_zeros_like()?);
-        }
-        if self.amsgrad && !state.contains_key("max_exp_avg_sq") {
-            state.insert("max_exp_avg_sq".into(), param.f_zeros_like()?);
+        for &name in self.state_names() {
+            if !state.contains_key(name) {
+                let tensor = if name == "step" {
+                    Tensor::f_zeros([], (Kind::Float, param.device()))?
+                } else {
+                    param.f_zeros_like()?
+                };
+                state.insert(name.into(), tensor);
+            }
         }
         Ok(())
     }

@@ -25,14 +25,14 @@ macro_rules! algorithms {
 
         impl Algorithm {
             /// The algorithm's rule.
-            pub(crate) fn rule(&self) -> &dyn Rule {
+            pub(super) fn rule(&self) -> &dyn Rule {
                 match self {
                     $(Algorithm::$variant(rule) => rule,)*
                 }
             }
 
             /// The algorithm's rule, mutably.
-            pub(crate) fn rule_mut(&mut self) -> &mut dyn Rule {
+            pub(super) fn rule_mut(&mut self) -> &mut dyn Rule {
                 match self {
                     $(Algorithm::$variant(rule) => rule,)*
                 }
@@ -86,5 +86,11 @@ impl Algorithm {
     /// The names of the state tensors a parameter has after its first step.
     pub fn state_names(&self) -> &'static [&'static str] {
         self.rule().state_names()
+    }
+
+    /// Checks the hyperparameters: an error says which are out of range and
+    /// what is accepted.
+    pub(crate) fn validate(&self) -> Result<()> {
+        self.rule().validate()
     }
 }

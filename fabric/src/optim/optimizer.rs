@@ -49,7 +49,7 @@ impl Optimizer {
     /// that no name is given twice and that every parameter is a
     /// floating-point tensor.
     pub(super) fn new(algorithm: Algorithm, parameters: Vec<(String, Tensor)>) -> Result<Self> {
-        algorithm.rule().validate()?;
+        algorithm.validate()?;
         let mut seen = BTreeSet::new();
         for (name, tensor) in &parameters {
             if !seen.insert(name.as_str()) {

@@ -63,5 +63,8 @@ pub(crate) fn state_list(states: &[&mut ParamState], name: &str) -> Vec<Tensor> 
 
 /// The tensors of `tensors` at `indices`, as a tensor list of a fused kernel.
 pub(crate) fn pick(tensors: &[Tensor], indices: &[usize]) -> Vec<Tensor> {
-    indices.iter().map(|&i| tensors[i].shallow_clone()).collect()
+    indices
+        .iter()
+        .map(|&i| tensors[i].shallow_clone())
+        .collect()
 }
