@@ -100,34 +100,17 @@ impl Adam {
         self
     }
 
-    /// Sets the term added to the denominator.
-    pub fn eps(mut self, eps: f64) -> Self {
-        self.eps = eps;
-        self
-    }
-
-    /// Sets the weight decay.
-    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
-        self.weight_decay = weight_decay;
-        self
-    }
-
-    /// Turns AMSGrad on or off.
-    pub fn amsgrad(mut self, amsgrad: bool) -> Self {
-        self.amsgrad = amsgrad;
-        self
-    }
-
-    /// Maximises instead of minimising.
-    pub fn maximize(mut self, maximize: bool) -> Self {
-        self.maximize = maximize;
-        self
-    }
-
-    /// Decoupled weight decay (AdamW) or an L2 penalty (Adam).
-    pub fn decoupled_weight_decay(mut self, decoupled: bool) -> Self {
-        self.decoupled_weight_decay = decoupled;
-        self
+    setters! {
+        /// Sets the term added to the denominator.
+        eps: f64;
+        /// Sets the weight decay.
+        weight_decay: f64;
+        /// Turns AMSGrad on or off.
+        amsgrad: bool;
+        /// Maximises instead of minimising.
+        maximize: bool;
+        /// Decoupled weight decay (AdamW) or an L2 penalty (Adam).
+        decoupled_weight_decay: bool;
     }
 
     /// Creates the state tensors a parameter lacks (all of them at its first

@@ -37,6 +37,20 @@
 //! # Ok(()) }
 //! ```
 
+/// Builder methods that set one field each, `field(mut self, value) -> Self`,
+/// for the settings types.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $field(mut self, $field: $ty) -> Self {
+                self.$field = $field;
+                self
+            }
+        )*
+    };
+}
+
 mod adam;
 mod algorithm;
 mod optimizer;

@@ -61,34 +61,17 @@ impl Sgd {
         }
     }
 
-    /// Sets the momentum factor.
-    pub fn momentum(mut self, momentum: f64) -> Self {
-        self.momentum = momentum;
-        self
-    }
-
-    /// Sets the dampening of the momentum.
-    pub fn dampening(mut self, dampening: f64) -> Self {
-        self.dampening = dampening;
-        self
-    }
-
-    /// Sets the L2 penalty.
-    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
-        self.weight_decay = weight_decay;
-        self
-    }
-
-    /// Turns Nesterov momentum on or off.
-    pub fn nesterov(mut self, nesterov: bool) -> Self {
-        self.nesterov = nesterov;
-        self
-    }
-
-    /// Maximises instead of minimising.
-    pub fn maximize(mut self, maximize: bool) -> Self {
-        self.maximize = maximize;
-        self
+    setters! {
+        /// Sets the momentum factor.
+        momentum: f64;
+        /// Sets the dampening of the momentum.
+        dampening: f64;
+        /// Sets the L2 penalty.
+        weight_decay: f64;
+        /// Turns Nesterov momentum on or off.
+        nesterov: bool;
+        /// Maximises instead of minimising.
+        maximize: bool;
     }
 
     /// The fused kernel's arguments.
