@@ -64,6 +64,17 @@ std::vector<at::Tensor> tensor_list(at::Tensor **tensors, size_t n) {
   return list;
 }
 
+// Throws unless every tensor of `list` has the sizes of the parameter at its
+// index: the fused kernels assume it and read out of bounds otherwise.
+void check_sizes(const std::vector<at::Tensor> &params, const std::vector<at::Tensor> &list,
+                 const char *what) {
+  for (size_t i = 0; i < list.size() && i < params.size(); ++i) {
+    TORCH_CHECK(list[i].sizes() == params[i].sizes(), "fused optimizer kernel: the ", what,
+                " of parameter ", i, " of the group has the sizes ", list[i].sizes(),
+                ", the parameter ", params[i].sizes());
+  }
+}
+
 at::DeviceType device_type(int device) {
   return device == 1 ? at::kCUDA : at::kCPU;
 }
@@ -131,28 +142,36 @@ char *fabric_fused_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **mom
                        double lr, double dampening, bool nesterov, bool maximize,
                        bool is_first_step) {
   return guarded([&] {
-    at::_fused_sgd_(tensor_list(params, n), tensor_list(grads, n),
-                    tensor_list(momentum_buffers, n_buffers), weight_decay, momentum, lr,
-                    dampening, nesterov, maximize, is_first_step);
+    auto p = tensor_list(params, n);
+    auto g = tensor_list(grads, n);
+    auto b = tensor_list(momentum_buffers, n_buffers);
+    check_sizes(p, g, "gradient");
+    check_sizes(p, b, "momentum buffer");
+    at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, dampening, nesterov, maximize,
+                    is_first_step);
   });
 }
 
 // torch.optim.Adam/AdamW(fused=True)'s kernels. The steps are incremented
-// first, as torch.optim's `_fused_adam` does before calling the kernel.
-// `max_exp_avg_sqs` is empty without amsgrad.
+// first (once the sizes are checked), as torch.optim's `_fused_adam` does
+// before calling the kernel. `max_exp_avg_sqs` is empty without amsgrad.
 char *fabric_fused_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **exp_avgs,
                         at::Tensor **exp_avg_sqs, at::Tensor **max_exp_avg_sqs,
                         size_t n_max, at::Tensor **steps, size_t n, double lr, double beta1,
                         double beta2, double weight_decay, double eps, bool amsgrad,
                         bool maximize, bool decoupled_weight_decay) {
   return guarded([&] {
-    auto step_list = tensor_list(steps, n);
-    at::_foreach_add_(step_list, 1.0);
     auto p = tensor_list(params, n);
     auto g = tensor_list(grads, n);
     auto m = tensor_list(exp_avgs, n);
     auto v = tensor_list(exp_avg_sqs, n);
     auto v_max = tensor_list(max_exp_avg_sqs, n_max);
+    check_sizes(p, g, "gradient");
+    check_sizes(p, m, "exp_avg");
+    check_sizes(p, v, "exp_avg_sq");
+    check_sizes(p, v_max, "max_exp_avg_sq");
+    auto step_list = tensor_list(steps, n);
+    at::_foreach_add_(step_list, 1.0);
     if (decoupled_weight_decay) {
       at::_fused_adamw_(p, g, m, v, v_max, step_list, lr, beta1, beta2, weight_decay, eps,
                         amsgrad, maximize);

@@ -136,27 +136,32 @@ impl Rule for Sgd {
         }
         // The kernel takes one `is_first_step` for the whole list: parameters
         // stepping for the first time go in a call of their own, with new
-        // buffers that the kernel fills with their gradients.
+        // buffers that the kernel fills with their gradients (kept once it
+        // has).
         let (fresh, stepped): (Vec<usize>, Vec<usize>) =
             (0..params.len()).partition(|&i| !states[i].contains_key(MOMENTUM_BUFFER));
-        for &i in &fresh {
-            let buffer = params[i].f_empty_like()?;
-            states[i].insert(MOMENTUM_BUFFER.into(), buffer);
-        }
         for (first, picked) in [(true, fresh), (false, stepped)] {
             if picked.is_empty() {
                 continue;
             }
-            let buffers: Vec<Tensor> = picked
+            let buffers = picked
                 .iter()
-                .map(|&i| states[i][MOMENTUM_BUFFER].shallow_clone())
-                .collect();
+                .map(|&i| match states[i].get(MOMENTUM_BUFFER) {
+                    Some(buffer) => Ok(buffer.shallow_clone()),
+                    None => params[i].f_empty_like(),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             shim::fused_sgd(
                 &pick(params, &picked),
                 &pick(grads, &picked),
                 &buffers,
                 self.kernel(first),
             )?;
+            if first {
+                for (&i, buffer) in picked.iter().zip(buffers) {
+                    states[i].insert(MOMENTUM_BUFFER.into(), buffer);
+                }
+            }
         }
         Ok(())
     }
@@ -191,5 +196,30 @@ impl Rule for Sgd {
         }
         let _ = param.shallow_clone().f_sub_(&d.f_mul_scalar(self.lr)?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    use super::Sgd;
+    use crate::shim;
+
+    /// A first fused step that fails leaves no momentum buffer behind: the
+    /// next step starts the buffers afresh instead of reading memory the
+    /// kernel never wrote.
+    #[test]
+    fn a_failed_first_fused_step_keeps_no_momentum_buffer() {
+        let w = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut opt = Sgd::new(0.1)
+            .momentum(0.9)
+            .build_for(vec![("w".into(), w.shallow_clone())])
+            .unwrap();
+        // A gradient of the wrong shape, which the kernel refuses.
+        let wrong = Tensor::ones([3], (Kind::Float, Device::Cpu));
+        shim::set_grad(&w, Some(&wrong)).unwrap();
+        assert!(opt.step().is_err());
+        assert!(opt.state("w").unwrap().is_empty());
     }
 }
