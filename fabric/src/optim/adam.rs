@@ -245,33 +245,3 @@ impl Rule for Adam {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use tch::{Device, Kind, Tensor};
-
-    use super::AdamW;
-    use crate::shim;
-
-    /// A gradient whose shape is not its parameter's is an error before the
-    /// fused kernel runs (which would read past its end), and the step
-    /// count does not advance.
-    #[test]
-    fn a_gradient_of_another_shape_is_an_error_and_steps_nothing() {
-        let w = Tensor::zeros([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let mut opt = AdamW::new(0.1)
-            .build_for(vec![("w".into(), w.shallow_clone())])
-            .unwrap();
-        let wrong = Tensor::ones([2], (Kind::Float, Device::Cpu));
-        shim::set_grad(&w, Some(&wrong)).unwrap();
-        let error = opt.step().unwrap_err().to_string();
-        assert!(
-            error.contains(
-                "the gradient of parameter 0 of the group has the sizes [2], the parameter [3]"
-            ),
-            "{error}"
-        );
-        assert_eq!(opt.state("w").unwrap()["step"].double_value(&[]), 0.0);
-        assert_eq!(Vec::<f32>::try_from(&w).unwrap(), [0.0; 3]);
-    }
-}

@@ -56,6 +56,8 @@ mod algorithm;
 mod optimizer;
 mod rule;
 mod sgd;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 

@@ -198,28 +198,3 @@ impl Rule for Sgd {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use tch::{Device, Kind, Tensor};
-
-    use super::Sgd;
-    use crate::shim;
-
-    /// A first fused step that fails leaves no momentum buffer behind: the
-    /// next step starts the buffers afresh instead of reading memory the
-    /// kernel never wrote.
-    #[test]
-    fn a_failed_first_fused_step_keeps_no_momentum_buffer() {
-        let w = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let mut opt = Sgd::new(0.1)
-            .momentum(0.9)
-            .build_for(vec![("w".into(), w.shallow_clone())])
-            .unwrap();
-        // A gradient of the wrong shape, which the kernel refuses.
-        let wrong = Tensor::ones([3], (Kind::Float, Device::Cpu));
-        shim::set_grad(&w, Some(&wrong)).unwrap();
-        assert!(opt.step().is_err());
-        assert!(opt.state("w").unwrap().is_empty());
-    }
-}
