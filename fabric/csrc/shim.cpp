@@ -9,7 +9,8 @@
 //   loaded), for NCCL.
 //
 // Every function catches C++ exceptions and returns the message as a
-// malloc'ed string (NULL on success), freed by `fabric_free_error`.
+// malloc'ed string (NULL on success, never NULL on failure: a static message
+// when memory is exhausted), freed by `fabric_free_error`.
 // Tensors cross the boundary as tch's `C_tensor`, which is `at::Tensor*`.
 
 #include <ATen/ATen.h>
@@ -24,12 +25,21 @@
 
 namespace {
 
-char *error_message(const char *message) {
+// Returned instead of a message when the message itself cannot be
+// allocated, so that a failure is never reported as success (NULL). It is
+// static: `fabric_free_error` does not free it.
+char out_of_memory[] =
+    "fabric's C++ shim: out of memory (the message of an error could not be allocated)";
+
+// A malloc'ed copy of `message`, or `out_of_memory` when `allocate` fails.
+// `allocate` is malloc but in the shim's own test of that failure.
+char *error_message(const char *message, void *(*allocate)(size_t) = std::malloc) {
   size_t n = std::strlen(message) + 1;
-  char *copy = static_cast<char *>(std::malloc(n));
-  if (copy != nullptr) {
-    std::memcpy(copy, message, n);
+  char *copy = static_cast<char *>(allocate(n));
+  if (copy == nullptr) {
+    return out_of_memory;
   }
+  std::memcpy(copy, message, n);
   return copy;
 }
 
@@ -54,6 +64,17 @@ std::vector<at::Tensor> tensor_list(at::Tensor **tensors, size_t n) {
   return list;
 }
 
+// Throws unless every tensor of `list` has the sizes of the parameter at its
+// index: the fused kernels assume it and read out of bounds otherwise.
+void check_sizes(const std::vector<at::Tensor> &params, const std::vector<at::Tensor> &list,
+                 const char *what) {
+  for (size_t i = 0; i < list.size() && i < params.size(); ++i) {
+    TORCH_CHECK(list[i].sizes() == params[i].sizes(), "fused optimizer kernel: the ", what,
+                " of parameter ", i, " of the group has the sizes ", list[i].sizes(),
+                ", the parameter ", params[i].sizes());
+  }
+}
+
 at::DeviceType device_type(int device) {
   return device == 1 ? at::kCUDA : at::kCPU;
 }
@@ -62,7 +83,17 @@ at::DeviceType device_type(int device) {
 
 extern "C" {
 
-void fabric_free_error(char *error) { std::free(error); }
+void fabric_free_error(char *error) {
+  if (error != out_of_memory) {
+    std::free(error);
+  }
+}
+
+// The error of a failed operation whose message cannot be allocated (as when
+// memory is exhausted): for the test that such a failure is an error.
+char *fabric_test_error_without_memory() {
+  return error_message("a test error", [](size_t) -> void * { return nullptr; });
+}
 
 // device: 0 = CPU, 1 = CUDA. dtype: an at::ScalarType code.
 char *fabric_autocast_get(int device, bool *enabled, int *dtype) {
@@ -111,28 +142,36 @@ char *fabric_fused_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **mom
                        double lr, double dampening, bool nesterov, bool maximize,
                        bool is_first_step) {
   return guarded([&] {
-    at::_fused_sgd_(tensor_list(params, n), tensor_list(grads, n),
-                    tensor_list(momentum_buffers, n_buffers), weight_decay, momentum, lr,
-                    dampening, nesterov, maximize, is_first_step);
+    auto p = tensor_list(params, n);
+    auto g = tensor_list(grads, n);
+    auto b = tensor_list(momentum_buffers, n_buffers);
+    check_sizes(p, g, "gradient");
+    check_sizes(p, b, "momentum buffer");
+    at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, dampening, nesterov, maximize,
+                    is_first_step);
   });
 }
 
 // torch.optim.Adam/AdamW(fused=True)'s kernels. The steps are incremented
-// first, as torch.optim's `_fused_adam` does before calling the kernel.
-// `max_exp_avg_sqs` is empty without amsgrad.
+// first (once the sizes are checked), as torch.optim's `_fused_adam` does
+// before calling the kernel. `max_exp_avg_sqs` is empty without amsgrad.
 char *fabric_fused_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **exp_avgs,
                         at::Tensor **exp_avg_sqs, at::Tensor **max_exp_avg_sqs,
                         size_t n_max, at::Tensor **steps, size_t n, double lr, double beta1,
                         double beta2, double weight_decay, double eps, bool amsgrad,
                         bool maximize, bool decoupled_weight_decay) {
   return guarded([&] {
-    auto step_list = tensor_list(steps, n);
-    at::_foreach_add_(step_list, 1.0);
     auto p = tensor_list(params, n);
     auto g = tensor_list(grads, n);
     auto m = tensor_list(exp_avgs, n);
     auto v = tensor_list(exp_avg_sqs, n);
     auto v_max = tensor_list(max_exp_avg_sqs, n_max);
+    check_sizes(p, g, "gradient");
+    check_sizes(p, m, "exp_avg");
+    check_sizes(p, v, "exp_avg_sq");
+    check_sizes(p, v_max, "max_exp_avg_sq");
+    auto step_list = tensor_list(steps, n);
+    at::_foreach_add_(step_list, 1.0);
     if (decoupled_weight_decay) {
       at::_fused_adamw_(p, g, m, v, v_max, step_list, lr, beta1, beta2, weight_decay, eps,
                         amsgrad, maximize);

@@ -6,7 +6,6 @@ use std::ffi::{CStr, c_char, c_int};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::optim::{Adam, Sgd};
 
 unsafe extern "C" {
     fn fabric_free_error(error: *mut c_char);
@@ -60,6 +59,8 @@ unsafe extern "C" {
     fn fabric_cuda_set_device(index: c_int) -> *mut c_char;
     fn fabric_cuda_current_stream(index: c_int, stream: *mut *mut std::ffi::c_void) -> *mut c_char;
     fn fabric_cuda_stream_query(index: c_int, done: *mut bool) -> *mut c_char;
+    #[cfg(test)]
+    fn fabric_test_error_without_memory() -> *mut c_char;
 }
 
 /// Sets `tensor`'s gradient to `grad`, or to none (`tensor.grad = None`).
@@ -105,11 +106,13 @@ fn check(error: *mut c_char) -> Result<()> {
     if error.is_null() {
         return Ok(());
     }
-    // SAFETY: a non-null return is a NUL-terminated string malloc'ed by the
-    // shim, owned by us until `fabric_free_error`.
+    // SAFETY: a non-null return is a NUL-terminated string from the shim
+    // (malloc'ed, or its static out-of-memory message), owned by us until
+    // `fabric_free_error`.
     let message = unsafe { CStr::from_ptr(error) }
         .to_string_lossy()
         .into_owned();
+    // SAFETY: `error` came from the shim and is released once, here.
     unsafe { fabric_free_error(error) };
     Err(Error::Torch(tch::TchError::Torch(message)))
 }
@@ -145,18 +148,21 @@ fn kind(scalar_type: c_int) -> Kind {
 /// Whether autocast is on for `device`, and its dtype.
 pub(crate) fn autocast_state(device: AutocastDevice) -> Result<(bool, Kind)> {
     let (mut enabled, mut dtype) = (false, 0);
+    // SAFETY: both out-pointers are valid locals.
     check(unsafe { fabric_autocast_get(device as c_int, &mut enabled, &mut dtype) })?;
     Ok((enabled, kind(dtype)))
 }
 
 /// Sets autocast on or off for `device`, with `dtype`.
 pub(crate) fn set_autocast(device: AutocastDevice, enabled: bool, dtype: Kind) -> Result<()> {
+    // SAFETY: plain values in, an error string or null out.
     check(unsafe { fabric_autocast_set(device as c_int, enabled, scalar_type(dtype)) })
 }
 
 /// Enters an autocast scope; returns the nesting depth.
 pub(crate) fn autocast_enter() -> Result<i32> {
     let mut depth = 0;
+    // SAFETY: `depth` is a valid out-pointer.
     check(unsafe { fabric_autocast_enter(&mut depth) })?;
     Ok(depth)
 }
@@ -165,6 +171,7 @@ pub(crate) fn autocast_enter() -> Result<i32> {
 /// outermost; returns the nesting depth.
 pub(crate) fn autocast_exit() -> Result<i32> {
     let mut depth = 0;
+    // SAFETY: `depth` is a valid out-pointer.
     check(unsafe { fabric_autocast_exit(&mut depth) })?;
     Ok(depth)
 }
@@ -177,14 +184,13 @@ pub(crate) fn non_finite_check_and_unscale(
     found_inf: &Tensor,
     inv_scale: &Tensor,
 ) -> Result<()> {
-    let pointers: Vec<*mut torch_sys::C_tensor> =
-        grads.iter().map(|g| g.as_ptr() as *mut _).collect();
+    let grads = pointers(grads);
     // SAFETY: every pointer comes from a live `Tensor` borrowed for the call;
     // the shim copies the `at::Tensor` handles before using them.
     check(unsafe {
         fabric_amp_non_finite_check_and_unscale(
-            pointers.as_ptr(),
-            pointers.len(),
+            grads.as_ptr(),
+            grads.len(),
             found_inf.as_ptr() as *mut _,
             inv_scale.as_ptr() as *mut _,
         )
@@ -206,13 +212,27 @@ fn check_lengths(n: usize, lists: &[(&str, usize)]) -> Result<()> {
     }
 }
 
+/// The hyperparameters of one `torch._fused_sgd_` call, as its arguments.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FusedSgd {
+    pub lr: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub weight_decay: f64,
+    pub nesterov: bool,
+    pub maximize: bool,
+    /// The kernel sets the momentum buffers to the gradients (their first
+    /// step) instead of updating them.
+    pub is_first_step: bool,
+}
+
 /// `torch._fused_sgd_`: one SGD step over `params` (one device and dtype).
+/// `momentum_buffers` is empty when the momentum is 0.
 pub(crate) fn fused_sgd(
     params: &[Tensor],
     grads: &[Tensor],
     momentum_buffers: &[Tensor],
-    sgd: &Sgd,
-    is_first_step: bool,
+    sgd: FusedSgd,
 ) -> Result<()> {
     let n = params.len();
     let buffers = if sgd.momentum == 0.0 {
@@ -244,13 +264,29 @@ pub(crate) fn fused_sgd(
             sgd.dampening,
             sgd.nesterov,
             sgd.maximize,
-            is_first_step,
+            sgd.is_first_step,
         )
     })
 }
 
+/// The hyperparameters of one `torch._fused_adam_` or `torch._fused_adamw_`
+/// call, as their arguments.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FusedAdam {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub amsgrad: bool,
+    pub maximize: bool,
+    /// `_fused_adamw_` (decoupled weight decay) rather than `_fused_adam_`.
+    pub decoupled_weight_decay: bool,
+}
+
 /// `torch._fused_adam_` / `torch._fused_adamw_`: one Adam step over
 /// `params` (one device and dtype), incrementing `steps` first.
+/// `max_exp_avg_sqs` is empty without amsgrad.
 pub(crate) fn fused_adam(
     params: &[Tensor],
     grads: &[Tensor],
@@ -258,7 +294,7 @@ pub(crate) fn fused_adam(
     exp_avg_sqs: &[Tensor],
     max_exp_avg_sqs: &[Tensor],
     steps: &[Tensor],
-    adam: &Adam,
+    adam: FusedAdam,
 ) -> Result<()> {
     let n = params.len();
     let max = if adam.amsgrad {
@@ -289,8 +325,8 @@ pub(crate) fn fused_adam(
             lists[5].as_ptr(),
             n,
             adam.lr,
-            adam.betas.0,
-            adam.betas.1,
+            adam.beta1,
+            adam.beta2,
             adam.weight_decay,
             adam.eps,
             adam.amsgrad,
@@ -298,4 +334,21 @@ pub(crate) fn fused_adam(
             adam.decoupled_weight_decay,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed operation whose error message cannot be allocated is still
+    /// an error, with a message that says memory ran out (it was success).
+    #[test]
+    fn an_error_without_memory_for_its_message_is_an_error() {
+        // SAFETY: no arguments; returns an error string for `check`.
+        let error = check(unsafe { fabric_test_error_without_memory() }).unwrap_err();
+        assert!(error.to_string().contains("out of memory"), "{error}");
+        // The static message is not freed: a second one works the same.
+        // SAFETY: as above.
+        assert!(check(unsafe { fabric_test_error_without_memory() }).is_err());
+    }
 }

@@ -2,17 +2,21 @@
 //! and `torch.optim.AdamW`.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use super::{Algorithm, Optimizer, ParamState, invalid};
+use super::rule::{Rule, state_list};
+use super::{ParamState, invalid};
 use crate::error::Result;
-use crate::shim;
+use crate::shim::{self, FusedAdam};
+
+/// The names of Adam's state tensors (PyTorch's), `max_exp_avg_sq` with
+/// amsgrad only.
+const STATE: [&str; 4] = ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
 
 /// The settings of Adam, as `torch.optim.Adam`'s (the defaults are
 /// PyTorch's); with [`decoupled_weight_decay`](Self::decoupled_weight_decay)
 /// it is AdamW (see [`AdamW`]). [`build`](Self::build) makes the
-/// [`Optimizer`].
+/// [`Optimizer`](super::Optimizer).
 ///
 /// The state a checkpoint saves is PyTorch's: `step` (a float32 scalar),
 /// `exp_avg`, `exp_avg_sq`, and `max_exp_avg_sq` with `amsgrad`.
@@ -96,47 +100,69 @@ impl Adam {
         self
     }
 
-    /// Sets the term added to the denominator.
-    pub fn eps(mut self, eps: f64) -> Self {
-        self.eps = eps;
-        self
+    setters! {
+        /// Sets the term added to the denominator.
+        eps: f64;
+        /// Sets the weight decay.
+        weight_decay: f64;
+        /// Turns AMSGrad on or off.
+        amsgrad: bool;
+        /// Maximises instead of minimising.
+        maximize: bool;
+        /// Decoupled weight decay (AdamW) or an L2 penalty (Adam).
+        decoupled_weight_decay: bool;
     }
 
-    /// Sets the weight decay.
-    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
-        self.weight_decay = weight_decay;
-        self
+    /// Creates the state tensors a parameter lacks (all of them at its first
+    /// step), as PyTorch does: `step` a float32 zero on the parameter's
+    /// device, the moments zero.
+    fn init_state(&self, param: &Tensor, state: &mut ParamState) -> Result<()> {
+        for &name in self.state_names() {
+            if !state.contains_key(name) {
+                let tensor = if name == "step" {
+                    Tensor::f_zeros([], (Kind::Float, param.device()))?
+                } else {
+                    param.f_zeros_like()?
+                };
+                state.insert(name.into(), tensor);
+            }
+        }
+        Ok(())
     }
 
-    /// Turns AMSGrad on or off.
-    pub fn amsgrad(mut self, amsgrad: bool) -> Self {
-        self.amsgrad = amsgrad;
-        self
+    /// The fused kernel's arguments.
+    fn kernel(&self) -> FusedAdam {
+        FusedAdam {
+            lr: self.lr,
+            beta1: self.betas.0,
+            beta2: self.betas.1,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+            maximize: self.maximize,
+            decoupled_weight_decay: self.decoupled_weight_decay,
+        }
+    }
+}
+
+impl Rule for Adam {
+    fn name(&self) -> &'static str {
+        if self.decoupled_weight_decay {
+            "adamw"
+        } else {
+            "adam"
+        }
     }
 
-    /// Maximises instead of minimising.
-    pub fn maximize(mut self, maximize: bool) -> Self {
-        self.maximize = maximize;
-        self
+    fn lr(&self) -> f64 {
+        self.lr
     }
 
-    /// Decoupled weight decay (AdamW) or an L2 penalty (Adam).
-    pub fn decoupled_weight_decay(mut self, decoupled: bool) -> Self {
-        self.decoupled_weight_decay = decoupled;
-        self
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
     }
 
-    /// An optimizer for the trainable variables of `vs`.
-    pub fn build(self, vs: &VarStore) -> Result<Optimizer> {
-        Optimizer::new(Algorithm::Adam(self), super::named_trainables(vs))
-    }
-
-    /// An optimizer for the given named parameters.
-    pub fn build_for(self, parameters: Vec<(String, Tensor)>) -> Result<Optimizer> {
-        Optimizer::new(Algorithm::Adam(self), parameters)
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         let (b1, b2) = self.betas;
         let valid = self.lr >= 0.0
             && self.eps >= 0.0
@@ -151,50 +177,21 @@ impl Adam {
         Ok(())
     }
 
-    pub(crate) fn state_names(&self) -> &'static [&'static str] {
-        if self.amsgrad {
-            &["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
-        } else {
-            &["step", "exp_avg", "exp_avg_sq"]
-        }
+    fn state_names(&self) -> &'static [&'static str] {
+        if self.amsgrad { &STATE } else { &STATE[..3] }
     }
 
-    /// Creates the state of a parameter at its first step, as PyTorch does:
-    /// `step` a float32 zero on the parameter's device, moments zero.
-    fn init_state(&self, param: &Tensor, state: &mut ParamState) -> Result<()> {
-        if state.is_empty() {
-            let step = Tensor::f_zeros([], (Kind::Float, param.device()))?;
-            state.insert("step".into(), step);
-            state.insert("exp_avg".into(), param.f_zeros_like()?);
-            state.insert("exp_avg_sq".into(), param.f_zeros_like()?);
-        }
-        if self.amsgrad && !state.contains_key("max_exp_avg_sq") {
-            state.insert("max_exp_avg_sq".into(), param.f_zeros_like()?);
-        }
-        Ok(())
-    }
-
-    /// One fused step over parameters of one device and dtype.
-    pub(crate) fn fused_step(
+    fn fused_step(
         &self,
         params: &[Tensor],
         grads: &[Tensor],
         states: &mut [&mut ParamState],
     ) -> Result<()> {
-        let mut lists: [Vec<Tensor>; 4] = Default::default();
         for (param, state) in params.iter().zip(states.iter_mut()) {
             self.init_state(param, state)?;
-            for (list, name) in
-                lists
-                    .iter_mut()
-                    .zip(["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"])
-            {
-                if let Some(tensor) = state.get(name) {
-                    list.push(tensor.shallow_clone());
-                }
-            }
         }
-        let [steps, exp_avgs, exp_avg_sqs, max_exp_avg_sqs] = lists;
+        let [steps, exp_avgs, exp_avg_sqs, max_exp_avg_sqs] =
+            STATE.map(|name| state_list(states, name));
         shim::fused_adam(
             params,
             grads,
@@ -202,18 +199,12 @@ impl Adam {
             &exp_avg_sqs,
             if self.amsgrad { &max_exp_avg_sqs } else { &[] },
             &steps,
-            self,
+            self.kernel(),
         )
     }
 
-    /// One step of one parameter with separate tensor operations, in
-    /// `torch.optim.Adam`'s single-tensor order.
-    pub(crate) fn single_step(
-        &self,
-        param: &Tensor,
-        grad: &Tensor,
-        state: &mut ParamState,
-    ) -> Result<()> {
+    /// In `torch.optim.Adam`'s single-tensor order.
+    fn step(&self, param: &Tensor, grad: &Tensor, state: &mut ParamState) -> Result<()> {
         self.init_state(param, state)?;
         let (beta1, beta2) = self.betas;
         let mut param = param.shallow_clone();

@@ -2,15 +2,18 @@
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
-use tch::nn::VarStore;
 
-use super::{Algorithm, Optimizer, ParamState, invalid};
+use super::rule::{Rule, pick};
+use super::{ParamState, invalid};
 use crate::error::Result;
-use crate::shim;
+use crate::shim::{self, FusedSgd};
+
+/// The name of SGD's state tensor (PyTorch's).
+const MOMENTUM_BUFFER: &str = "momentum_buffer";
 
 /// The settings of stochastic gradient descent, as `torch.optim.SGD`'s
 /// (the defaults are PyTorch's); [`build`](Self::build) makes the
-/// [`Optimizer`].
+/// [`Optimizer`](super::Optimizer).
 ///
 /// For each parameter `p` with gradient `g`: `g += weight_decay * p`; with
 /// momentum, `buf = g` at the first step and `buf = momentum * buf + (1 -
@@ -58,52 +61,52 @@ impl Sgd {
         }
     }
 
-    /// Sets the momentum factor.
-    pub fn momentum(mut self, momentum: f64) -> Self {
-        self.momentum = momentum;
-        self
+    setters! {
+        /// Sets the momentum factor.
+        momentum: f64;
+        /// Sets the dampening of the momentum.
+        dampening: f64;
+        /// Sets the L2 penalty.
+        weight_decay: f64;
+        /// Turns Nesterov momentum on or off.
+        nesterov: bool;
+        /// Maximises instead of minimising.
+        maximize: bool;
     }
 
-    /// Sets the dampening of the momentum.
-    pub fn dampening(mut self, dampening: f64) -> Self {
-        self.dampening = dampening;
-        self
+    /// The fused kernel's arguments.
+    fn kernel(&self, is_first_step: bool) -> FusedSgd {
+        FusedSgd {
+            lr: self.lr,
+            momentum: self.momentum,
+            dampening: self.dampening,
+            weight_decay: self.weight_decay,
+            nesterov: self.nesterov,
+            maximize: self.maximize,
+            is_first_step,
+        }
+    }
+}
+
+impl Rule for Sgd {
+    fn name(&self) -> &'static str {
+        "sgd"
     }
 
-    /// Sets the L2 penalty.
-    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
-        self.weight_decay = weight_decay;
-        self
+    fn lr(&self) -> f64 {
+        self.lr
     }
 
-    /// Turns Nesterov momentum on or off.
-    pub fn nesterov(mut self, nesterov: bool) -> Self {
-        self.nesterov = nesterov;
-        self
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
     }
 
-    /// Maximises instead of minimising.
-    pub fn maximize(mut self, maximize: bool) -> Self {
-        self.maximize = maximize;
-        self
-    }
-
-    /// An optimizer for the trainable variables of `vs`.
-    pub fn build(self, vs: &VarStore) -> Result<Optimizer> {
-        Optimizer::new(Algorithm::Sgd(self), super::named_trainables(vs))
-    }
-
-    /// An optimizer for the given named parameters.
-    pub fn build_for(self, parameters: Vec<(String, Tensor)>) -> Result<Optimizer> {
-        Optimizer::new(Algorithm::Sgd(self), parameters)
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         let s = self;
         if !(s.lr >= 0.0 && s.momentum >= 0.0 && s.weight_decay >= 0.0 && s.dampening.is_finite()) {
             return Err(invalid(format!(
-                "SGD needs lr >= 0, momentum >= 0 and weight_decay >= 0, got lr = {}, momentum = {}, weight_decay = {}",
-                s.lr, s.momentum, s.weight_decay
+                "SGD needs lr >= 0, momentum >= 0, weight_decay >= 0 and a finite dampening, got lr = {}, momentum = {}, weight_decay = {}, dampening = {}",
+                s.lr, s.momentum, s.weight_decay, s.dampening
             )));
         }
         if s.nesterov && (s.momentum <= 0.0 || s.dampening != 0.0) {
@@ -114,55 +117,56 @@ impl Sgd {
         Ok(())
     }
 
-    /// The names of the state tensors each parameter has.
-    pub(crate) fn state_names(&self) -> &'static [&'static str] {
+    fn state_names(&self) -> &'static [&'static str] {
         if self.momentum != 0.0 {
-            &["momentum_buffer"]
+            &[MOMENTUM_BUFFER]
         } else {
             &[]
         }
     }
 
-    /// One fused step over parameters of one device and dtype.
-    pub(crate) fn fused_step(
+    fn fused_step(
         &self,
         params: &[Tensor],
         grads: &[Tensor],
         states: &mut [&mut ParamState],
     ) -> Result<()> {
         if self.momentum == 0.0 {
-            return shim::fused_sgd(params, grads, &[], self, false);
+            return shim::fused_sgd(params, grads, &[], self.kernel(false));
         }
         // The kernel takes one `is_first_step` for the whole list: parameters
-        // stepping for the first time go in a call of their own.
+        // stepping for the first time go in a call of their own, with new
+        // buffers that the kernel fills with their gradients (kept once it
+        // has).
         let (fresh, stepped): (Vec<usize>, Vec<usize>) =
-            (0..params.len()).partition(|&i| !states[i].contains_key("momentum_buffer"));
+            (0..params.len()).partition(|&i| !states[i].contains_key(MOMENTUM_BUFFER));
         for (first, picked) in [(true, fresh), (false, stepped)] {
             if picked.is_empty() {
                 continue;
             }
-            let mut buffers = Vec::with_capacity(picked.len());
-            for &i in &picked {
-                if first {
-                    let buffer = params[i].f_empty_like()?;
-                    states[i].insert("momentum_buffer".into(), buffer);
+            let buffers = picked
+                .iter()
+                .map(|&i| match states[i].get(MOMENTUM_BUFFER) {
+                    Some(buffer) => Ok(buffer.shallow_clone()),
+                    None => params[i].f_empty_like(),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            shim::fused_sgd(
+                &pick(params, &picked),
+                &pick(grads, &picked),
+                &buffers,
+                self.kernel(first),
+            )?;
+            if first {
+                for (&i, buffer) in picked.iter().zip(buffers) {
+                    states[i].insert(MOMENTUM_BUFFER.into(), buffer);
                 }
-                buffers.push(states[i]["momentum_buffer"].shallow_clone());
             }
-            let p: Vec<Tensor> = picked.iter().map(|&i| params[i].shallow_clone()).collect();
-            let g: Vec<Tensor> = picked.iter().map(|&i| grads[i].shallow_clone()).collect();
-            shim::fused_sgd(&p, &g, &buffers, self, first)?;
         }
         Ok(())
     }
 
-    /// One step of one parameter with separate tensor operations.
-    pub(crate) fn single_step(
-        &self,
-        param: &Tensor,
-        grad: &Tensor,
-        state: &mut ParamState,
-    ) -> Result<()> {
+    fn step(&self, param: &Tensor, grad: &Tensor, state: &mut ParamState) -> Result<()> {
         let mut d = if self.maximize {
             grad.f_neg()?
         } else {
@@ -172,7 +176,7 @@ impl Sgd {
             d = d.f_add(&param.f_mul_scalar(self.weight_decay)?)?;
         }
         if self.momentum != 0.0 {
-            let buffer = match state.get_mut("momentum_buffer") {
+            let buffer = match state.get_mut(MOMENTUM_BUFFER) {
                 Some(buffer) => {
                     let _ = buffer.f_mul_scalar_(self.momentum)?;
                     let _ = buffer.f_add_(&d.f_mul_scalar(1.0 - self.dampening)?)?;
@@ -180,7 +184,7 @@ impl Sgd {
                 }
                 None => {
                     let buffer = d.f_detach_copy()?;
-                    state.insert("momentum_buffer".into(), buffer.shallow_clone());
+                    state.insert(MOMENTUM_BUFFER.into(), buffer.shallow_clone());
                     buffer
                 }
             };
