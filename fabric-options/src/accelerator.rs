@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::error::OptionError;
-use crate::schema::Key;
+use crate::key::Key;
 use crate::value::Value;
 
 /// The hardware to train on, as named in Lightning Fabric.

@@ -3,9 +3,9 @@
 use crate::accelerator::Accelerator;
 use crate::devices::Devices;
 use crate::error::OptionError;
+use crate::key::Key;
 use crate::num_nodes::NumNodes;
 use crate::precision::Precision;
-use crate::schema::Key;
 use crate::strategy::{Strategy, StrategyParams};
 
 /// A parsed configuration, as far as it can be known without the machine.

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::error::OptionError;
-use crate::schema::Key;
+use crate::key::Key;
 use crate::value::Value;
 
 /// Which devices to train on, in every form Lightning Fabric documents.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::schema::Key;
+use crate::key::Key;
 use crate::suggest::did_you_mean;
 use crate::value::Value;
 
@@ -116,3 +116,18 @@ impl fmt::Display for OptionError {
 }
 
 impl std::error::Error for OptionError {}
+
+impl Key {
+    /// An error for a name that is not a key, with a suggestion when the
+    /// name looks like a misspelt key.
+    pub fn unknown(name: &str) -> OptionError {
+        let accepted = Key::ALL.map(Key::name);
+        let list = accepted.map(|k| format!("`{k}`")).join(", ");
+        let suggestions = did_you_mean(name, accepted);
+        OptionError::unkeyed(if suggestions.is_empty() {
+            format!("unknown option `{name}`; the options are {list}")
+        } else {
+            format!("unknown option `{name}`: {suggestions} The options are {list}")
+        })
+    }
+}

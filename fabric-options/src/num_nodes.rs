@@ -1,7 +1,7 @@
 //! The `num_nodes` option.
 
 use crate::error::OptionError;
-use crate::schema::Key;
+use crate::key::Key;
 use crate::value::Value;
 
 /// The number of machines taking part in training (at least 1).

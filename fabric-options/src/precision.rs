@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::error::OptionError;
-use crate::schema::Key;
+use crate::key::Key;
 use crate::value::Value;
 
 /// The numeric precision of training, as named in Lightning Fabric.

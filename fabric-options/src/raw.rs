@@ -2,7 +2,7 @@
 
 use crate::check::Options;
 use crate::error::OptionError;
-use crate::schema::Key;
+use crate::key::Key;
 use crate::value::Value;
 
 /// The options as given (to the builder, or by the `LT_*` variables), one

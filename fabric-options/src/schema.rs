@@ -1,61 +1,20 @@
-//! The option schema, written once: for every [`Key`], its name, the `LT_*`
-//! variable that overrides it, how it is written in code, and the field of
-//! [`Options`] its value is parsed into.
+//! The option schema: for every [`Key`] that takes a value, the field of
+//! [`Options`] it is parsed into and how that field is written back.
 //!
 //! The `#[fabric(...)]` attribute, the builder and the `LT_*` overrides all
 //! go through this table ([`Options::set`], [`Options::get`],
-//! [`Key::canonical`]); nothing else maps a key to its field.
-
-use std::fmt;
+//! [`Key::canonical`]); nothing else maps a key to its field. A key's
+//! name, variable and forms are in [`key`](crate::key).
 
 use crate::accelerator::Accelerator;
 use crate::check::Options;
 use crate::devices::Devices;
 use crate::error::OptionError;
+use crate::key::Key;
 use crate::num_nodes::NumNodes;
 use crate::precision::Precision;
 use crate::strategy::StrategyName;
-use crate::suggest::did_you_mean;
 use crate::value::Value;
-
-/// The options of fabric's configuration, as Lightning Fabric names them.
-///
-/// The first five take a [`Value`] (a literal), parsed into a field of
-/// [`Options`]; `plugins`, `callbacks` and `loggers` take objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Key {
-    /// `accelerator`
-    Accelerator,
-    /// `strategy`
-    Strategy,
-    /// `devices`
-    Devices,
-    /// `num_nodes`
-    NumNodes,
-    /// `precision`
-    Precision,
-    /// `plugins`
-    Plugins,
-    /// `callbacks`
-    Callbacks,
-    /// `loggers`
-    Loggers,
-}
-
-/// One option of the schema.
-struct Entry {
-    key: Key,
-    /// The name in `#[fabric(...)]`, in the builder and in Lightning.
-    name: &'static str,
-    /// The variable of Lightning's CLI that overrides it.
-    env_var: Option<&'static str>,
-    /// The forms its value is written in, in code (for "expected ...").
-    written: &'static str,
-    /// A valid value as written in code, for messages.
-    example: &'static str,
-    /// Where a value is parsed into; `None` for the options taking objects.
-    slot: Option<Slot>,
-}
 
 /// The field of [`Options`] that a key's value is parsed into.
 struct Slot {
@@ -66,29 +25,21 @@ struct Slot {
     get: fn(&Options) -> Option<Value>,
 }
 
-/// The schema, in the order of [`Key`]'s variants (checked below at compile
-/// time), which is the order of Lightning's constructor.
-const SCHEMA: [Entry; 8] = [
-    Entry {
-        key: Key::Accelerator,
-        name: "accelerator",
-        env_var: Some("LT_ACCELERATOR"),
-        written: "a string literal such as \"cpu\" or \"cuda\"",
-        example: "\"cpu\"",
-        slot: Some(Slot {
+/// Each key's slot, in [`Key`] order (checked below at compile time);
+/// `None` for the options taking objects.
+const SLOTS: [(Key, Option<Slot>); Key::ALL.len()] = [
+    (
+        Key::Accelerator,
+        Some(Slot {
             set: |options, value| {
                 Accelerator::parse(value).map(|parsed| options.accelerator = parsed)
             },
             get: |options| Some(options.accelerator.into()),
         }),
-    },
-    Entry {
-        key: Key::Strategy,
-        name: "strategy",
-        env_var: Some("LT_STRATEGY"),
-        written: "a string literal such as \"ddp\"",
-        example: "\"ddp\"",
-        slot: Some(Slot {
+    ),
+    (
+        Key::Strategy,
+        Some(Slot {
             set: |options, value| {
                 let name = StrategyName::parse(value)?;
                 options.strategy = name.strategy();
@@ -100,120 +51,53 @@ const SCHEMA: [Entry; 8] = [
                 Some(name.map_or_else(|| options.strategy.into(), Value::from))
             },
         }),
-    },
-    Entry {
-        key: Key::Devices,
-        name: "devices",
-        env_var: Some("LT_DEVICES"),
-        written: "an integer literal such as 2 or -1, a list of device indices such as [1, 4], a string literal such as \"1, 4\", or None",
-        example: "2",
-        slot: Some(Slot {
+    ),
+    (
+        Key::Devices,
+        Some(Slot {
             set: |options, value| Devices::parse(value).map(|parsed| options.devices = parsed),
             get: |options| Some(options.devices.clone().into()),
         }),
-    },
-    Entry {
-        key: Key::NumNodes,
-        name: "num_nodes",
-        env_var: Some("LT_NUM_NODES"),
-        written: "a positive integer literal such as 1",
-        example: "1",
-        slot: Some(Slot {
+    ),
+    (
+        Key::NumNodes,
+        Some(Slot {
             set: |options, value| NumNodes::parse(value).map(|parsed| options.num_nodes = parsed),
             get: |options| Some(options.num_nodes.into()),
         }),
-    },
-    Entry {
-        key: Key::Precision,
-        name: "precision",
-        env_var: Some("LT_PRECISION"),
-        written: "a string literal such as \"bf16-mixed\" or an integer literal such as 32",
-        example: "\"bf16-mixed\"",
-        slot: Some(Slot {
+    ),
+    (
+        Key::Precision,
+        Some(Slot {
             set: |options, value| {
                 Precision::parse(value).map(|parsed| options.precision = Some(parsed))
             },
             // Lightning's default is no precision (`None`), not `32-true`.
             get: |options| options.precision.map(Value::from),
         }),
-    },
-    Entry {
-        key: Key::Plugins,
-        name: "plugins",
-        env_var: None,
-        written: "an expression, or a list `[a, b]` of them, each a plugin",
-        example: "[...]",
-        slot: None,
-    },
-    Entry {
-        key: Key::Callbacks,
-        name: "callbacks",
-        env_var: None,
-        written: "an expression, or a list `[a, b]` of them, each a callback",
-        example: "[...]",
-        slot: None,
-    },
-    Entry {
-        key: Key::Loggers,
-        name: "loggers",
-        env_var: None,
-        written: "an expression, or a list `[a, b]` of them, each a logger",
-        example: "[...]",
-        slot: None,
-    },
+    ),
+    (Key::Plugins, None),
+    (Key::Callbacks, None),
+    (Key::Loggers, None),
 ];
 
-// Every entry is at its key's index, so `Key::entry` finds a key's own.
 const _: () = {
     let mut i = 0;
-    while i < SCHEMA.len() {
-        assert!(SCHEMA[i].key as usize == i, "SCHEMA is not in Key order");
+    while i < SLOTS.len() {
+        assert!(SLOTS[i].0 as usize == i, "SLOTS is not in Key order");
         i += 1;
     }
 };
 
+fn slot(key: Key) -> Option<&'static Slot> {
+    SLOTS[key as usize].1.as_ref()
+}
+
 impl Key {
-    /// Every key, in the order Lightning's constructor lists them.
-    pub const ALL: [Key; SCHEMA.len()] = {
-        let mut all = [Key::Accelerator; SCHEMA.len()];
-        let mut i = 0;
-        while i < SCHEMA.len() {
-            all[i] = SCHEMA[i].key;
-            i += 1;
-        }
-        all
-    };
-
-    fn entry(self) -> &'static Entry {
-        &SCHEMA[self as usize]
-    }
-
-    /// The key's name as written in `#[fabric(...)]` and Lightning.
-    pub fn name(self) -> &'static str {
-        self.entry().name
-    }
-
-    /// The environment variable that overrides this key at run time, as
-    /// set by Lightning's CLI (`LT_ACCELERATOR`, ...), if there is one.
-    pub fn env_var(self) -> Option<&'static str> {
-        self.entry().env_var
-    }
-
     /// Whether the option takes a [`Value`] (`accelerator`, `strategy`,
     /// `devices`, `num_nodes`, `precision`), rather than objects.
     pub fn takes_value(self) -> bool {
-        self.entry().slot.is_some()
-    }
-
-    /// The forms the option is written in, in code: "a string literal such
-    /// as \"cpu\" or \"cuda\"".
-    pub fn written(self) -> &'static str {
-        self.entry().written
-    }
-
-    /// A valid value as written in code, such as `"cpu"` or `2`.
-    pub fn example(self) -> &'static str {
-        self.entry().example
+        slot(self).is_some()
     }
 
     /// The value as the option's parser understands it, written back in
@@ -240,30 +124,6 @@ impl Key {
     pub fn default_value(self) -> Option<Value> {
         Options::default().get(self)
     }
-
-    /// Looks a key up by name.
-    pub fn from_name(name: &str) -> Option<Key> {
-        Key::ALL.into_iter().find(|key| key.name() == name)
-    }
-
-    /// An error for a name that is not a key, with a suggestion when the
-    /// name looks like a misspelt key.
-    pub fn unknown(name: &str) -> OptionError {
-        let accepted = Key::ALL.map(Key::name);
-        let list = accepted.map(|k| format!("`{k}`")).join(", ");
-        let suggestions = did_you_mean(name, accepted);
-        OptionError::unkeyed(if suggestions.is_empty() {
-            format!("unknown option `{name}`; the options are {list}")
-        } else {
-            format!("unknown option `{name}`: {suggestions} The options are {list}")
-        })
-    }
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 impl Options {
@@ -280,7 +140,7 @@ impl Options {
     /// assert!(options.set(Key::NumNodes, &Value::from(0)).is_err());
     /// ```
     pub fn set(&mut self, key: Key, value: &Value) -> Result<(), OptionError> {
-        match &key.entry().slot {
+        match slot(key) {
             Some(slot) => (slot.set)(self, value),
             None => Err(OptionError::new(
                 key,
@@ -293,7 +153,7 @@ impl Options {
     /// [`set`](Self::set) parses back to the same field. `None` for an unset
     /// `precision` and for the options taking objects.
     pub fn get(&self, key: Key) -> Option<Value> {
-        key.entry().slot.as_ref().and_then(|slot| (slot.get)(self))
+        slot(key).and_then(|slot| (slot.get)(self))
     }
 
     /// The strategy's registered name, such as

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::error::OptionError;
-use crate::schema::Key;
+use crate::key::Key;
 use crate::value::Value;
 
 /// How training is spread over devices: the strategy families of Lightning

@@ -11,3 +11,10 @@ pub(crate) fn sorted(vs: &VarStore) -> Vec<(String, Tensor)> {
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     variables
 }
+
+/// The trainable variables of `vs` with their names, sorted by name.
+pub(crate) fn sorted_trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut variables = sorted(vs);
+    variables.retain(|(_, t)| t.requires_grad());
+    variables
+}

@@ -361,6 +361,13 @@ fn plan_optimizer(
         ));
         return Ok(None);
     }
+    if let Err(error) = algorithm.validate() {
+        // Settings no optimizer accepts (a damaged or edited `meta.json`).
+        report
+            .mismatched
+            .push(format!("optimizer `{entry}`: {error}"));
+        return Ok(None);
+    }
     let names = optimizer.parameter_names();
     for name in names.iter().filter(|n| !parameters.contains(n)) {
         report.missing.push(format!("{entry}: {name}"));

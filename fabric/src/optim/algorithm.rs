@@ -4,10 +4,11 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use tch::nn::VarStore;
 
-use super::optimizer::{Optimizer, named_trainables};
+use super::optimizer::Optimizer;
 use super::rule::Rule;
 use super::{Adam, Sgd};
 use crate::error::Result;
+use crate::vars::sorted_trainable as named_trainables;
 
 /// Declares [`Algorithm`] from the list of rule types, with the one
 /// dispatch from an algorithm to its [`Rule`], and each rule type's

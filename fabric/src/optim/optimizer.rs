@@ -3,23 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use super::rule::pick;
 use super::{Algorithm, ParamState, invalid};
 use crate::error::Result;
-
-/// The trainable variables of `vs` with their names, sorted by name.
-pub(super) fn named_trainables(vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut named: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named
-}
 
 /// An optimizer of fabric's: named parameters, an [`Algorithm`], and the
 /// state tensors of every parameter. Built by [`Sgd::build`](super::Sgd::build),
