@@ -1,14 +1,17 @@
 //! The process's MPI library: initialised when the first communicator
-//! joins, finalised when the last one is dropped, and a lock that every
-//! MPI call is made under.
+//! joins, finalised when the process exits, and a lock that every MPI call
+//! is made under.
 //!
 //! MPI is initialised with `MPI_THREAD_SERIALIZED`: any thread may call
 //! MPI, but never two at once in the process. Holding [`lock`] for every
 //! call keeps that true whichever threads the communicators are on.
 //!
-//! MPI cannot be initialised again once finalised: a process takes part in
-//! one MPI world, which ends with its last communicator (its last
-//! multi-process `Fabric`).
+//! MPI cannot be initialised again once finalised, so it stays initialised
+//! while the process lives: a `Fabric` dropped frees its communicator and
+//! shared window at once, and a later `Fabric` joins the same world again.
+//! `MPI_Finalize` runs when the process exits (Open MPI's launcher counts a
+//! rank that exits without it as failed), bounded by the watchdog: the
+//! other ranks may have failed, and `MPI_Finalize` waits for them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -25,14 +28,11 @@ pub(super) struct World {
     universe: Option<Universe>,
     /// Whether `MPI_Init` was called (it may be called once per process).
     initialised: bool,
-    /// Live communicators ([`Member`]s).
-    members: usize,
 }
 
 static WORLD: Mutex<World> = Mutex::new(World {
     universe: None,
     initialised: false,
-    members: 0,
 });
 
 /// How long `MPI_Finalize` may take before the process ends anyway, in
@@ -50,22 +50,20 @@ pub(super) fn lock() -> MutexGuard<'static, World> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A communicator's share in the MPI world: MPI stays initialised while
-/// one lives, and is finalised when the last is dropped.
+/// A communicator's share in the MPI world.
 #[derive(Debug)]
 pub(super) struct Member(());
 
 impl Member {
     /// Initialises MPI if no communicator has yet, starting the watchdog
-    /// for `rank`; an error if MPI cannot be initialised or was finalised
-    /// already. `failure_bound` bounds `MPI_Finalize`.
+    /// for `rank`; an error if MPI cannot be initialised (or was finalised
+    /// already: at exit). `failure_bound` bounds `MPI_Finalize`.
     pub(super) fn join(rank: usize, failure_bound: Duration) -> Result<Member> {
         let mut world = lock();
         if world.universe.is_none() {
             if world.initialised {
                 return Err(Error::Distributed(
-                    "MPI was finalised when this process's last multi-process Fabric was dropped, and MPI cannot start twice in one process: \
-                     keep one Fabric for the whole run"
+                    "MPI was finalised already (the process is exiting), and MPI cannot start twice in one process"
                         .into(),
                 ));
             }
@@ -83,22 +81,11 @@ impl Member {
             unsafe { libc::atexit(finalize_at_exit) };
         }
         watchdog::start(rank);
-        world.members += 1;
         FAILURE_BOUND_MS.store(
             u64::try_from(failure_bound.as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
         Ok(Member(()))
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        let mut world = lock();
-        world.members -= 1;
-        if world.members == 0 {
-            finalize(&mut world);
-        }
     }
 }
 
@@ -110,9 +97,9 @@ fn finalize(world: &mut World) {
     drop(world.universe.take());
 }
 
-/// The backstop for a communicator that was never dropped (a `Fabric`
-/// leaked, or `exit` called while one lives): Open MPI's launcher counts a
-/// rank that exits without `MPI_Finalize` as failed.
+/// Finalises MPI when the process exits: Open MPI's launcher counts a rank
+/// that exits without `MPI_Finalize` as failed. Registered when MPI is
+/// initialised, as MPI requires of a process that initialises it.
 extern "C" fn finalize_at_exit() {
     // Armed before the lock is taken: a thread may hold it in a collective.
     let _armed = watchdog::arm("MPI_Finalize", failure_bound());
