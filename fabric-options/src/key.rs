@@ -7,8 +7,8 @@ use std::fmt;
 
 /// The options of fabric's configuration, as Lightning Fabric names them.
 ///
-/// The first five take a [`Value`] (a literal), parsed into a field of
-/// [`Options`]; `plugins`, `callbacks` and `loggers` take objects.
+/// The first five take a [`Value`](crate::Value) (a literal), parsed into a field of
+/// [`Options`](crate::Options); `plugins`, `callbacks` and `loggers` take objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Key {
     /// `accelerator`

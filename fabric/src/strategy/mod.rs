@@ -10,7 +10,7 @@
 //! | `ddp_spawn` | [`DdpStrategy::spawn`] | one per device, started by fabric for a function |
 //!
 //! Adding a strategy is a new file here implementing [`Strategy`] and one
-//! line in [`REGISTRY`] (for its name in `strategy = "..."`).
+//! line in `REGISTRY` (for its name in `strategy = "..."`).
 
 use std::path::Path;
 use std::sync::Arc;
