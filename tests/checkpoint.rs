@@ -448,6 +448,15 @@ fn every_bad_checkpoint_is_a_clear_error_and_changes_nothing() {
         Kind::Float,
         "not in the state: model: encoder.weight",
     );
+
+    // Optimizer settings no optimizer accepts, in an edited meta.json.
+    let edited = dir.path().join("edited");
+    copy_dir(&good, &edited);
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(edited.join("meta.json")).unwrap()).unwrap();
+    meta["entries"]["optimizer"]["algorithm"]["lr"] = (-1.0).into();
+    std::fs::write(edited.join("meta.json"), meta.to_string()).unwrap();
+    assert_rejected(&edited, mlp, Kind::Float, "optimizer `optimizer`: ");
 }
 
 /// CRC-32C (Castagnoli), bitwise, for the test's own use.

@@ -200,6 +200,28 @@ use crate::ctxt::Ctxt;
 /// Calling `train()` builds the `Fabric` (a configuration this machine
 /// cannot run is returned as the function's error, converted with
 /// `From<fabric::Error>`), runs the body with it, and finalises the loggers.
+/// It is the launch step (`FabricBuilder::launch`): with several processes
+/// and no launcher around (`devices = 2` with `ddp`, run plainly), the
+/// process that calls it starts the ranks under `mpirun`, waits for them
+/// and ends with their status; each rank runs `train()` and gets its result.
+/// A rank whose body fails or panics finalises its loggers and ends the run,
+/// naming itself.
+///
+/// # Process-wide settings
+///
+/// The function's `Fabric` keeps the builder's defaults for what it changes
+/// in the process, each documented on `FabricBuilder`:
+///
+/// | setting | default |
+/// |---|---|
+/// | `intra_op_threads` | `Threads::Auto`: the cores of a node shared between its CPU ranks, unless `OMP_NUM_THREADS` is set |
+/// | `keep_freed_memory` | on for CPU runs: glibc's `malloc` keeps freed heap memory between steps (unless `GLIBC_TUNABLES`/`MALLOC_*_` are set, or `FABRIC_KEEP_FREED_MEMORY=0`) |
+/// | `load_cuda_backend` | on: libtorch's CUDA backend is loaded before CUDA is first asked about, where a driver is installed (not for `accelerator = "cpu"`; off with `FABRIC_LOAD_CUDA=0`) |
+///
+/// In a run of several processes, the launcher installs the failure
+/// handling of each rank: when `mpirun` ends it (SIGTERM, SIGINT, SIGHUP)
+/// its loggers are finalised first. To change a setting, configure the run
+/// with `Fabric::builder()` instead of the attribute.
 ///
 /// When the attribute or the signature has errors, the function is still
 /// emitted with its body, so the errors shown are the attribute's and the
