@@ -105,7 +105,9 @@ fn main() -> anyhow::Result<()> {
     let mut fabric = Fabric::builder()
         .accelerator("auto")
         .precision("32-true")
-        .build()?;
+        // `auto` is every GPU: on a machine with several, fabric starts one
+        // rank per GPU (each runs this program from the start).
+        .build_or_launch()?;
     let accuracy = train(&mut fabric, epochs)?;
     fabric.print(format!("held-out accuracy: {:.2}%", accuracy * 100.0));
     Ok(())

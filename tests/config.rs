@@ -359,3 +359,68 @@ fn build_never_starts_processes_and_names_the_launch_step() {
     assert!(matches!(err, Error::Launch(_)), "{err:?}");
     assert!(err.to_string().contains("build_or_launch"), "{err}");
 }
+
+/// A strategy of the user's that happens to take a name fabric reserves.
+struct MyFsdp(fabric::strategy::DdpStrategy);
+
+impl fabric::Strategy for MyFsdp {
+    fn name(&self) -> &str {
+        "fsdp"
+    }
+    fn process_model(&self) -> fabric::strategy::ProcessModel {
+        self.0.process_model()
+    }
+    fn setup_environment(
+        &mut self,
+        context: &fabric::strategy::StrategyContext,
+    ) -> fabric::Result<()> {
+        self.0.setup_environment(context)
+    }
+    fn root_device(&self) -> tch::Device {
+        self.0.root_device()
+    }
+    fn global_rank(&self) -> usize {
+        self.0.global_rank()
+    }
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+    fn setup_module(&mut self, vs: &mut tch::nn::VarStore) -> fabric::Result<()> {
+        self.0.setup_module(vs)
+    }
+    fn backward(&mut self, loss: &tch::Tensor) -> fabric::Result<()> {
+        self.0.backward(loss)
+    }
+    fn set_backward_sync(&mut self, enabled: bool) -> bool {
+        self.0.set_backward_sync(enabled)
+    }
+    fn all_reduce(&self, t: &tch::Tensor, op: fabric::ReduceOp) -> fabric::Result<tch::Tensor> {
+        self.0.all_reduce(t, op)
+    }
+    fn broadcast(&self, t: &tch::Tensor, src: usize) -> fabric::Result<tch::Tensor> {
+        self.0.broadcast(t, src)
+    }
+    fn all_gather(&self, t: &tch::Tensor) -> fabric::Result<tch::Tensor> {
+        self.0.all_gather(t)
+    }
+    fn barrier(&self) -> fabric::Result<()> {
+        self.0.barrier()
+    }
+}
+
+#[test]
+fn a_users_strategy_is_resolved_by_its_process_model_whatever_its_name() {
+    let fabric = Fabric::builder()
+        .accelerator("cpu")
+        .strategy(MyFsdp(fabric::strategy::DdpStrategy::new()))
+        .build()
+        .unwrap();
+    assert_eq!(fabric.strategy().name(), "fsdp");
+    // Fabric's own strategies keep the option checks.
+    let err = Fabric::builder()
+        .accelerator("cpu")
+        .strategy(fabric::strategy::DataParallelStrategy::new())
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("\"dp\""), "{err}");
+}

@@ -123,10 +123,10 @@ impl FabricBuilder {
             }
             StrategyChoice::Object(object) => {
                 // A built-in strategy's name takes part in the option
-                // checks (`dp` on the CPU, ...); a strategy of the user's
-                // is resolved by its process model alone.
+                // checks (`dp` on the CPU, ...); a strategy of the user's,
+                // whatever its name, is resolved by its process model.
                 let name = Value::Str(object.name().to_owned());
-                if StrategyName::parse(&name).is_ok() {
+                if crate::strategy::is_built_in(&*object) && StrategyName::parse(&name).is_ok() {
                     self.options.set(Key::Strategy, name);
                 } else {
                     self.options.unset(Key::Strategy);
@@ -245,6 +245,11 @@ impl FabricBuilder {
         let (connection, assembly) = self.connect()?;
         match connection.plan {
             Plan::Train => assemble(connection, assembly),
+            Plan::Start {
+                processes,
+                spawn: true,
+                ..
+            } => Err(spawn_needs_function(processes)),
             Plan::Start { processes, .. } => Err(Error::Launch(format!(
                 "this configuration runs {processes} processes, which nobody started: `build` does not start processes; use `FabricBuilder::launch(|fabric| ...)` or `build_or_launch()` (fabric re-runs this program under `mpirun`), or start it with `mpirun -np {processes}`"
             ))),

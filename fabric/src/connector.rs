@@ -53,6 +53,8 @@ pub(crate) struct Connection {
     pub(crate) strategy: Box<dyn Strategy>,
     pub(crate) precision: Box<dyn PrecisionPlugin>,
     pub(crate) environment: Box<dyn ClusterEnvironment>,
+    /// The nodes of the run: the environment's count, or `num_nodes`.
+    pub(crate) num_nodes: usize,
     pub(crate) plan: Plan,
     /// Things worth saying that are not errors (oversubscribed cores).
     pub(crate) warnings: Vec<String>,
@@ -153,10 +155,11 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
     let mut warnings = Vec::new();
 
     let plan;
+    let mut nodes = num_nodes;
     let mut node_devices = devices;
     if world > 1 {
         // This process is a rank of a run that exists.
-        let nodes = match environment.num_nodes() {
+        nodes = match environment.num_nodes() {
             Some(n) if num_nodes_given && n != num_nodes => {
                 return Err(environment_error(
                     &*environment,
@@ -270,7 +273,8 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
             None if accelerator == ResolvedAccelerator::Cuda => node_devices,
             None => {
                 return Err(Error::InvalidArgument(format!(
-                    "\"dp\" splits each batch between the CUDA devices of one process, but the accelerator is \"{}\" (this machine has: {}); use `strategy = \"ddp\"` to train with several processes",
+                    "\"{}\" splits each batch between the CUDA devices of one process, but the accelerator is \"{}\" (this machine has: {}); use `strategy = \"ddp\"` to train with several processes",
+                    strategy.name(),
                     accelerator.name(),
                     accelerator::available(machine)
                 )));
@@ -312,6 +316,7 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
         strategy,
         precision,
         environment,
+        num_nodes: nodes,
         plan,
         warnings,
     })

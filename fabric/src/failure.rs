@@ -9,7 +9,7 @@
 //! before [`end_rank`] ends the process.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -50,15 +50,20 @@ impl Drop for Registration {
 
 /// Runs the registered handlers once, on a thread of their own, waiting at
 /// most the failure budget for them (a handler blocked on a dead file
-/// system must not keep the rank alive).
+/// system must not keep the rank alive). A second caller while they run
+/// (the launcher's signal during a failing rank's own flush) waits for the
+/// same flush, within the same budget.
 pub(crate) fn run_handlers() {
+    let budget = Duration::from_millis(BUDGET_MS.load(Ordering::Relaxed));
     let taken: Vec<Handler> = std::mem::take(&mut *handlers())
         .into_iter()
         .map(|(_, handler)| handler)
         .collect();
     if taken.is_empty() {
+        wait_for_flush(budget);
         return;
     }
+    FLUSHING.store(true, Ordering::SeqCst);
     let (done, finished) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("fabric-failure".into())
@@ -66,13 +71,29 @@ pub(crate) fn run_handlers() {
             for handler in taken {
                 handler();
             }
+            FLUSHING.store(false, Ordering::SeqCst);
             let _ = done.send(());
         });
-    if spawned.is_ok() {
-        let budget = Duration::from_millis(BUDGET_MS.load(Ordering::Relaxed));
-        if finished.recv_timeout(budget).is_err() {
-            eprintln!("fabric: flushing the loggers took longer than {budget:?}; ending anyway");
+    match spawned {
+        Ok(_) => {
+            if finished.recv_timeout(budget).is_err() {
+                eprintln!(
+                    "fabric: flushing the loggers took longer than {budget:?}; ending anyway"
+                );
+            }
         }
+        Err(_) => FLUSHING.store(false, Ordering::SeqCst),
+    }
+}
+
+/// Whether the handlers are running.
+static FLUSHING: AtomicBool = AtomicBool::new(false);
+
+/// Waits, at most `budget`, for handlers another thread runs.
+fn wait_for_flush(budget: Duration) {
+    let start = std::time::Instant::now();
+    while FLUSHING.load(Ordering::SeqCst) && start.elapsed() < budget {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

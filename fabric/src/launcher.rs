@@ -90,21 +90,23 @@ fn describe(status: ExitStatus) -> String {
 
 /// Starts the ranks of a `ddp` run and ends this process with their status:
 /// 0 when every rank succeeded. The only place fabric ends a process that
-/// did not fail itself, reached only through the explicit launch calls.
+/// did not fail itself, reached only through the explicit launch calls; it
+/// exits normally (`atexit` handlers and flushed output), as this process
+/// did not train.
 pub(crate) fn supervise(processes: usize, cuda: bool) -> ! {
     match run_ranks(processes, &[], cuda) {
-        Ok(status) if status.success() => failure::exit_now(0),
+        Ok(status) if status.success() => std::process::exit(0),
         Ok(status) => {
             let error = Error::RanksFailed {
                 processes,
                 status: describe(status),
             };
             eprintln!("fabric: {error}");
-            failure::exit_now(status.code().filter(|c| *c != 0).unwrap_or(1))
+            std::process::exit(status.code().filter(|c| *c != 0).unwrap_or(1))
         }
         Err(error) => {
             eprintln!("fabric: {error}");
-            failure::exit_now(1)
+            std::process::exit(1)
         }
     }
 }
@@ -188,10 +190,18 @@ pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration)
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     failure::set_budget(budget);
     INSTALLED.call_once(|| {
-        let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        // A signal the process was started ignoring (`nohup`, a background
+        // job) stays ignored.
+        let watched: Vec<i32> = [SIGTERM, SIGINT, SIGHUP]
+            .into_iter()
+            .filter(|&signal| !ignored(signal))
+            .collect();
+        let mut signals = match signal_hook::iterator::Signals::new(&watched) {
             Ok(signals) => signals,
             Err(e) => {
-                eprintln!("fabric: rank {rank}: loggers will not be flushed if the launcher ends this rank: {e}");
+                eprintln!(
+                    "fabric: rank {rank}: loggers will not be flushed if the launcher ends this rank: {e}"
+                );
                 return;
             }
         };
@@ -200,6 +210,9 @@ pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration)
             .spawn(move || {
                 if let Some(signal) = signals.forever().next() {
                     failure::run_handlers();
+                    // Ends by the signal itself, as without fabric, so that
+                    // launchers and schedulers see how the rank ended.
+                    let _ = signal_hook::low_level::emulate_default_handler(signal);
                     failure::exit_now(128 + signal);
                 }
             });
@@ -207,6 +220,17 @@ pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration)
             eprintln!("fabric: rank {rank}: could not watch for the launcher's signals: {e}");
         }
     });
+}
+
+/// Whether `signal` is ignored in this process.
+fn ignored(signal: i32) -> bool {
+    // SAFETY: reads the current action into a zeroed `sigaction`; a null
+    // new action changes nothing.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// The return type of a training function: a `Result` whose error type

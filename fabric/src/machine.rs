@@ -84,6 +84,7 @@ impl Machine for ThisMachine {
             Backend::Failed(message) => {
                 format!("libtorch's CUDA backend could not be loaded: {message}")
             }
+            Backend::Loaded(_) => "libtorch finds no CUDA device (if something asked libtorch about CUDA before fabric loaded its CUDA backend, a `tch::manual_seed` say, libtorch keeps that first answer: call `fabric::cuda::load_backend()` at the start of `main`)".to_owned(),
             _ => "libtorch finds no CUDA device".to_owned(),
         }
     }

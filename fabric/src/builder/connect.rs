@@ -116,10 +116,11 @@ pub(super) fn assemble(connection: Connection, assembly: Assembly) -> Result<Fab
         mut strategy,
         precision,
         environment,
+        num_nodes: connection_nodes,
         ..
     } = connection;
     let world_size = environment.world_size();
-    let num_nodes = environment.num_nodes().unwrap_or(1).max(1);
+    let num_nodes = connection_nodes.max(1);
     let device = devices[0];
     assembly
         .process

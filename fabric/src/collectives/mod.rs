@@ -40,8 +40,8 @@ pub fn nccl_version() -> Result<(i32, i32, i32)> {
 /// The collectives of one rank: MPI always (the world, CPU tensors, the
 /// barrier), NCCL too in a run on CUDA devices.
 ///
-/// Dropping it ends NCCL's communicator first, then MPI's (whose last
-/// communicator finalises MPI).
+/// Dropping it ends NCCL's communicator first, then MPI's (MPI itself is
+/// finalised when the process exits).
 #[derive(Debug)]
 pub(crate) struct Comm {
     // Fields drop in this order.

@@ -26,17 +26,14 @@ fn check(code: c_int, what: &str) -> Result<()> {
 
 /// A communicator over every rank of the run, ordered by the cluster
 /// environment's global ranks. Dropping it frees the shared window and the
-/// communicator, then finalises MPI if it was the process's last one
-/// (bounded by the watchdog).
+/// communicator (bounded by the watchdog); MPI itself is finalised when the
+/// process exits (`world`).
 #[derive(Debug)]
 pub(crate) struct MpiComm {
     comm: ffi::MPI_Comm,
     rank: usize,
     size: usize,
     timeout: Duration,
-    /// How long freeing the communicator and finalising MPI may take (they
-    /// wait for the other ranks, which may have failed).
-    failure_bound: Duration,
     /// The shared-memory window of [`all_reduce_shared`](Self::all_reduce_shared),
     /// opened by the first all-reduce; `None` where the ranks do not all share
     /// one machine's memory.
@@ -61,8 +58,7 @@ unsafe impl Send for MpiComm {}
 impl MpiComm {
     /// Initialises MPI (once per process, see [`world`]) and orders its
     /// world by `global_rank`, checking it against the environment's world
-    /// size. `failure_bound` bounds the teardown when the communicator is
-    /// dropped.
+    /// size. `failure_bound` bounds `MPI_Finalize` at exit.
     pub(crate) fn join(
         global_rank: usize,
         world_size: usize,
@@ -102,7 +98,6 @@ impl MpiComm {
                 rank: 0,
                 size: world_size,
                 timeout,
-                failure_bound,
                 shared: OnceCell::new(),
                 _member: member,
             };
@@ -409,12 +404,13 @@ impl MpiComm {
 }
 
 impl Drop for MpiComm {
-    /// Frees the shared window, then the communicator (both collective:
-    /// every rank frees them, so this waits for the others, bounded by the
-    /// watchdog); then `_member` finalises MPI if this was the process's
-    /// last communicator.
+    /// Frees the shared window, then the communicator. Both are collective:
+    /// every rank frees them, so this waits for the others (ranks end their
+    /// runs at different times: one may still evaluate or save), bounded by
+    /// the watchdog at the collective timeout, as any collective. MPI stays
+    /// initialised until the process exits (`world`).
     fn drop(&mut self) {
-        let _armed = watchdog::arm("freeing the MPI communicator", self.failure_bound);
+        let _armed = watchdog::arm("freeing the MPI communicator", self.timeout);
         let _mpi = world::lock();
         // Dropping the slots frees the window (see `SharedSlots`).
         drop(self.shared.take());

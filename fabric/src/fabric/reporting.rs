@@ -119,8 +119,11 @@ impl Fabric {
     }
 
     /// The first registered logger of type `T`, as Lightning's
-    /// `fabric.logger` (for its `log_dir`, say).
-    pub fn logger<T: Logger>(&self) -> Option<LoggerRef<'_, T>> {
+    /// `fabric.logger` (for its `log_dir`, say). It borrows the `Fabric`
+    /// mutably: the loggers are shared with the failure handling, which
+    /// finalises them when the launcher ends this rank, so no other call
+    /// may run while it is held.
+    pub fn logger<T: Logger>(&mut self) -> Option<LoggerRef<'_, T>> {
         self.loggers.get::<T>()
     }
 
@@ -197,20 +200,21 @@ impl Fabric {
 type Loggers = Vec<Box<dyn Logger>>;
 
 /// The loggers of a `Fabric`, shared with the failure handling, which
-/// finalises them when the launcher ends this rank.
-pub(crate) struct SharedLoggers(Arc<Mutex<Loggers>>);
+/// finalises them when the launcher ends this rank (unless they were
+/// finalised already: `finalize` runs once).
+pub(crate) struct SharedLoggers(Arc<Mutex<(Loggers, bool)>>);
 
-fn lock(loggers: &Mutex<Loggers>) -> MutexGuard<'_, Loggers> {
+fn lock(loggers: &Mutex<(Loggers, bool)>) -> MutexGuard<'_, (Loggers, bool)> {
     loggers.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SharedLoggers {
     pub(crate) fn new(loggers: Loggers) -> Self {
-        SharedLoggers(Arc::new(Mutex::new(loggers)))
+        SharedLoggers(Arc::new(Mutex::new((loggers, false))))
     }
 
     fn is_empty(&self) -> bool {
-        lock(&self.0).is_empty()
+        lock(&self.0).0.is_empty()
     }
 
     /// Calls `f` on every logger; the first error, naming the logger and
@@ -220,7 +224,7 @@ impl SharedLoggers {
         what: &str,
         mut f: impl FnMut(&mut dyn Logger) -> std::result::Result<(), LoggerError>,
     ) -> Result<()> {
-        for logger in lock(&self.0).iter_mut() {
+        for logger in lock(&self.0).0.iter_mut() {
             f(&mut **logger).map_err(|source| Error::Plugin {
                 what: format!("logger `{}`: {what}", logger.name()),
                 source,
@@ -229,31 +233,20 @@ impl SharedLoggers {
         Ok(())
     }
 
-    /// Finalises every logger; the first error.
+    /// Finalises every logger, once; the first error.
     pub(crate) fn finalize(&self, success: bool) -> Result<()> {
-        let mut first_error = None;
-        for logger in lock(&self.0).iter_mut() {
-            if let Err(source) = logger.finalize(success) {
-                first_error.get_or_insert(Error::Plugin {
-                    what: format!("logger `{}`: finalize", logger.name()),
-                    source,
-                });
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        finalize_all(&mut lock(&self.0), success)
     }
 
     /// What the failure handling runs: the loggers finalised as failed,
-    /// unless the `Fabric` is gone.
+    /// unless the `Fabric` is gone or finalised them already.
     pub(crate) fn failure_flush(&self) -> impl Fn() + Send + Sync + 'static {
         let loggers = Arc::downgrade(&self.0);
         move || {
-            if let Some(loggers) = loggers.upgrade() {
-                for logger in lock(&loggers).iter_mut() {
-                    if let Err(error) = logger.finalize(false) {
-                        eprintln!("fabric: logger `{}`: finalize: {error}", logger.name());
-                    }
-                }
+            if let Some(loggers) = loggers.upgrade()
+                && let Err(error) = finalize_all(&mut lock(&loggers), false)
+            {
+                eprintln!("fabric: {error}");
             }
         }
     }
@@ -262,9 +255,9 @@ impl SharedLoggers {
         loggers.iter().position(|l| (&**l as &dyn Any).is::<T>())
     }
 
-    fn get<T: Logger>(&self) -> Option<LoggerRef<'_, T>> {
+    fn get<T: Logger>(&mut self) -> Option<LoggerRef<'_, T>> {
         let guard = lock(&self.0);
-        let index = Self::position::<T>(&guard)?;
+        let index = Self::position::<T>(&guard.0)?;
         Some(LoggerRef {
             guard,
             index,
@@ -274,7 +267,7 @@ impl SharedLoggers {
 
     fn get_mut<T: Logger>(&mut self) -> Option<LoggerMut<'_, T>> {
         let guard = lock(&self.0);
-        let index = Self::position::<T>(&guard)?;
+        let index = Self::position::<T>(&guard.0)?;
         Some(LoggerMut {
             guard,
             index,
@@ -283,17 +276,33 @@ impl SharedLoggers {
     }
 }
 
+fn finalize_all(loggers: &mut (Loggers, bool), success: bool) -> Result<()> {
+    if std::mem::replace(&mut loggers.1, true) {
+        return Ok(());
+    }
+    let mut first_error = None;
+    for logger in loggers.0.iter_mut() {
+        if let Err(source) = logger.finalize(success) {
+            first_error.get_or_insert(Error::Plugin {
+                what: format!("logger `{}`: finalize", logger.name()),
+                source,
+            });
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
 /// A registered logger of type `T`, from [`Fabric::logger`]; it derefs to
 /// the logger.
 pub struct LoggerRef<'a, T> {
-    guard: MutexGuard<'a, Loggers>,
+    guard: MutexGuard<'a, (Loggers, bool)>,
     index: usize,
     kind: PhantomData<&'a T>,
 }
 
 /// A registered logger of type `T`, mutably, from [`Fabric::logger_mut`].
 pub struct LoggerMut<'a, T> {
-    guard: MutexGuard<'a, Loggers>,
+    guard: MutexGuard<'a, (Loggers, bool)>,
     index: usize,
     kind: PhantomData<&'a mut T>,
 }
@@ -302,7 +311,7 @@ impl<T: Logger> std::ops::Deref for LoggerRef<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        (&*self.guard[self.index] as &dyn Any)
+        (&*self.guard.0[self.index] as &dyn Any)
             .downcast_ref()
             .expect("the logger's type was checked when this reference was made")
     }
@@ -312,7 +321,7 @@ impl<T: Logger> std::ops::Deref for LoggerMut<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        (&*self.guard[self.index] as &dyn Any)
+        (&*self.guard.0[self.index] as &dyn Any)
             .downcast_ref()
             .expect("the logger's type was checked when this reference was made")
     }
@@ -320,7 +329,7 @@ impl<T: Logger> std::ops::Deref for LoggerMut<'_, T> {
 
 impl<T: Logger> std::ops::DerefMut for LoggerMut<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        (&mut *self.guard[self.index] as &mut dyn Any)
+        (&mut *self.guard.0[self.index] as &mut dyn Any)
             .downcast_mut()
             .expect("the logger's type was checked when this reference was made")
     }

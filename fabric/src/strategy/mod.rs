@@ -161,7 +161,7 @@ impl StrategyContext {
     message = "`{Self}` is not a strategy",
     note = "implement `fabric::strategy::Strategy` for `{Self}`, or pass a built-in strategy such as `fabric::strategy::DdpStrategy::new()`"
 )]
-pub trait Strategy: Send + 'static {
+pub trait Strategy: std::any::Any + Send {
     /// The strategy's name, such as `"ddp"`.
     fn name(&self) -> &str;
 
@@ -352,6 +352,13 @@ impl std::fmt::Debug for StrategyChoice {
             StrategyChoice::Object(strategy) => write!(f, "{}", strategy.name()),
         }
     }
+}
+
+/// Whether `strategy` is one of fabric's own, whose name takes part in the
+/// option checks (a user's strategy may take any name).
+pub(crate) fn is_built_in(strategy: &dyn Strategy) -> bool {
+    let any = strategy as &dyn std::any::Any;
+    any.is::<SingleDeviceStrategy>() || any.is::<DataParallelStrategy>() || any.is::<DdpStrategy>()
 }
 
 #[diagnostic::do_not_recommend]
