@@ -157,7 +157,7 @@ impl FabricBuilder {
         self
     }
 
-    /// Adds a plugin, such as a [`ClusterEnvironment`] (see [`IntoPlugin`]
+    /// Adds a plugin, such as a [`ClusterEnvironment`](crate::ClusterEnvironment) (see [`IntoPlugin`]
     /// for what is accepted).
     pub fn plugin(mut self, plugin: impl IntoPlugin) -> Self {
         self.plugins.push(plugin.into_plugin());
