@@ -119,7 +119,10 @@ impl StrategyContext {
 /// [`DataParallelStrategy`] and [`DdpStrategy`]; pass one with parameters,
 /// or your own, through `strategy = ...` / [`FabricBuilder::strategy`](crate::FabricBuilder::strategy).
 /// A strategy of your own usually wraps a built-in one and changes what it
-/// needs:
+/// needs. A wrapper forwards every method it does not change, the provided
+/// ones too where the wrapped strategy overrides them
+/// (`DataParallelStrategy`: `devices`, `replica_devices`, `track_replicas`,
+/// `optimizer_step_counter`), or it loses what they do:
 ///
 /// ```
 /// use fabric::strategy::{DdpStrategy, ProcessModel, Strategy, StrategyContext};
