@@ -9,6 +9,7 @@ use fabric_options::{Accelerator, Devices, Options};
 use tch::Device;
 
 use crate::accelerator::{self, ResolvedAccelerator};
+use crate::collectives;
 use crate::environment::{ClusterEnvironment, SingleProcessEnvironment};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
@@ -55,6 +56,9 @@ pub(crate) struct Connection {
     pub(crate) environment: Box<dyn ClusterEnvironment>,
     /// The nodes of the run: the environment's count, or `num_nodes`.
     pub(crate) num_nodes: usize,
+    /// Whether /dev/shm has room for the shared-memory all-reduce window of
+    /// a run of several processes on one machine.
+    pub(crate) shared_memory_room: bool,
     pub(crate) plan: Plan,
     /// Things worth saying that are not errors (oversubscribed cores).
     pub(crate) warnings: Vec<String>,
@@ -315,6 +319,9 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
         devices,
         strategy,
         precision,
+        shared_memory_room: machine
+            .shared_memory_bytes()
+            .is_none_or(|free| free >= collectives::shared_window_bytes(world)),
         environment,
         num_nodes: nodes,
         plan,

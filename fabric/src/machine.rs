@@ -28,6 +28,10 @@ pub(crate) trait Machine {
 
     /// The number of cores this process may use.
     fn cores(&self) -> usize;
+
+    /// The bytes free in /dev/shm, where Open MPI puts shared windows;
+    /// `None` where it cannot be asked.
+    fn shared_memory_bytes(&self) -> Option<u64>;
 }
 
 /// The machine this process runs on.
@@ -103,5 +107,15 @@ impl Machine for ThisMachine {
 
     fn cores(&self) -> usize {
         std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    fn shared_memory_bytes(&self) -> Option<u64> {
+        // SAFETY: `statvfs` only writes the zeroed struct it is given.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a valid out-pointer.
+        if unsafe { libc::statvfs(c"/dev/shm".as_ptr(), &mut stats) } != 0 {
+            return None;
+        }
+        Some((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
     }
 }

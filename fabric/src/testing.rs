@@ -29,7 +29,7 @@ pub fn nccl_single_rank_check(device: usize) -> crate::Result<()> {
     use tch::{Device, Kind, Tensor};
 
     let timeout = Duration::from_secs(60);
-    let mpi = MpiComm::join(0, 1, timeout, Duration::from_secs(10))?;
+    let mpi = MpiComm::join(0, 1, timeout, Duration::from_secs(10), true)?;
     let nccl = NcclComm::join(&mpi, device, timeout)?;
     let comm = Comm::new(mpi, Some(nccl));
     let cuda = Device::Cuda(device);

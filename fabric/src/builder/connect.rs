@@ -117,6 +117,7 @@ pub(super) fn assemble(connection: Connection, assembly: Assembly) -> Result<Fab
         precision,
         environment,
         num_nodes: connection_nodes,
+        shared_memory_room,
         ..
     } = connection;
     let world_size = environment.world_size();
@@ -136,6 +137,7 @@ pub(super) fn assemble(connection: Connection, assembly: Assembly) -> Result<Fab
         num_nodes,
         collective_timeout: assembly.collective_timeout,
         failure_timeout: assembly.failure_timeout,
+        shared_memory_room,
     };
     strategy.setup_environment(&context)?;
     if let tch::Device::Cuda(index) = device {

@@ -13,7 +13,7 @@ mod polite;
 pub(crate) mod watchdog;
 mod world;
 
-pub(crate) use mpi::MpiComm;
+pub(crate) use mpi::{MpiComm, shared_window_bytes};
 pub(crate) use nccl::NcclComm;
 
 use tch::{Kind, Tensor};

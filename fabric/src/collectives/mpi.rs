@@ -1,6 +1,7 @@
 //! Collectives over Open MPI, through the `mpi` crate's raw bindings.
 
 mod shared;
+pub(crate) use shared::window_bytes as shared_window_bytes;
 
 use std::cell::OnceCell;
 use std::ffi::{c_int, c_void};
@@ -34,6 +35,8 @@ pub(crate) struct MpiComm {
     rank: usize,
     size: usize,
     timeout: Duration,
+    /// Whether /dev/shm has room for the shared window.
+    shared_memory_room: bool,
     /// The shared-memory window of [`all_reduce_shared`](Self::all_reduce_shared),
     /// opened by the first all-reduce; `None` where the ranks do not all share
     /// one machine's memory.
@@ -58,12 +61,15 @@ unsafe impl Send for MpiComm {}
 impl MpiComm {
     /// Initialises MPI (once per process, see [`world`]) and orders its
     /// world by `global_rank`, checking it against the environment's world
-    /// size. `failure_bound` bounds `MPI_Finalize` at exit.
+    /// size. `failure_bound` bounds `MPI_Finalize` at exit;
+    /// `shared_memory_room` says whether /dev/shm has room for the shared
+    /// window (`shared::window_bytes`).
     pub(crate) fn join(
         global_rank: usize,
         world_size: usize,
         timeout: Duration,
         failure_bound: Duration,
+        shared_memory_room: bool,
     ) -> Result<Self> {
         let member = Member::join(global_rank, failure_bound)?;
         let key = c_int::try_from(global_rank)
@@ -98,6 +104,7 @@ impl MpiComm {
                 rank: 0,
                 size: world_size,
                 timeout,
+                shared_memory_room,
                 shared: OnceCell::new(),
                 _member: member,
             };

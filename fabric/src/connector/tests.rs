@@ -20,6 +20,7 @@ struct FakeMachine {
     nccl: bool,
     nccl_linkable: bool,
     cores: usize,
+    shared_memory: Option<u64>,
     cuda_questions: Cell<usize>,
 }
 
@@ -31,6 +32,7 @@ impl FakeMachine {
             nccl: false,
             nccl_linkable: false,
             cores,
+            shared_memory: Some(1 << 30),
             cuda_questions: Cell::new(0),
         }
     }
@@ -67,6 +69,9 @@ impl Machine for FakeMachine {
     }
     fn cores(&self) -> usize {
         self.cores
+    }
+    fn shared_memory_bytes(&self) -> Option<u64> {
+        self.shared_memory
     }
 }
 
@@ -453,4 +458,27 @@ fn the_precision_is_checked_against_the_device() {
     let mut r = request("cpu", "auto", 1);
     r.options.precision = Some(Precision::Mixed16);
     assert!(connect(r, &FakeMachine::cpu(2)).is_err());
+}
+
+#[test]
+fn the_shared_window_needs_room_in_dev_shm() {
+    let mut r = request("cpu", "ddp", "auto");
+    r.environment = Some(cluster(4, 0, 0, None));
+    assert!(ok(r, &FakeMachine::cpu(4)).shared_memory_room);
+    // 32 MiB of /dev/shm is too small for 4 ranks' window (48 MiB).
+    let small = FakeMachine {
+        shared_memory: Some(32 << 20),
+        ..FakeMachine::cpu(4)
+    };
+    let mut r = request("cpu", "ddp", "auto");
+    r.environment = Some(cluster(4, 0, 0, None));
+    assert!(!ok(r, &small).shared_memory_room);
+    // Where it cannot be asked, the window is tried.
+    let unknown = FakeMachine {
+        shared_memory: None,
+        ..FakeMachine::cpu(4)
+    };
+    let mut r = request("cpu", "ddp", "auto");
+    r.environment = Some(cluster(4, 0, 0, None));
+    assert!(ok(r, &unknown).shared_memory_room);
 }

@@ -152,6 +152,7 @@ impl Strategy for DdpStrategy {
             context.world_size(),
             collective_timeout,
             failure_timeout,
+            context.shared_memory_room(),
         )?;
         let nccl = match self.device {
             Device::Cuda(index) => Some(NcclComm::join(&mpi, index, collective_timeout)?),

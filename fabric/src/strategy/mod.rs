@@ -67,6 +67,7 @@ pub struct StrategyContext {
     pub(crate) num_nodes: usize,
     pub(crate) collective_timeout: Duration,
     pub(crate) failure_timeout: Duration,
+    pub(crate) shared_memory_room: bool,
 }
 
 impl StrategyContext {
@@ -109,6 +110,12 @@ impl StrategyContext {
     /// How long a rank may take to end once the run failed elsewhere.
     pub fn failure_timeout(&self) -> Duration {
         self.failure_timeout
+    }
+
+    /// Whether /dev/shm has room for the shared-memory window through which
+    /// the ranks of one machine all-reduce (Docker's default 64 MiB may not).
+    pub fn shared_memory_room(&self) -> bool {
+        self.shared_memory_room
     }
 }
 

@@ -28,6 +28,12 @@ const SLOT_BYTES: usize = 2 * 1024 * 1024;
 /// `k % SLOTS`.
 const SLOTS: usize = 3;
 
+/// The room in /dev/shm the shared window of `ranks` ranks needs (twice
+/// its size, for Open MPI's own segments beside it).
+pub(crate) fn window_bytes(ranks: usize) -> u64 {
+    2 * (ranks * SLOTS * SLOT_BYTES) as u64
+}
+
 /// A window of shared memory in which every rank holds [`SLOTS`] slots of
 /// [`SLOT_BYTES`], which every rank can read. Dropping it frees the window
 /// (a collective call: every rank drops its slots together), under
@@ -92,8 +98,9 @@ impl MpiComm {
             let enabled = crate::switches::mpi_shared_memory();
             // Open MPI backs the window with a file in /dev/shm: with too
             // little room there (Docker's default is 64 MiB) touching it
-            // would end the process with SIGBUS, so fall back instead.
-            let room = shared_memory_room(2 * self.size * SLOTS * SLOT_BYTES);
+            // would end the process with SIGBUS, so fall back instead (the
+            // connector found whether there is room: `window_bytes`).
+            let room = self.shared_memory_room;
             let mine = c_int::from(enabled && room && node_size as usize == self.size);
             // Every rank must decide alike.
             let mut all: c_int = 0;
@@ -275,14 +282,4 @@ impl MpiComm {
         self.arrive(armed)?;
         unsafe { check(ffi::MPI_Win_sync(shared.window), "MPI_Win_sync") }
     }
-}
-
-/// Whether /dev/shm has `bytes` free (true where it cannot be asked).
-fn shared_memory_room(bytes: usize) -> bool {
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a valid out-pointer.
-    if unsafe { libc::statvfs(c"/dev/shm".as_ptr(), &mut stats) } != 0 {
-        return true;
-    }
-    (stats.f_bavail as u128) * (stats.f_frsize as u128) >= bytes as u128
 }
