@@ -1190,15 +1190,14 @@ fn dropping_a_fabric_frees_its_shared_window_and_a_new_one_joins_again() {
 }
 
 #[test]
-fn a_rank_whose_peer_hangs_ends_within_the_collective_timeout_when_dropping_its_fabric() {
-    let test =
-        "a_rank_whose_peer_hangs_ends_within_the_collective_timeout_when_dropping_its_fabric";
+fn a_rank_whose_peer_hangs_ends_within_the_failure_timeout_when_dropping_its_fabric() {
+    let test = "a_rank_whose_peer_hangs_ends_within_the_failure_timeout_when_dropping_its_fabric";
     if scenario().as_deref() == Some(test) {
         let fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
             .devices(2)
-            .collective_timeout(Duration::from_secs(2))
+            .failure_timeout(Duration::from_secs(2))
             .build_or_launch()
             .unwrap();
         // Opens the shared window, whose freeing waits for every rank.

@@ -37,6 +37,9 @@ pub(crate) struct MpiComm {
     timeout: Duration,
     /// Whether /dev/shm has room for the shared window.
     shared_memory_room: bool,
+    /// How long freeing the communicator may wait for the other ranks
+    /// (the failure timeout).
+    failure_bound: Duration,
     /// The shared-memory window of [`all_reduce_shared`](Self::all_reduce_shared),
     /// opened by the first all-reduce; `None` where the ranks do not all share
     /// one machine's memory.
@@ -61,7 +64,8 @@ unsafe impl Send for MpiComm {}
 impl MpiComm {
     /// Initialises MPI (once per process, see [`world`]) and orders its
     /// world by `global_rank`, checking it against the environment's world
-    /// size. `failure_bound` bounds `MPI_Finalize` at exit;
+    /// size. `failure_bound` bounds freeing the communicator and
+    /// `MPI_Finalize` at exit;
     /// `shared_memory_room` says whether /dev/shm has room for the shared
     /// window (`shared::window_bytes`).
     pub(crate) fn join(
@@ -105,6 +109,7 @@ impl MpiComm {
                 size: world_size,
                 timeout,
                 shared_memory_room,
+                failure_bound,
                 shared: OnceCell::new(),
                 _member: member,
             };
@@ -412,12 +417,14 @@ impl MpiComm {
 
 impl Drop for MpiComm {
     /// Frees the shared window, then the communicator. Both are collective:
-    /// every rank frees them, so this waits for the others (ranks end their
-    /// runs at different times: one may still evaluate or save), bounded by
-    /// the watchdog at the collective timeout, as any collective. MPI stays
-    /// initialised until the process exits (`world`).
+    /// every rank frees them, so this waits for the others, bounded by the
+    /// watchdog at the failure timeout, as `MPI_Finalize` at exit is: a rank
+    /// that returns an error from `main` while the others are in a
+    /// collective ends within that bound, and the launcher ends the run.
+    /// Ranks end their runs within the failure timeout of each other. MPI
+    /// stays initialised until the process exits (`world`).
     fn drop(&mut self) {
-        let _armed = watchdog::arm("freeing the MPI communicator", self.timeout);
+        let _armed = watchdog::arm("freeing the MPI communicator", self.failure_bound);
         let _mpi = world::lock();
         // Dropping the slots frees the window (see `SharedSlots`).
         drop(self.shared.take());
