@@ -78,6 +78,7 @@ pub use environment::{ClusterEnvironment, SingleProcessEnvironment};
 pub use error::{Error, Result};
 pub use fabric::{Fabric, LoggerMut, LoggerRef};
 pub use fabric_macros::{Callback, fabric, hook, hooks};
+pub use launcher::TrainResult;
 pub use loggers::{CsvLogger, Hyperparams, Logger, LoggerError, Metric, TensorBoardLogger};
 pub use module::FabricModule;
 pub use optimizer::{AnyOptimizer, FabricOptimizer};
