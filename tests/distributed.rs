@@ -766,35 +766,43 @@ fn collectives_and_shards_are_correct() {
 }
 
 fn failing_run(test: &str, failure: &str) -> (Output, String, Duration, String) {
+    failing_run_with(test, failure, &[])
+}
+
+fn failing_run_with(
+    test: &str,
+    failure: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Output, String, Duration, String) {
     let token = token();
     let start = Instant::now();
     let mut command = this_test(test, &token);
-    command.env("FABRIC_FAILURE", failure);
+    command
+        .env("FABRIC_FAILURE", failure)
+        .envs(env.iter().copied());
     let (output, text) = run(command);
     (output, text, start.elapsed(), token)
 }
 
-fn failure_scenario() {
-    let mut fabric = Fabric::builder()
-        .accelerator("cpu")
-        .strategy("ddp")
-        .devices(4)
-        .build_or_launch()
-        .unwrap();
+/// The ranks of `fabric` train a linear model for `steps` steps (for ever
+/// without), logging every step to its loggers; rank `failing` fails at
+/// step `at` as `FABRIC_FAILURE` says.
+fn failing_training(fabric: Fabric, failing: usize, at: u64, steps: Option<u64>, pause: Duration) {
+    let mut fabric = fabric;
     let failure = std::env::var("FABRIC_FAILURE").unwrap();
     let mut vs = nn::VarStore::new(Device::Cpu);
     let net = nn::linear(vs.root(), 8, 3, Default::default());
     let opt = nn::Sgd::default().build(&vs, 0.01).unwrap();
     let (model, mut opt) = fabric.setup(&mut vs, net, opt).unwrap();
     let (x, y) = data();
-    for step in 0.. {
-        if fabric.global_rank() == 2 && step == 3 {
+    for step in 0..steps.unwrap_or(u64::MAX) {
+        if fabric.global_rank() == failing && step == at {
             match failure.as_str() {
                 // SAFETY: the test kills its own rank.
                 "kill" => unsafe {
                     libc::kill(libc::getpid(), libc::SIGKILL);
                 },
-                "panic" => panic!("rank 2 gives up"),
+                "panic" => panic!("rank {failing} gives up"),
                 "hang" => std::thread::sleep(Duration::from_secs(3600)),
                 _ => {}
             }
@@ -803,8 +811,21 @@ fn failure_scenario() {
         let loss = model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
         fabric.backward(&loss).unwrap();
         opt.step().unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        fabric
+            .log_dict([("loss", loss.double_value(&[]))], Some(step))
+            .unwrap();
+        std::thread::sleep(pause);
     }
+}
+
+fn failure_scenario() {
+    let fabric = Fabric::builder()
+        .accelerator("cpu")
+        .strategy("ddp")
+        .devices(4)
+        .build_or_launch()
+        .unwrap();
+    failing_training(fabric, 2, 3, None, Duration::from_millis(20));
 }
 
 #[test]
@@ -1230,7 +1251,7 @@ fn a_rank_whose_peer_hangs_ends_within_the_failure_timeout_when_dropping_its_fab
 /// rank 1 fails at step 50 as `FABRIC_FAILURE` says.
 fn logging_failure_scenario() {
     let root = std::env::var("FABRIC_RUNS").unwrap();
-    let mut fabric = Fabric::builder()
+    let fabric = Fabric::builder()
         .accelerator("cpu")
         .strategy("ddp")
         .devices(2)
@@ -1238,36 +1259,7 @@ fn logging_failure_scenario() {
         .collective_timeout(Duration::from_secs(3))
         .build_or_launch()
         .unwrap();
-    let failure = std::env::var("FABRIC_FAILURE").unwrap();
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let net = nn::linear(vs.root(), 8, 3, Default::default());
-    let opt = nn::Sgd::default().build(&vs, 0.01).unwrap();
-    let (model, mut opt) = fabric.setup(&mut vs, net, opt).unwrap();
-    let (x, y) = data();
-    for step in 0..1000u64 {
-        if fabric.global_rank() == 1 && step == 50 {
-            match failure.as_str() {
-                // SAFETY: the test kills its own rank.
-                "kill" => unsafe {
-                    libc::kill(libc::getpid(), libc::SIGKILL);
-                },
-                "panic" => panic!("rank 1 gives up"),
-                "hang" => std::thread::sleep(Duration::from_secs(3600)),
-                "error" => {
-                    drop(fabric);
-                    std::process::exit(3)
-                }
-                _ => {}
-            }
-        }
-        opt.zero_grad();
-        let loss = model.forward(&x).mse_loss(&y, tch::Reduction::Mean);
-        fabric.backward(&loss).unwrap();
-        opt.step().unwrap();
-        fabric
-            .log_dict([("loss", loss.double_value(&[]))], Some(step))
-            .unwrap();
-    }
+    failing_training(fabric, 1, 50, Some(1000), Duration::ZERO);
 }
 
 /// The steps in `metrics.csv` of the run under `root`.
@@ -1290,19 +1282,10 @@ fn logging_failure(test: &str, failure: &str) {
         return logging_failure_scenario();
     }
     let dir = tempfile::tempdir().unwrap();
-    let token = token();
-    let start = Instant::now();
-    let mut command = this_test(test, &token);
-    command
-        .env("FABRIC_FAILURE", failure)
-        .env("FABRIC_RUNS", dir.path());
-    let (output, text) = run(command);
+    let (output, text, elapsed, token) =
+        failing_run_with(test, failure, &[("FABRIC_RUNS", dir.path().as_os_str())]);
     assert!(!output.status.success(), "{text}");
-    assert!(
-        start.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
     // Rank 0 logged steps 0 to 49 before rank 1 failed: every row is there.
     let steps = logged_steps(dir.path());
     assert_eq!(steps, (0..50).collect::<Vec<_>>(), "{text}");

@@ -132,6 +132,15 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
     let mut devices = accelerator::select_devices(accelerator, &options.devices, machine)?;
 
     let named = options.strategy;
+    if options.strategy_params.find_unused_parameters && strategy_object.is_none() {
+        // Lightning's name parses (the attribute accepts it), but fabric's
+        // ddp cannot honour it yet: say so rather than run a plain ddp.
+        return Err(Error::NotAvailableYet {
+            option: "strategy",
+            value: format!("\"{}\"", options.strategy_name()),
+            reason: "fabric's ddp averages the gradients of every trainable parameter and reports one that received none; use \"ddp\", and freeze the parameters a step does not use".into(),
+        });
+    }
     let mut strategy: Option<Box<dyn Strategy>> = match strategy_object {
         Some(object) => Some(object),
         None if named == fabric_options::Strategy::Auto => None,

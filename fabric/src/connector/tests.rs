@@ -482,3 +482,16 @@ fn the_shared_window_needs_room_in_dev_shm() {
     r.environment = Some(cluster(4, 0, 0, None));
     assert!(ok(r, &unknown).shared_memory_room);
 }
+
+#[test]
+fn find_unused_parameters_is_refused_until_ddp_honours_it() {
+    let e = err(
+        request("cpu", "ddp_find_unused_parameters_true", 2),
+        &FakeMachine::cpu(2),
+    );
+    assert!(matches!(e, Error::NotAvailableYet { .. }), "{e}");
+    assert!(
+        e.to_string().contains("ddp_find_unused_parameters_true"),
+        "{e}"
+    );
+}
