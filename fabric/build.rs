@@ -5,6 +5,8 @@
 //! - records where libtorch's shared libraries are, so that binaries find
 //!   them at run time without `LD_LIBRARY_PATH`.
 //!
+//! With the `doc-only` feature it does nothing (see `main`).
+//!
 //! torch-sys publishes its library directory to crates that depend on it
 //! directly as `DEP_TCH_LIBTORCH_LIB`. This script embeds it as an rpath in
 //! this crate's own test, example and benchmark binaries, and re-publishes
@@ -15,6 +17,11 @@
 use std::path::PathBuf;
 
 fn main() {
+    // With `doc-only` (docs.rs) there is no libtorch: torch-sys links
+    // nothing, and nothing here is compiled; documentation needs neither.
+    if std::env::var_os("CARGO_FEATURE_DOC_ONLY").is_some() {
+        return;
+    }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=csrc/shim.cpp");

@@ -312,6 +312,21 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
         )));
     }
 
+    if several_processes && !machine.mpi_transport() && strategy::is_built_in(&*strategy) {
+        // Said before any rank starts. A strategy of the user's own may
+        // bring its own transport.
+        let processes = match plan {
+            Plan::Start { processes, .. } => processes,
+            Plan::Train => world,
+        };
+        return Err(Error::FeatureDisabled {
+            feature: "mpi",
+            needed_by: format!(
+                "\"{}\" over {processes} processes (fabric's collectives between processes run on Open MPI, which also starts NCCL's)",
+                strategy.name()
+            ),
+        });
+    }
     let precision = match precision_plugin {
         Some(plugin) => plugin,
         None => precision::from_option(options.precision())?,

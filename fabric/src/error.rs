@@ -67,6 +67,17 @@ pub enum Error {
     #[error("distributed: {0}")]
     Distributed(String),
 
+    /// Something this build of fabric leaves out: a cargo feature turned off.
+    #[error(
+        "{needed_by} needs fabric's `{feature}` cargo feature, which this build leaves out: enable it (it is on by default; with `default-features = false`, add `features = [\"{feature}\"]` to the `tch-fabric` dependency)"
+    )]
+    FeatureDisabled {
+        /// The cargo feature, such as `"mpi"`.
+        feature: &'static str,
+        /// What needs it, such as `a run of 2 processes`.
+        needed_by: String,
+    },
+
     /// The processes of a run could not be started.
     #[error("launch: {0}")]
     Launch(String),

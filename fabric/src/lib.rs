@@ -27,6 +27,21 @@
 //! [`Callback`]s; around them, optimizers whose state is checkpointed
 //! ([`optim`]), [`checkpoint`]s ([`Fabric::save`], [`Fabric::load`]) and a
 //! [`Progress`] bar.
+//!
+//! ## Cargo features
+//!
+//! - `mpi` (on by default): the Open MPI transport of multi-process runs
+//!   (`ddp` under `mpirun`, SLURM or fabric's own launcher; it also starts
+//!   NCCL's communicator for CUDA ranks). Building it needs Open MPI's
+//!   headers (`mpicc`) and libclang. Without it, fabric builds with neither
+//!   and trains in one process (one device, or `dp` over the CUDA devices
+//!   of one process); asking for several processes is
+//!   [`Error::FeatureDisabled`], before any rank starts.
+//! - `doc-only`: builds the documentation without libtorch, as tch's
+//!   feature of that name (docs.rs builds with it); not for programs, which
+//!   it leaves unlinked.
+//! - `testing`: the scaffolding of fabric's own test suite (`fabric::testing`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod accelerator;
 mod builder;
@@ -60,6 +75,7 @@ mod shim;
 pub mod strategy;
 mod switches;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod vars;
 

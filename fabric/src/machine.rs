@@ -32,6 +32,10 @@ pub(crate) trait Machine {
     /// The bytes free in /dev/shm, where Open MPI puts shared windows;
     /// `None` where it cannot be asked.
     fn shared_memory_bytes(&self) -> Option<u64>;
+
+    /// Whether this build of fabric has the Open MPI transport (the `mpi`
+    /// cargo feature) that worlds of several processes form over.
+    fn mpi_transport(&self) -> bool;
 }
 
 /// The machine this process runs on.
@@ -117,5 +121,9 @@ impl Machine for ThisMachine {
             return None;
         }
         Some((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+    }
+
+    fn mpi_transport(&self) -> bool {
+        cfg!(feature = "mpi")
     }
 }

@@ -43,6 +43,7 @@ pub(crate) fn spawn_result_path() -> Option<OsString> {
 }
 
 /// Whether all-reduces may use the shared-memory window.
+#[cfg(feature = "mpi")]
 pub(crate) fn mpi_shared_memory() -> bool {
     !off("FABRIC_MPI_SHARED_MEMORY")
 }

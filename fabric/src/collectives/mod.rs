@@ -1,16 +1,29 @@
 //! Collectives between the processes of a run: Open MPI for CPU tensors,
 //! NCCL for CUDA tensors, chosen by the tensor's device.
 //!
+//! The MPI transport is the `mpi` cargo feature (on by default). Without it
+//! no world of several processes can form (MPI also hands NCCL its unique
+//! id), and asking for one is an error naming the feature.
+//!
 //! [`Fabric::all_reduce`](crate::Fabric::all_reduce),
 //! [`broadcast`](crate::Fabric::broadcast),
 //! [`all_gather`](crate::Fabric::all_gather) and
 //! [`barrier`](crate::Fabric::barrier) go through here. With one process
 //! they return their input.
 
+#[cfg(feature = "mpi")]
+mod mpi;
+// Without the `mpi` feature: an `MpiComm` that cannot exist, whose `join`
+// names the feature.
+#[cfg(not(feature = "mpi"))]
+#[path = "without_mpi.rs"]
 mod mpi;
 pub(crate) mod nccl;
 mod polite;
+// Started when a world of processes forms, which needs MPI.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) mod watchdog;
+#[cfg(feature = "mpi")]
 mod world;
 
 pub(crate) use mpi::{MpiComm, shared_window_bytes};

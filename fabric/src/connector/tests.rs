@@ -21,6 +21,7 @@ struct FakeMachine {
     nccl_linkable: bool,
     cores: usize,
     shared_memory: Option<u64>,
+    mpi: bool,
     cuda_questions: Cell<usize>,
 }
 
@@ -33,6 +34,7 @@ impl FakeMachine {
             nccl_linkable: false,
             cores,
             shared_memory: Some(1 << 30),
+            mpi: true,
             cuda_questions: Cell::new(0),
         }
     }
@@ -72,6 +74,9 @@ impl Machine for FakeMachine {
     }
     fn shared_memory_bytes(&self) -> Option<u64> {
         self.shared_memory
+    }
+    fn mpi_transport(&self) -> bool {
+        self.mpi
     }
 }
 
@@ -460,6 +465,8 @@ fn the_precision_is_checked_against_the_device() {
     assert!(connect(r, &FakeMachine::cpu(2)).is_err());
 }
 
+// The window is the MPI transport's.
+#[cfg(feature = "mpi")]
 #[test]
 fn the_shared_window_needs_room_in_dev_shm() {
     let mut r = request("cpu", "ddp", "auto");
@@ -494,4 +501,56 @@ fn find_unused_parameters_is_refused_until_ddp_honours_it() {
         e.to_string().contains("ddp_find_unused_parameters_true"),
         "{e}"
     );
+}
+
+// ---- a build without the `mpi` feature ------------------------------------
+
+#[test]
+fn without_the_mpi_feature_several_processes_are_an_error_naming_it() {
+    let machine = FakeMachine {
+        mpi: false,
+        ..FakeMachine::cpu(4)
+    };
+    // fabric's own launcher, before it starts anything.
+    let e = err(request("cpu", "ddp", 2), &machine);
+    assert!(
+        matches!(e, Error::FeatureDisabled { feature: "mpi", .. }),
+        "{e:?}"
+    );
+    let message = e.to_string();
+    assert!(message.contains("\"ddp\" over 2 processes"), "{message}");
+    assert!(message.contains("features = [\"mpi\"]"), "{message}");
+    // A rank that a launcher started.
+    let mut r = request("cpu", "ddp", "auto");
+    r.environment = Some(cluster(4, 1, 1, None));
+    let e = err(r, &machine);
+    assert!(
+        matches!(e, Error::FeatureDisabled { feature: "mpi", .. }),
+        "{e:?}"
+    );
+    // CUDA ranks too: MPI starts NCCL's communicator.
+    let machine = FakeMachine {
+        mpi: false,
+        ..FakeMachine::gpus(2)
+    };
+    let e = err(request("cuda", "auto", 2), &machine);
+    assert!(
+        matches!(e, Error::FeatureDisabled { feature: "mpi", .. }),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn without_the_mpi_feature_one_process_still_trains() {
+    let machine = FakeMachine {
+        mpi: false,
+        ..FakeMachine::gpus(2)
+    };
+    let c = ok(request("cpu", "auto", 1), &machine);
+    assert_eq!(c.plan, Plan::Train);
+    let c = ok(request("cuda", "auto", 1), &machine);
+    assert_eq!(c.strategy.name(), "single_device");
+    // dp: several devices, one process, no MPI.
+    let c = ok(request("cuda", "dp", 2), &machine);
+    assert_eq!((c.strategy.name(), c.devices.len()), ("dp", 2));
 }
