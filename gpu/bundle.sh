@@ -59,23 +59,38 @@ setup_venv() {
 }
 
 # A copy of the working tree (tracked and untracked files git does not
-# ignore), with the workspace's tch requirement set to $TCH. Files keep their
-# times, so cargo rebuilds only what changed.
+# ignore) in $BUILD/src, with the workspace's tch requirement set to $TCH.
+# Only files whose content changed are written (with a new time): cargo
+# decides what to rebuild by the files' times.
 stage() {
-  local src=$BUILD/src
-  mkdir -p "$src"
-  local lock=$BUILD/Cargo.lock.tch-$TCH
-  find "$src" -mindepth 1 -delete
+  local src=$BUILD/src fresh=$BUILD/src.new
+  rm -rf "$fresh"
+  mkdir -p "$src" "$fresh"
   git ls-files -z --cached --others --exclude-standard \
     | xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' \
-    | tar --null -T - -cf - | tar -xf - -C "$src"
-  local manifest=$src/Cargo.toml
+    | tar --null -T - -cf - | tar -xmf - -C "$fresh"
+  local manifest=$fresh/Cargo.toml
   grep -q '^tch = "0.26"$' "$manifest" && grep -q '^torch-sys = "0.26"$' "$manifest" \
     || die "Cargo.toml no longer has the lines tch = \"0.26\" and torch-sys = \"0.26\": update gpu/bundle.sh"
   sed -i -e "s/^tch = \"0.26\"$/tch = \"=$TCH\"/" -e "s/^torch-sys = \"0.26\"$/torch-sys = \"=$TCH\"/" "$manifest"
-  touch -r Cargo.toml "$manifest"
-  [ -f "$lock" ] && cp -p "$lock" "$src/Cargo.lock"
-  return 0
+  # The lock file cargo resolved for $TCH last time, if any.
+  [ -f "$BUILD/Cargo.lock.tch-$TCH" ] && cp "$BUILD/Cargo.lock.tch-$TCH" "$fresh/Cargo.lock"
+  (
+    cd "$fresh"
+    find . -type f -print0 | while IFS= read -r -d '' file; do
+      if ! cmp -s "$file" "$src/$file"; then
+        mkdir -p "$src/$(dirname "$file")"
+        cp "$file" "$src/$file"
+      fi
+    done
+  )
+  (
+    cd "$src"
+    find . -type f -not -path './target/*' -print0 | while IFS= read -r -d '' file; do
+      [ -e "$fresh/$file" ] || rm -f "$file"
+    done
+  )
+  rm -rf "$fresh"
 }
 
 build() {
@@ -88,7 +103,7 @@ build() {
       cargo build --release --test gpu --example dp --bench training \
       --message-format=json-render-diagnostics
   ) > "$BUILD/artifacts.json"
-  cp -p "$src/Cargo.lock" "$BUILD/Cargo.lock.tch-$TCH"
+  cp "$src/Cargo.lock" "$BUILD/Cargo.lock.tch-$TCH"
   say "built in $((SECONDS - start)) s"
 }
 
@@ -159,8 +174,38 @@ bundle_openmpi() {
       skipped+=("$(basename "$component" .so)")
     fi
   done
+  bundle_libevent "$out/lib"
   cp -r "$(ompi_info --path pkgdatadir | awk '{ print $2 }')"/. "$out/share/openmpi/"
   echo "Open MPI $(ompi_info --version | head -1 | awk '{ print $NF }') components left out: ${skipped[*]}" > "$out/lib/openmpi/LEFT_OUT"
+}
+
+# Open MPI's libevent 2.1.12 as Debian 11 builds it (for glibc 2.25): the
+# same library and exports as Debian 12's, which needs glibc 2.36 (for
+# arc4random) where the rest of the bundle needs 2.34, and Ubuntu 22.04 has
+# 2.35. Downloaded once into $BUILD, checked against these digests.
+LIBEVENT_DEBS=(
+  "libevent-core-2.1-7_2.1.12-stable-1_amd64.deb 4885b583bc2422021d828aea19b1da61987456716f608caff86406dc44815fd7"
+  "libevent-pthreads-2.1-7_2.1.12-stable-1_amd64.deb c3eb7512a9225510e7400d444a302bc98ce7ff15201a7efd2277fa105668966b"
+)
+
+bundle_libevent() {
+  local lib=$1 entry deb sum
+  local unpacked=$BUILD/libevent-debian11
+  mkdir -p "$unpacked"
+  for entry in "${LIBEVENT_DEBS[@]}"; do
+    read -r deb sum <<< "$entry"
+    if ! [ -f "$BUILD/$deb" ]; then
+      curl -fsSL -o "$BUILD/$deb.part" "https://deb.debian.org/debian/pool/main/libe/libevent/$deb" \
+        || die "could not download $deb from deb.debian.org"
+      mv "$BUILD/$deb.part" "$BUILD/$deb"
+    fi
+    echo "$sum  $BUILD/$deb" | sha256sum -c --quiet - || die "$BUILD/$deb is not the expected file"
+    dpkg-deb -x "$BUILD/$deb" "$unpacked"
+  done
+  local name
+  for name in libevent_core-2.1.so.7 libevent_pthreads-2.1.so.7; do
+    cp -L "$unpacked/usr/lib/x86_64-linux-gnu/$name" "$lib/$name"
+  done
 }
 
 assemble() {

@@ -82,9 +82,9 @@ check() {
   fi
 }
 
-# expect_no_cuda NAME PATTERN CMD...: the CPU-side check of one binary: it
-# starts, fails, and its output says CUDA is unavailable (PATTERN).
-expect_no_cuda() {
+# expect_refusal NAME PATTERN CMD...: the CPU-side check of one binary: it
+# starts, fails, and its output says why (PATTERN: CUDA is unavailable).
+expect_refusal() {
   local name=$1 pattern=$2
   shift 2
   local t0=$SECONDS rc=0
@@ -95,7 +95,7 @@ expect_no_cuda() {
   elif [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ] && grep -Eiq "$pattern" "$log"; then
     record "$name" OK "$took" "exit $rc: $(grep -Ei "$pattern" "$log" | head -1 | sed 's/^ *//' | cut -c1-200)"
   else
-    record "$name" FAIL "$took" "exit $rc without saying that CUDA is unavailable; last lines of $name.log:"
+    record "$name" FAIL "$took" "exit $rc without the expected message; last lines of $name.log:"
     tail -15 "$log" | sed 's/^/    /' | tee -a "$SUMMARY"
   fi
 }
@@ -168,15 +168,20 @@ fi
 
 cpu_check() {
   local no_cuda='cuda.*(unavailable|not available|needs)|no cuda'
-  expect_no_cuda cpu-gpu-tests "$no_cuda" \
+  expect_refusal cpu-gpu-tests "$no_cuda" \
     "${RUST[@]}" "$HERE/bin/gpu-tests" --ignored --exact cuda_trains_in_every_precision --nocapture
-  expect_no_cuda cpu-dp-example "$no_cuda" "${RUST[@]}" "$HERE/bin/dp"
-  expect_no_cuda cpu-bench-fabric "$no_cuda" \
+  expect_refusal cpu-dp-example "$no_cuda" "${RUST[@]}" "$HERE/bin/dp"
+  expect_refusal cpu-bench-fabric "$no_cuda" \
     "${RUST[@]}" "$HERE/bin/training" --system fabric --model wide --accelerator cuda --precision bf16-mixed
-  expect_no_cuda cpu-bench-raw "$no_cuda" \
+  expect_refusal cpu-bench-raw "$no_cuda" \
     "${RUST[@]}" "$HERE/bin/training" --system raw --model wide --accelerator cuda --precision bf16-mixed
+  # The NCCL test's child: an MPI world of one with the bundle's Open MPI
+  # (MPI_Init as a singleton and an all-reduce), then NCCL, which cannot
+  # start here.
+  expect_refusal cpu-mpi-world 'NCCL.*(not installed|is installed as)|NCCL needs CUDA' \
+    env FABRIC_GPU_CHILD=nccl "${RUST[@]:1}" "$HERE/bin/gpu-tests" --ignored --exact nccl_child --nocapture
   if [ "$CUDA" = 0 ]; then
-    expect_no_cuda cpu-bench-lightning "$no_cuda" \
+    expect_refusal cpu-bench-lightning "$no_cuda" \
       "$PYTHON" "$HERE/bench/train_lightning.py" --system lightning --model wide --accelerator cuda
   else
     record cpu-bench-lightning SKIP 0 "torch not imported (FABRIC_TORCH_LIB): Lightning's side not checked"

@@ -142,9 +142,12 @@ fn nccl_child() {
     if !is_child("nccl") {
         return;
     }
+    // MPI forms the world first: without NCCL (or a GPU) this fails at
+    // NCCL, past MPI's initialisation, which the GPU bundle's CPU-side
+    // check relies on.
+    fabric::testing::nccl_single_rank_check(0).unwrap();
     let (major, minor, patch) = fabric::collectives::nccl_version().unwrap();
     println!("NCCL {major}.{minor}.{patch}");
-    fabric::testing::nccl_single_rank_check(0).unwrap();
 }
 
 #[test]
