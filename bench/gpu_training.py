@@ -30,7 +30,7 @@ def fields(line):
 
 def command(system, a):
     common = [
-        "--model", a.model, "--precision", a.precision, "--accelerator", "cuda",
+        "--model", a.model, "--precision", a.precision, "--accelerator", a.accelerator,
         "--warmup", str(a.warmup), "--repeats", str(a.repeats), "--steps", str(a.steps),
     ]
     if system == "lightning":
@@ -73,10 +73,10 @@ def run(system, a, results, failures):
 def table(results, a):
     batch = BATCH[a.model]
     rows = [
-        f"CUDA training step: MLP {a.model} ({'-'.join(map(str, MODEL_SIZES[a.model]))}), batch {batch}, "
-        f"{a.precision}, SGD, 1 GPU; median of {a.rounds} rounds x {a.repeats} repeats x {a.steps} steps",
+        f"{a.accelerator.upper()} training step: MLP {a.model} ({'-'.join(map(str, MODEL_SIZES[a.model]))}), batch {batch}, "
+        f"{a.precision}, SGD, {'1 GPU' if a.accelerator == 'cuda' else 'CPU'}; median of {a.rounds} rounds x {a.repeats} repeats x {a.steps} steps",
         "",
-        "| system | ms/step | samples/s | vs fabric (throughput) | device memory in use (MiB) | peak reserved by the allocator (MiB) | peak RSS (MiB) |",
+        "| system | ms/step | samples/s | fabric / system (throughput) | device memory in use (MiB) | peak reserved by the allocator (MiB) | peak RSS (MiB) |",
         "|---|---|---|---|---|---|---|",
     ]
     medians = {s: statistics.median(r["times"]) for s, r in results.items() if r["times"]}
@@ -86,7 +86,7 @@ def table(results, a):
             rows.append(f"| {LABEL[system]} | failed | | | | | |")
             continue
         ms = medians[system]
-        ratio = f"{medians['fabric'] / ms:.2f}x" if "fabric" in medians else ""
+        ratio = f"{ms / medians['fabric']:.2f}x" if "fabric" in medians else ""
         used = f"{max(r['used_mb']):.0f}" if r["used_mb"] else "n/a"
         reserved = f"{max(r['reserved_mb']):.0f}" if r["reserved_mb"] else "n/a (PyTorch only)"
         rss = f"{max(r['rss_kb']) / 1024:.0f}" if r["rss_kb"] else "n/a"
@@ -95,7 +95,7 @@ def table(results, a):
         "",
         "Device memory in use: total minus free (cudaMemGetInfo, torch.cuda.mem_get_info) at the end of the "
         "run: the CUDA context plus what libtorch's caching allocator keeps after its peak. "
-        "'vs fabric' above 1x means faster than fabric.",
+        "fabric / system above 1x: fabric is faster.",
     ]
     return "\n".join(rows)
 
@@ -109,10 +109,11 @@ def main():
     p.add_argument("--training", required=True, help="the built benches/training.rs")
     p.add_argument("--model", default="wide", choices=list(BATCH))
     p.add_argument("--precision", default="bf16-mixed")
+    p.add_argument("--accelerator", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run of this script")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--timeout", type=int, default=120, help="seconds per process")
     p.add_argument("--out", help="also write the table to this file")
     a = p.parse_args()

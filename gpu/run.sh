@@ -101,7 +101,7 @@ expect_refusal() {
 }
 
 say "fabric GPU bundle: $(cat "$HERE/BUILD_INFO" 2>/dev/null | tr '\n' ' ')"
-say "started $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname), mode $MODE, logs in $LOGDIR"
+say "started $(date -u '+%Y-%m-%d %H:%M:%S UTC') on ${HOSTNAME:-$(uname -n)}, mode $MODE, logs in $LOGDIR"
 
 # --- the machine: torch, CUDA, NCCL, C and C++ libraries -----------------
 command -v "$PYTHON" >/dev/null || { say "no $PYTHON on this machine"; exit 4; }
