@@ -212,7 +212,7 @@ assemble() {
   local out=$BUNDLE
   say "assembling $out/"
   rm -rf "$out"
-  mkdir -p "$out"/{bin,bench,data,lib/openmpi,lib/libstdcxx,share/openmpi}
+  mkdir -p "$out"/{bin,bench,data,lib/openmpi,share/openmpi}
   local name path
   while read -r name path; do
     strip -o "$out/bin/$name" "$path"
@@ -224,8 +224,6 @@ assemble() {
   cp bench/train_lightning.py bench/gpu_training.py "$out/bench/"
   cp examples/data/digits.csv.gz "$out/data/"
   bundle_openmpi "$out" "$out/bin/gpu-tests"
-  # Used only where the machine's libstdc++ is older than the binaries need.
-  cp -L "$(g++ -print-file-name=libstdc++.so.6)" "$out/lib/libstdcxx/"
   highest_versions "$out"/bin/* "$out"/lib/*.so* "$out"/lib/openmpi/*.so > "$out/REQUIREMENTS"
   {
     echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+changes')"

@@ -1,9 +1,8 @@
 """What gpu/run.sh needs to know about the machine, found with its python3.
 
 Prints `KEY=VALUE` lines on stdout (read by run.sh) and a readable report on
-stderr; exits with 4 when the bundle cannot run here (no torch, a C library
-older than the binaries need, no libstdc++ new enough even with the bundled
-one).
+stderr; exits with 4 when the bundle cannot run here (no torch, a glibc or
+libstdc++ older than the binaries need).
 
   python3 preflight.py BUNDLE_DIR
 
@@ -137,10 +136,9 @@ def main():
     wanted = [f"GLIBCXX_{needs['GLIBCXX']}", f"CXXABI_{needs['CXXABI']}"]
     if stdcxx and all(provides(stdcxx, w) for w in wanted):
         report(f"libstdc++: {stdcxx} provides {', '.join(wanted)}")
-        emit("BUNDLED_LIBSTDCXX", 0)
     else:
-        report(f"libstdc++: {stdcxx or 'not found'} lacks {' or '.join(wanted)}: using the bundle's (from GCC 12)")
-        emit("BUNDLED_LIBSTDCXX", 1)
+        report(f"the bundle's binaries need a libstdc++ with {' and '.join(wanted)}; {stdcxx or 'none found'} lacks them")
+        ok = False
 
     nccl = nccl_library(lib)
     report(f"NCCL: {nccl or 'not found beside torch'}")

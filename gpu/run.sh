@@ -13,7 +13,8 @@
 #
 # Exit status: 0 every step passed; 1 a step failed; 2 usage; 3 CUDA is
 # unavailable (the binaries started and said so: the CPU-side check passed);
-# 4 the bundle cannot run here (no torch, missing libraries, glibc too old).
+# 4 the bundle cannot run here (no torch, missing libraries, glibc or
+# libstdc++ older than REQUIREMENTS).
 #
 # Environment: PYTHON (default python3); FABRIC_TORCH_LIB=DIR uses the
 # libtorch in DIR instead of importing torch (CPU-side check only);
@@ -136,7 +137,6 @@ if [ -n "$NCCL_LIB" ]; then
   LIBPATH=$LIBPATH:$SCRATCH
 fi
 LIBPATH=$LIBPATH:$HERE/lib
-[ "$(fact BUNDLED_LIBSTDCXX)" = 1 ] && LIBPATH=$HERE/lib/libstdcxx:$LIBPATH
 export BUNDLE_LD_LIBRARY_PATH=$LIBPATH
 export OMPI_MCA_mca_base_component_path=$HERE/lib/openmpi
 export OPAL_PKGDATADIR=$HERE/share/openmpi
