@@ -73,7 +73,9 @@ check() {
   local t0=$SECONDS rc=0
   step "$name" "$limit" "$@" || rc=$?
   local took=$((SECONDS - t0))
-  if [ "$rc" -eq 0 ] && grep -Eq "$pattern" "$LOGDIR/$name.log"; then
+  if [ "$rc" -eq 124 ] && grep -q "^skipped: the run's" "$LOGDIR/$name.log"; then
+    record "$name" FAIL 0 "not run: the run's ${BUDGET} s were spent"
+  elif [ "$rc" -eq 0 ] && grep -Eq "$pattern" "$LOGDIR/$name.log"; then
     record "$name" PASS "$took" "$(grep -E "$pattern" "$LOGDIR/$name.log" | tail -1 | cut -c1-110)"
   else
     local why="exit $rc"
