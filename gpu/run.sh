@@ -144,6 +144,8 @@ export OMPI_MCA_mca_base_component_path=$HERE/lib/openmpi
 export OPAL_PKGDATADIR=$HERE/share/openmpi
 export OMPI_MCA_ess_singleton_isolated=1
 export DIGITS_PATH=$HERE/data/digits.csv.gz
+# NCCL's warnings (why it could not start, if it cannot) go to the logs.
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 # For the Rust binaries only: Python keeps the library path it had.
 RUST=(env "LD_LIBRARY_PATH=$BUNDLE_LD_LIBRARY_PATH")
 
@@ -166,6 +168,10 @@ if command -v ldd >/dev/null; then
   record libraries OK $((SECONDS - t0)) "every library found; libtorch_cpu.so: $libtorch"
 else
   record libraries SKIP 0 "no ldd on this machine"
+fi
+
+if command -v nvidia-smi >/dev/null; then
+  timeout 30 nvidia-smi > "$LOGDIR/nvidia-smi.log" 2>&1
 fi
 
 cpu_check() {
