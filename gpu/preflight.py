@@ -1,7 +1,7 @@
 """What gpu/run.sh needs to know about the machine, found with its python3.
 
 Prints `KEY=VALUE` lines on stdout (read by run.sh) and a readable report on
-stderr; exits with 4 when the bundle cannot run here (no torch, a glibc or
+stderr; exits with 4 when the bundle cannot run here (no torch 2.11, a glibc or
 libstdc++ older than the binaries need).
 
   python3 preflight.py BUNDLE_DIR
@@ -61,10 +61,10 @@ def torch_facts():
     gpus = torch.cuda.device_count() if cuda else 0
     report(f"torch {torch.__version__} (CUDA {torch.version.cuda}) at {lib}")
     if not torch.__version__.startswith(BUILT_FOR + "."):
-        report(
-            f"warning: the bundle was built against torch {BUILT_FOR}; with torch "
-            f"{torch.__version__} its binaries may fail with undefined symbols"
-        )
+        # libtorch's C++ symbols change between minor versions: the
+        # binaries would not start.
+        report(f"the bundle was built against torch {BUILT_FOR}.x; this python3 has torch {torch.__version__}")
+        sys.exit(4)
     if cuda:
         for i in range(gpus):
             p = torch.cuda.get_device_properties(i)
@@ -74,11 +74,23 @@ def torch_facts():
     return lib, torch.__version__, cuda, gpus
 
 
+def loaded_libraries():
+    """The shared objects loaded in this process (torch's, once imported)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = (line.split()[-1] for line in f if "/" in line)
+            return sorted({p for p in paths if ".so" in os.path.basename(p)})
+    except OSError:
+        return []
+
+
 def nccl_library(torch_lib):
-    """NCCL as the nvidia-nccl wheel installs it beside torch, else any
-    libnccl.so.2 in the site directories."""
+    """The NCCL torch loaded (where torch was imported), else the
+    nvidia-nccl wheel's beside torch, else any libnccl.so.2 in the site
+    directories."""
+    candidates = [p for p in loaded_libraries() if os.path.basename(p).startswith("libnccl.so")]
     site = os.path.dirname(os.path.dirname(torch_lib))
-    candidates = [os.path.join(site, "nvidia", "nccl", "lib", "libnccl.so.2")]
+    candidates += [os.path.join(site, "nvidia", "nccl", "lib", "libnccl.so.2")]
     candidates += sorted(glob.glob(os.path.join(site, "nvidia", "**", "libnccl.so.2"), recursive=True))
     for path in candidates:
         if os.path.exists(path):
@@ -89,14 +101,9 @@ def nccl_library(torch_lib):
 def libstdcxx_in_use():
     """The libstdc++ this process loaded (torch's C++ runtime), else the one
     the dynamic loader finds."""
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.split()[-1]
-                if os.path.basename(path).startswith("libstdc++.so"):
-                    return path
-    except OSError:
-        pass
+    for path in loaded_libraries():
+        if os.path.basename(path).startswith("libstdc++.so"):
+            return path
     for d in ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/usr/lib"]:
         path = os.path.join(d, "libstdc++.so.6")
         if os.path.exists(path):

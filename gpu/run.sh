@@ -13,7 +13,7 @@
 #
 # Exit status: 0 every step passed; 1 a step failed; 2 usage; 3 CUDA is
 # unavailable (the binaries started and said so: the CPU-side check passed);
-# 4 the bundle cannot run here (no torch, missing libraries, glibc or
+# 4 the bundle cannot run here (no torch 2.11, missing libraries, glibc or
 # libstdc++ older than REQUIREMENTS).
 #
 # Environment: PYTHON (default python3); FABRIC_TORCH_LIB=DIR uses the
