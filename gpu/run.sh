@@ -42,6 +42,11 @@ FAILED=0
 
 say() { printf '%s\n' "$*" | tee -a "$SUMMARY"; }
 
+# A command still running 10 s after its time is up gets SIGKILL, where
+# timeout(1) can (GNU's can; BusyBox's has no -k).
+KILL_AFTER=(-k 10)
+timeout -k 1 5 true 2>/dev/null || KILL_AFTER=()
+
 # record NAME STATUS SECONDS NOTE
 record() {
   printf '%-22s %-5s %4ss  %s\n' "$1" "$2" "$3" "$4" | tee -a "$SUMMARY"
@@ -62,7 +67,7 @@ step() {
     return 124
   fi
   echo "--- $name (at most ${limit} s): $*" >&2
-  timeout -k 10 "$limit" "$@" > "$LOGDIR/$name.log" 2>&1 < /dev/null
+  timeout "${KILL_AFTER[@]}" "$limit" "$@" > "$LOGDIR/$name.log" 2>&1 < /dev/null
 }
 
 # check NAME LIMIT_S PATTERN CMD...: a step that passes when CMD exits with
@@ -108,6 +113,7 @@ say "started $(date -u '+%Y-%m-%d %H:%M:%S UTC') on ${HOSTNAME:-$(uname -n)}, mo
 
 # --- the machine: torch, CUDA, NCCL, C and C++ libraries -----------------
 command -v "$PYTHON" >/dev/null || { say "no $PYTHON on this machine"; exit 4; }
+command -v timeout >/dev/null || { say "run.sh bounds every step with timeout(1), which is not installed"; exit 4; }
 t0=$SECONDS
 rc=0
 step preflight 120 "$PYTHON" "$HERE/preflight.py" "$HERE" || rc=$?
