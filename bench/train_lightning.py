@@ -3,14 +3,18 @@ the Python side of `benches/training.rs`: the same models, batch, optimizer,
 step count and thread settings as fabric's and raw tch's runs.
 
 Usage:
-  python bench/train_lightning.py --system lightning|torch --model tiny|medium
-      [--precision 32-true|bf16-mixed|bf16-true] [--devices 1|2]
+  python bench/train_lightning.py --system lightning|torch --model tiny|medium|wide
+      [--precision 32-true|bf16-mixed|bf16-true] [--devices 1|2] [--accelerator cpu|cuda]
       --warmup W --repeats R --steps S --threads T
 
 Each repeat times S steps; the line `RESULT ...` (from rank 0) gives the
 median milliseconds per step over the repeats, and every repeat's figure in
 wall-clock (`all=`) and process CPU time (`cpu=`).
-Every rank prints `RSS rank=<r> kb=<peak resident set size>`.
+Every rank prints `RSS rank=<r> kb=<peak resident set size>`. With
+`--accelerator cuda` (one GPU), the timed region starts and ends with a CUDA
+synchronisation, and `CUDA used_mb=.. peak_reserved_mb=.. peak_allocated_mb=..`
+gives the device memory in use at the end (`torch.cuda.mem_get_info`, as the
+Rust side measures it) and the caching allocator's peaks.
 """
 import argparse
 import os
@@ -23,7 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODELS = {"tiny": [32, 64, 10], "medium": [784, 1024, 1024, 10]}
+MODELS = {
+    "tiny": [32, 64, 10],
+    "medium": [784, 1024, 1024, 10],
+    # For a GPU: 176M parameters, about 1.1 TFLOP per step at batch 1024.
+    "wide": [4096, 8192, 8192, 8192, 1000],
+}
 
 
 def mlp(sizes):
@@ -42,7 +51,7 @@ def emit(line):
 
 
 def batch_size(model):
-    return 32 if model == "tiny" else 64
+    return {"tiny": 32, "wide": 1024}.get(model, 64)
 
 
 def main():
@@ -51,6 +60,7 @@ def main():
     p.add_argument("--model", choices=list(MODELS), required=True)
     p.add_argument("--precision", default="32-true")
     p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--accelerator", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=100)
@@ -60,11 +70,18 @@ def main():
 
     sizes = MODELS[a.model]
     rank, world = 0, 1
+    cuda = a.accelerator == "cuda"
+    if cuda:
+        if a.devices != 1:
+            sys.exit("--accelerator cuda runs one process on one GPU (--devices 1)")
+        if not torch.cuda.is_available():
+            sys.exit("CUDA is unavailable: --accelerator cuda needs an NVIDIA GPU and its driver")
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     if a.system == "lightning":
         from lightning.fabric import Fabric
 
         strategy = "ddp" if a.devices > 1 else "auto"
-        fabric = Fabric(accelerator="cpu", devices=a.devices, strategy=strategy, precision=a.precision)
+        fabric = Fabric(accelerator=a.accelerator, devices=a.devices, strategy=strategy, precision=a.precision)
         fabric.launch()
         rank, world = fabric.global_rank, fabric.world_size
         # After launch: Lightning's DDP sets its own thread count.
@@ -79,7 +96,7 @@ def main():
             sys.exit("the plain PyTorch loop runs 32-true on one process only")
         torch.set_num_threads(a.threads)
         torch.manual_seed(42)
-        model = mlp(sizes)
+        model = mlp(sizes).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=a.lr)
 
         def backward(loss):
@@ -89,8 +106,12 @@ def main():
             pass
 
     n = batch_size(a.model)
-    x = torch.randn(n, sizes[0])
-    y = torch.randint(0, sizes[-1], (n,))
+    x = torch.randn(n, sizes[0]).to(device)
+    y = torch.randint(0, sizes[-1], (n,)).to(device)
+
+    def synchronize():
+        if cuda:
+            torch.cuda.synchronize()
 
     def step():
         optimizer.zero_grad()
@@ -103,9 +124,11 @@ def main():
     times, cpu = [], []
     for _ in range(a.repeats):
         barrier()
+        synchronize()
         start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(a.steps):
             step()
+        synchronize()
         times.append((time.perf_counter() - start) / a.steps * 1000.0)
         cpu.append((time.process_time() - start_cpu) / a.steps * 1000.0)
     barrier()
@@ -116,6 +139,14 @@ def main():
             f"threads={torch.get_num_threads()} world={world} all={listed(times)} cpu={listed(cpu)}"
         )
     emit(f"RSS rank={rank} kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
+    if cuda:
+        free, total = torch.cuda.mem_get_info()
+        mib = 1024 * 1024
+        emit(
+            f"CUDA used_mb={(total - free) / mib:.0f} "
+            f"peak_reserved_mb={torch.cuda.max_memory_reserved() / mib:.0f} "
+            f"peak_allocated_mb={torch.cuda.max_memory_allocated() / mib:.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -6,11 +6,15 @@
 //! ```sh
 //! cargo bench --bench training -- --system fabric --model medium --precision bf16-mixed
 //! cargo bench --bench training -- --system fabric --model medium --devices 2   # ddp
+//! cargo bench --bench training -- --system raw --model wide --accelerator cuda --precision bf16-mixed
 //! ```
 //!
 //! Each repeat times `--steps` steps after `--warmup` steps; rank 0 prints
 //! `RESULT system=.. ms_per_step=<median over repeats> ..`, and every rank
-//! `RSS rank=<r> kb=<peak resident set size>`.
+//! `RSS rank=<r> kb=<peak resident set size>`. With `--accelerator cuda`
+//! (one GPU, one process), the timed region starts and ends with a CUDA
+//! synchronisation, and `CUDA used_mb=..` gives the device memory in use at
+//! the end (`bench/gpu_training.py` compares the three systems on a GPU).
 
 use std::time::Instant;
 
@@ -20,9 +24,14 @@ use fabric::precision::AutocastGuard;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+#[path = "training/cuda.rs"]
+mod cuda;
+
 struct Args {
     system: String,
     model: String,
+    /// `cpu` (the default) or `cuda` (one GPU, one process).
+    accelerator: String,
     precision: String,
     devices: usize,
     warmup: usize,
@@ -39,6 +48,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         system: String::new(),
         model: String::new(),
+        accelerator: "cpu".into(),
         precision: "32-true".into(),
         devices: 1,
         warmup: 20,
@@ -62,6 +72,7 @@ fn parse_args() -> Result<Args> {
         match flag.as_str() {
             "--system" => args.system = value,
             "--model" => args.model = value,
+            "--accelerator" => args.accelerator = value,
             "--precision" => args.precision = value,
             "--devices" => args.devices = value.parse()?,
             "--warmup" => args.warmup = value.parse()?,
@@ -75,14 +86,42 @@ fn parse_args() -> Result<Args> {
     if args.repeats == 0 || args.steps == 0 {
         bail!("--repeats and --steps must be at least 1");
     }
+    match args.accelerator.as_str() {
+        "cpu" => {}
+        "cuda" if args.devices == 1 => {}
+        "cuda" => bail!("--accelerator cuda runs one process on one GPU (--devices 1)"),
+        other => bail!("--accelerator is cpu or cuda, not {other:?}"),
+    }
     Ok(args)
+}
+
+impl Args {
+    /// The device the model and the batch live on.
+    fn device(&self) -> Device {
+        if self.accelerator == "cuda" {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }
+    }
 }
 
 fn sizes(model: &str) -> Result<&'static [i64]> {
     match model {
         "tiny" => Ok(&[32, 64, 10]),
         "medium" => Ok(&[784, 1024, 1024, 10]),
-        other => bail!("unknown model {other} (tiny, medium)"),
+        // For a GPU: 176M parameters, about 1.1 TFLOP per step at batch 1024.
+        "wide" => Ok(&[4096, 8192, 8192, 8192, 1000]),
+        other => bail!("unknown model {other} (tiny, medium, wide)"),
+    }
+}
+
+/// The batch size of each model, as in the Python script.
+fn batch_size(model: &str) -> i64 {
+    match model {
+        "tiny" => 32,
+        "wide" => 1024,
+        _ => 64,
     }
 }
 
@@ -157,10 +196,12 @@ fn measure<S>(
     };
     for _ in 0..args.repeats {
         barrier(state)?;
+        cuda::synchronize(args.device());
         let (start, cpu) = (Instant::now(), cpu_seconds());
         for _ in 0..args.steps {
             step(state)?;
         }
+        cuda::synchronize(args.device());
         let per_step = 1000.0 / args.steps as f64;
         times.wall.push(start.elapsed().as_secs_f64() * per_step);
         times.cpu.push((cpu_seconds() - cpu) * per_step);
@@ -187,10 +228,13 @@ fn report(args: &Args, rank: usize, world: usize, times: &Times) {
         );
     }
     println!("RSS rank={rank} kb={}", peak_rss_kb());
+    if args.device().is_cuda() {
+        println!("CUDA used_mb={:.0}", cuda::used_mb());
+    }
 }
 
 fn batch(sizes: &[i64], model: &str) -> (Tensor, Tensor) {
-    let n = if model == "tiny" { 32 } else { 64 };
+    let n = batch_size(model);
     let x = Tensor::randn([n, sizes[0]], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(sizes[sizes.len() - 1], [n], (Kind::Int64, Device::Cpu));
     (x, y)
@@ -199,7 +243,7 @@ fn batch(sizes: &[i64], model: &str) -> (Tensor, Tensor) {
 /// The loop a fabric user writes.
 fn run_fabric(args: &Args) -> Result<()> {
     let mut builder = Fabric::builder()
-        .accelerator("cpu")
+        .accelerator(args.accelerator.as_str())
         .devices(args.devices)
         .precision(args.precision.as_str());
     if args.devices > 1 {
@@ -239,13 +283,18 @@ fn run_raw(args: &Args) -> Result<()> {
     if args.devices != 1 {
         bail!("the raw tch loop runs on one process");
     }
+    let device = args.device();
+    if device.is_cuda() {
+        cuda::require()?;
+    }
     tch::set_num_threads(args.threads);
     tch::manual_seed(42);
     let sizes = sizes(&args.model)?;
-    let mut vs = nn::VarStore::new(Device::Cpu);
+    let mut vs = nn::VarStore::new(device);
     let net = mlp(&vs.root(), sizes);
     let mut optimizer = nn::Sgd::default().build(&vs, args.lr)?;
     let (x, y) = batch(sizes, &args.model);
+    let (x, y) = (x.to_device(device), y.to_device(device));
     let times = match args.precision.as_str() {
         "32-true" => measure(
             args,
@@ -278,16 +327,17 @@ fn run_raw(args: &Args) -> Result<()> {
                 |_| Ok(()),
             )?
         }
-        // f32 parameters, forward pass under CPU autocast to bf16 (tch
-        // has no CPU autocast: this uses fabric's guard, a direct call to
-        // ATen's autocast state), input cast to bf16, logits back to f32.
+        // f32 parameters, forward pass under autocast to bf16 (tch has no
+        // CPU autocast: this uses fabric's guard, a direct call to ATen's
+        // autocast state, on either device), input cast to bf16, logits
+        // back to f32.
         "bf16-mixed" => measure(
             args,
             &mut (),
             |_| {
                 optimizer.zero_grad();
                 let logits = {
-                    let _autocast = AutocastGuard::new(Device::Cpu, Kind::BFloat16)?;
+                    let _autocast = AutocastGuard::new(device, Kind::BFloat16)?;
                     net.forward(&x.to_kind(Kind::BFloat16))
                 };
                 let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(&y);

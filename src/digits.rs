@@ -16,9 +16,13 @@ pub const FEATURES: usize = 64;
 /// Number of classes (the digits 0 to 9).
 pub const CLASSES: usize = 10;
 
-/// The shipped data file.
+/// The shipped data file, or the file `DIGITS_PATH` names (for binaries
+/// run away from the checkout, as in the GPU bundle).
 pub fn default_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv.gz")
+    match std::env::var_os("DIGITS_PATH") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv.gz"),
+    }
 }
 
 /// The digits as `(images, labels)`: images `[1797, 64]` f32 scaled to
