@@ -48,6 +48,7 @@ cd "$dir"
 # the crate's `target` points at (the crate's files and commands are the
 # README's; this only saves rebuilding libtorch's bindings).
 if [ ! -e target ]; then
+  mkdir -p "${CARGO_TARGET_DIR:-$root/target}"
   ln -s "${CARGO_TARGET_DIR:-$root/target}" target
 fi
 unset CARGO_TARGET_DIR

@@ -9,14 +9,17 @@
 #   .ci/without_mpi.sh            hide Open MPI and libclang if possible, then check
 #   .ci/without_mpi.sh --inside   the checks themselves (what runs hidden)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(realpath "$0")
+cd "$(dirname "$self")/.."
 
 # The root package's integration tests that run in one process.
-SINGLE_PROCESS_TESTS=(training precision checkpoint optim data loggers callbacks config runtime determinism)
+SINGLE_PROCESS_TESTS=(training precision checkpoint optim data loggers callbacks config runtime determinism dp progress startup)
 
 checks() {
   echo "==> cargo tree: nothing of MPI without the feature"
-  if cargo tree -p tch-fabric --no-default-features -e normal,build --prefix none | grep -iE '^(mpi|mpi-sys|mpi-derive|bindgen|clang-sys) '; then
+  local tree
+  tree=$(cargo tree -p tch-fabric --no-default-features -e normal,build --prefix none)
+  if grep -iE '^(mpi|mpi-sys|mpi-derive|bindgen|clang-sys) ' <<<"$tree"; then
     echo "MPI (or its bindings' generator) is still in the dependency tree" >&2
     exit 1
   fi
@@ -58,12 +61,18 @@ hidden() {
 
 case "${1:-}" in
   --inside)
+    # Only inside the private mount namespace made below: run directly,
+    # the mounts would hide Open MPI from the whole machine.
+    if [ "$(readlink /proc/self/ns/mnt)" = "$(readlink /proc/1/ns/mnt)" ]; then
+      echo "--inside runs only in the private mount namespace that $0 makes" >&2
+      exit 2
+    fi
     hidden
     checks
     ;;
   "")
     if [ "$(id -u)" = 0 ] && unshare --mount --fork true 2>/dev/null; then
-      exec unshare --mount --fork "$0" --inside
+      exec unshare --mount --fork "$self" --inside
     fi
     echo "no private mount namespace here: checking without hiding Open MPI and libclang"
     checks

@@ -250,7 +250,7 @@ fn a_users_cluster_environment_provides_the_ranks() {
         .plugin(StaticCluster { world: 2, rank: 1 })
         .build()
         .unwrap_err();
-    if cfg!(feature = "mpi") {
+    if fabric::testing::MPI_TRANSPORT {
         // A world of 2 whose processes share no MPI world cannot run.
         assert!(matches!(err, Error::Distributed(_)), "{err:?}");
         assert!(err.to_string().contains("MPI connects 1"), "{err}");
@@ -363,7 +363,7 @@ fn build_never_starts_processes_and_names_the_launch_step() {
         .devices(2)
         .build()
         .unwrap_err();
-    if cfg!(feature = "mpi") {
+    if fabric::testing::MPI_TRANSPORT {
         assert!(matches!(err, Error::Launch(_)), "{err:?}");
         assert!(err.to_string().contains("build_or_launch"), "{err}");
     } else {

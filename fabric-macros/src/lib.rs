@@ -10,8 +10,8 @@
 //! 1. `parse.rs` reads the arguments into a `Config` that remembers where
 //!    each value was written, turning each literal into a value
 //!    (`literal.rs`) and parsing it into the typed `Options` of
-//!    `fabric-options` (the parser the runtime uses too);
-//! 2. `validate.rs` asks `fabric-options` which combinations of those
+//!    `tch-fabric-options` (the parser the runtime uses too);
+//! 2. `validate.rs` asks `tch-fabric-options` which combinations of those
 //!    options cannot work;
 //! 3. `signature.rs` checks the function;
 //! 4. `generate.rs` writes the code from the typed options.
@@ -21,7 +21,7 @@
 //! is about. The code is also emitted when there are errors, so that they
 //! are the only ones the user sees.
 //!
-//! [fabric]: https://docs.rs/fabric
+//! [fabric]: https://docs.rs/tch-fabric
 
 mod ctxt;
 mod generate;
@@ -103,7 +103,7 @@ use crate::ctxt::Ctxt;
 ///
 /// # What is checked at compile time
 ///
-/// The values are parsed by `fabric-options`, the parser the runtime's
+/// The values are parsed by `tch-fabric-options`, the parser the runtime's
 /// builder uses too, so the attribute and the builder accept the same values
 /// and give the same messages. An error points at the offending token, and
 /// all of them are reported at once:
@@ -227,14 +227,14 @@ use crate::ctxt::Ctxt;
 /// emitted with its body, so the errors shown are the attribute's and the
 /// body's own, not ones caused by a missing function.
 ///
-/// [`Fabric`]: https://docs.rs/fabric/latest/fabric/struct.Fabric.html
-/// [`Fabric::builder()`]: https://docs.rs/fabric/latest/fabric/struct.Fabric.html#method.builder
-/// [`fabric::Error`]: https://docs.rs/fabric/latest/fabric/enum.Error.html
-/// [`Callback`]: https://docs.rs/fabric/latest/fabric/trait.Callback.html
-/// [`Logger`]: https://docs.rs/fabric/latest/fabric/trait.Logger.html
-/// [`Plugin`]: https://docs.rs/fabric/latest/fabric/enum.Plugin.html
-/// [`ClusterEnvironment`]: https://docs.rs/fabric/latest/fabric/trait.ClusterEnvironment.html
-/// [`IntoPlugin`]: https://docs.rs/fabric/latest/fabric/trait.IntoPlugin.html
+/// [`Fabric`]: https://docs.rs/tch-fabric/latest/fabric/struct.Fabric.html
+/// [`Fabric::builder()`]: https://docs.rs/tch-fabric/latest/fabric/struct.Fabric.html#method.builder
+/// [`fabric::Error`]: https://docs.rs/tch-fabric/latest/fabric/enum.Error.html
+/// [`Callback`]: https://docs.rs/tch-fabric/latest/fabric/trait.Callback.html
+/// [`Logger`]: https://docs.rs/tch-fabric/latest/fabric/trait.Logger.html
+/// [`Plugin`]: https://docs.rs/tch-fabric/latest/fabric/enum.Plugin.html
+/// [`ClusterEnvironment`]: https://docs.rs/tch-fabric/latest/fabric/trait.ClusterEnvironment.html
+/// [`IntoPlugin`]: https://docs.rs/tch-fabric/latest/fabric/trait.IntoPlugin.html
 #[proc_macro_attribute]
 pub fn fabric(args: TokenStream, item: TokenStream) -> TokenStream {
     expand(args.into(), item.into()).into()

@@ -5,7 +5,7 @@
 //! commas). Each value is read as soon as it is parsed, so that the errors
 //! come in the order of the attribute: a literal ([`literal`]) is turned
 //! into a [`Value`] and parsed into its field of [`Options`] by
-//! `fabric-options` (the parser the runtime uses too, with the same
+//! `tch-fabric-options` (the parser the runtime uses too, with the same
 //! messages), pointing at the value when it is wrong. Unknown and repeated
 //! keys are reported here; the combinations are checked by the next stage
 //! (`validate.rs`).
@@ -180,7 +180,7 @@ pub(crate) fn parse_config(args: TokenStream, cx: &Ctxt) -> Config {
     config
 }
 
-/// "unknown option": the message of `fabric-options`, which knows the
+/// "unknown option": the message of `tch-fabric-options`, which knows the
 /// runtime's options, or a suggestion of `crate`, which only the attribute
 /// has.
 fn unknown_key(name: &str) -> String {

@@ -1,4 +1,4 @@
-//! Stage two: the combinations that cannot work, asked of `fabric-options`
+//! Stage two: the combinations that cannot work, asked of `tch-fabric-options`
 //! ([`Options::check`](fabric_options::Options::check), which the runtime's
 //! builder runs too, with the same messages), once every argument has been
 //! read into the typed options.

@@ -102,6 +102,18 @@ fn environment_error(env: &dyn ClusterEnvironment, message: String) -> Error {
     }
 }
 
+/// The error of a build without the `mpi` feature asked for `processes`
+/// processes under `strategy` (a built-in one; a strategy of the user's
+/// own may bring its own transport), said before any rank starts.
+fn without_mpi(strategy: &str, processes: usize) -> Error {
+    Error::FeatureDisabled {
+        feature: "mpi",
+        needed_by: format!(
+            "\"{strategy}\" over {processes} processes (fabric's collectives between processes run on Open MPI, which also starts NCCL's)"
+        ),
+    }
+}
+
 /// Resolves `request` on `machine`.
 pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connection> {
     let Request {
@@ -231,6 +243,11 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
             }
             plan = Plan::Train;
         } else {
+            let built_in = strategy.as_deref().is_none_or(strategy::is_built_in);
+            if !machine.mpi_transport() && built_in {
+                let name = strategy.as_ref().map_or("ddp", |s| s.name());
+                return Err(without_mpi(name, processes));
+            }
             if num_nodes > 1 {
                 return Err(Error::Launch(format!(
                     "`num_nodes = {num_nodes}` needs the processes of every node started by a cluster launcher (`mpirun` across hosts, or `srun --mpi=pmix`); fabric's own launcher starts processes on this machine only"
@@ -298,6 +315,17 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
     };
     let device = devices[0];
     let several_processes = world > 1 || matches!(plan, Plan::Start { .. });
+    if several_processes
+        && !machine.mpi_transport()
+        && strategy::is_built_in(&*strategy)
+        && (device.is_cuda() || device == Device::Cpu)
+    {
+        let processes = match plan {
+            Plan::Start { processes, .. } => processes,
+            Plan::Train => world,
+        };
+        return Err(without_mpi(strategy.name(), processes));
+    }
     if device.is_cuda() && several_processes {
         // Say now, before any rank starts, when NCCL cannot be loaded. The
         // ranks fabric starts itself find it through a link the launcher
@@ -312,21 +340,6 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
         )));
     }
 
-    if several_processes && !machine.mpi_transport() && strategy::is_built_in(&*strategy) {
-        // Said before any rank starts. A strategy of the user's own may
-        // bring its own transport.
-        let processes = match plan {
-            Plan::Start { processes, .. } => processes,
-            Plan::Train => world,
-        };
-        return Err(Error::FeatureDisabled {
-            feature: "mpi",
-            needed_by: format!(
-                "\"{}\" over {processes} processes (fabric's collectives between processes run on Open MPI, which also starts NCCL's)",
-                strategy.name()
-            ),
-        });
-    }
     let precision = match precision_plugin {
         Some(plugin) => plugin,
         None => precision::from_option(options.precision())?,

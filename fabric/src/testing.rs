@@ -4,6 +4,10 @@
 use crate::builder::FabricBuilder;
 use crate::error::Error;
 
+/// Whether this build of fabric has the Open MPI transport (the `mpi`
+/// feature), for tests whose expectations depend on it.
+pub const MPI_TRANSPORT: bool = cfg!(feature = "mpi");
+
 /// Runs `strategy = "dp"` over `replicas` copies of the model on the CPU,
 /// where `dp` proper needs CUDA devices: the batch is split, the replicas
 /// run and their gradients are added up exactly as between GPUs, which lets

@@ -20,8 +20,6 @@ mod mpi;
 mod mpi;
 pub(crate) mod nccl;
 mod polite;
-// Started when a world of processes forms, which needs MPI.
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) mod watchdog;
 #[cfg(feature = "mpi")]
 mod world;

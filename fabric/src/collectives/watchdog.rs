@@ -26,6 +26,8 @@ fn pending() -> std::sync::MutexGuard<'static, Option<Pending>> {
 }
 
 /// Starts the watchdog thread (once per process).
+// Started when a world of processes forms, which needs MPI.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn start(rank: usize) {
     RANK.store(rank, Ordering::Relaxed);
     if STARTED.swap(true, Ordering::SeqCst) {

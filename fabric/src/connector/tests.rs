@@ -528,12 +528,27 @@ fn without_the_mpi_feature_several_processes_are_an_error_naming_it() {
         matches!(e, Error::FeatureDisabled { feature: "mpi", .. }),
         "{e:?}"
     );
-    // CUDA ranks too: MPI starts NCCL's communicator.
+    // CUDA ranks too: MPI starts NCCL's communicator. Said before the
+    // missing NCCL, which would not be enough.
     let machine = FakeMachine {
         mpi: false,
+        nccl: false,
         ..FakeMachine::gpus(2)
     };
     let e = err(request("cuda", "auto", 2), &machine);
+    assert!(
+        matches!(e, Error::FeatureDisabled { feature: "mpi", .. }),
+        "{e:?}"
+    );
+    // Several nodes: said before "use a cluster launcher", which would not
+    // be enough either.
+    let mut r = request("cpu", "ddp", 2);
+    r.options.num_nodes = NumNodes::parse(&Value::from(2)).unwrap();
+    let machine = FakeMachine {
+        mpi: false,
+        ..FakeMachine::cpu(4)
+    };
+    let e = err(r, &machine);
     assert!(
         matches!(e, Error::FeatureDisabled { feature: "mpi", .. }),
         "{e:?}"
