@@ -438,7 +438,11 @@ fn plan_groups(
             ));
             return None;
         }
-        if let Err(error) = group.algorithm.validate() {
+        // A scheduler may have left a negative learning rate, as PyTorch's
+        // (the last step of a linear one-cycle schedule): the rest is
+        // checked.
+        let checked = group.algorithm.with_lr(group.algorithm.lr().abs());
+        if let Err(error) = checked.validate() {
             report.mismatched.push(format!(
                 "optimizer `{entry}`: group `{}`: {error}",
                 group.name

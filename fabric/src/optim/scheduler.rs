@@ -291,7 +291,7 @@ impl Kind {
             Kind::Step { step_size, gamma } => (step_size == 0 || !gamma.is_finite() || gamma < 0.0)
                 .then(|| format!("StepLR needs step_size >= 1 and a finite gamma >= 0, got step_size = {step_size}, gamma = {gamma}")),
             Kind::Linear { start_factor, end_factor, total_iters } => {
-                (!(start_factor > 0.0 && start_factor <= 1.0) || !(0.0..=1.0).contains(&end_factor) || total_iters == 0)
+                (!(start_factor > 0.0 && start_factor <= 1.0 && (0.0..=1.0).contains(&end_factor)) || total_iters == 0)
                     .then(|| format!("LinearLR needs 0 < start_factor <= 1, 0 <= end_factor <= 1 and total_iters >= 1, got start_factor = {start_factor}, end_factor = {end_factor}, total_iters = {total_iters}"))
             }
             Kind::CosineAnnealing { t_max, eta_min } => (t_max == 0 || !eta_min.is_finite() || eta_min < 0.0)
@@ -526,7 +526,7 @@ impl LrScheduler {
                 base.iter().map(|b| b * f).collect()
             }
             Kind::Step { step_size, gamma } => {
-                if epoch == 0 || epoch % step_size != 0 {
+                if epoch == 0 || !epoch.is_multiple_of(step_size) {
                     current
                 } else {
                     current.iter().map(|lr| lr * gamma).collect()

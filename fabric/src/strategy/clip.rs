@@ -91,10 +91,13 @@ pub(crate) fn clip(grads: &[Tensor], clip: GradClip) -> Result<Option<f64>> {
     })
 }
 
+/// Tensors of one device and kind.
+type Grouped = ((Device, Kind), Vec<Tensor>);
+
 /// `grads` grouped by device and kind, in order of first appearance, as
 /// torch's `_group_tensors_by_device_and_dtype`.
-fn by_device_and_kind(grads: &[Tensor]) -> Result<Vec<((Device, Kind), Vec<Tensor>)>> {
-    let mut groups: Vec<((Device, Kind), Vec<Tensor>)> = Vec::new();
+fn by_device_and_kind(grads: &[Tensor]) -> Result<Vec<Grouped>> {
+    let mut groups: Vec<Grouped> = Vec::new();
     for grad in grads {
         let key = (grad.device(), grad.f_kind()?);
         match groups.iter_mut().find(|(k, _)| *k == key) {
