@@ -2,8 +2,8 @@
 //
 // - autocast state per device type (enabled flag and dtype), the autocast
 //   nesting counter and cache;
-// - tensor-list kernels: `_amp_foreach_non_finite_check_and_unscale_` and the
-//   fused optimizers;
+// - tensor-list kernels: `_amp_foreach_non_finite_check_and_unscale_`, the
+//   fused optimizers, `_foreach_norm` and `_foreach_mul_` (gradient clipping);
 // - the current CUDA device and stream, through c10's device-guard registry
 //   (no CUDA header needed; an error where libtorch's CUDA backend is not
 //   loaded), for NCCL.
@@ -179,6 +179,36 @@ char *fabric_fused_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **ex
       at::_fused_adam_(p, g, m, v, v_max, step_list, lr, beta1, beta2, weight_decay, eps,
                        amsgrad, maximize);
     }
+  });
+}
+
+// `torch._foreach_norm(tensors, ord, dtype)`: the `ord`-norm of each tensor,
+// written to `norms` as new tensors owned by the caller (tch's `C_tensor`,
+// freed by tch's `at_free`). `dtype` is an at::ScalarType code, or -1 for
+// the tensors' own (as torch.nn.utils.clip_grad_norm_).
+char *fabric_foreach_norm(at::Tensor **tensors, size_t n, double ord, int dtype,
+                          at::Tensor **norms) {
+  return guarded([&] {
+    auto list = tensor_list(tensors, n);
+    std::optional<at::ScalarType> out;
+    if (dtype >= 0) {
+      out = static_cast<at::ScalarType>(dtype);
+    }
+    auto result = at::_foreach_norm(list, ord, out);
+    TORCH_CHECK(result.size() == n, "_foreach_norm returned ", result.size(), " norms for ", n,
+                " tensors");
+    for (size_t i = 0; i < n; ++i) {
+      norms[i] = new at::Tensor(std::move(result[i]));
+    }
+  });
+}
+
+// `torch._foreach_mul_(tensors, factor)`: multiplies every tensor in place
+// by the one-element tensor `factor`.
+char *fabric_foreach_mul_(at::Tensor **tensors, size_t n, at::Tensor *factor) {
+  return guarded([&] {
+    auto list = tensor_list(tensors, n);
+    at::_foreach_mul_(list, *factor);
   });
 }
 

@@ -51,6 +51,18 @@ unsafe extern "C" {
         maximize: bool,
         decoupled_weight_decay: bool,
     ) -> *mut c_char;
+    fn fabric_foreach_norm(
+        tensors: *const *mut torch_sys::C_tensor,
+        n: usize,
+        ord: f64,
+        dtype: c_int,
+        norms: *mut *mut torch_sys::C_tensor,
+    ) -> *mut c_char;
+    fn fabric_foreach_mul_(
+        tensors: *const *mut torch_sys::C_tensor,
+        n: usize,
+        factor: *mut torch_sys::C_tensor,
+    ) -> *mut c_char;
     fn fabric_set_grad(
         tensor: *mut torch_sys::C_tensor,
         grad: *mut torch_sys::C_tensor,
@@ -195,6 +207,39 @@ pub(crate) fn non_finite_check_and_unscale(
             inv_scale.as_ptr() as *mut _,
         )
     })
+}
+
+/// `torch._foreach_norm(tensors, ord, dtype)`: the `ord`-norm of each of
+/// `tensors` (one device and dtype) as a zero-dimensional tensor, computed
+/// in their dtype, or in `dtype` when given.
+pub(crate) fn foreach_norm(
+    tensors: &[Tensor],
+    ord: f64,
+    dtype: Option<Kind>,
+) -> Result<Vec<Tensor>> {
+    let list = pointers(tensors);
+    let mut norms: Vec<*mut torch_sys::C_tensor> = vec![std::ptr::null_mut(); list.len()];
+    let code = dtype.map_or(-1, scalar_type);
+    // SAFETY: the input pointers come from `Tensor`s borrowed for the call;
+    // `norms` has room for one pointer per tensor, which the shim fills with
+    // new `at::Tensor`s only when it succeeds.
+    check(unsafe {
+        fabric_foreach_norm(list.as_ptr(), list.len(), ord, code, norms.as_mut_ptr())
+    })?;
+    Ok(norms
+        .into_iter()
+        // SAFETY: each pointer is a new heap `at::Tensor` from the shim,
+        // owned by nobody else; the `Tensor` frees it when dropped.
+        .map(|norm| unsafe { Tensor::from_ptr(norm) })
+        .collect())
+}
+
+/// `torch._foreach_mul_(tensors, factor)`: multiplies each of `tensors` in
+/// place by the one-element tensor `factor`.
+pub(crate) fn foreach_mul_(tensors: &[Tensor], factor: &Tensor) -> Result<()> {
+    let list = pointers(tensors);
+    // SAFETY: every pointer comes from a `Tensor` borrowed for the call.
+    check(unsafe { fabric_foreach_mul_(list.as_ptr(), list.len(), factor.as_ptr() as *mut _) })
 }
 
 /// The `at::Tensor*` handles of `tensors`, for a call that borrows them.

@@ -8,7 +8,11 @@
 //!     "model": {"type": "model", "file": "model.safetensors", "bytes": 1234, "crc32c": 5678},
 //!     "optimizer": {"type": "optimizer", "file": "optimizer.safetensors", "bytes": 99, "crc32c": 1,
 //!                   "algorithm": {"algorithm": "adam", "lr": 0.001, "betas": [0.9, 0.999], ...},
-//!                   "parameters": ["l1.bias", "l1.weight"]},
+//!                   "parameters": ["l1.bias", "l1.weight"],
+//!                   "groups": [{"name": "default", "algorithm": {...}, "parameters": ["l1.weight"]},
+//!                              {"name": "no_decay", "algorithm": {...}, "parameters": ["l1.bias"]}]},
+//!     "scheduler": {"type": "scheduler", "schedule": {"kind": "cosine_annealing", "t_max": 100, "eta_min": 0.0},
+//!                   "last_epoch": 10, "step_count": 11, "base_lrs": [0.001, 0.001], "last_lrs": [...]},
 //!     "scaler": {"type": "grad_scaler", "scale": 65536.0, "growth_tracker": 3, "init_scale": 65536.0,
 //!                "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000},
 //!     "step": {"type": "value", "value": 100}
@@ -21,6 +25,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::optim::Algorithm;
+use crate::optim::SchedulerState;
 use crate::precision::{GradScalerConfig, GradScalerState};
 
 pub(crate) const FORMAT: &str = "fabric-checkpoint";
@@ -55,6 +60,14 @@ pub(crate) enum EntryMeta {
         file: FileMeta,
         algorithm: Algorithm,
         parameters: Vec<String>,
+        /// The parameter groups; absent in checkpoints from before groups,
+        /// which had one group of every parameter with `algorithm`.
+        #[serde(default)]
+        groups: Vec<GroupMeta>,
+    },
+    Scheduler {
+        #[serde(flatten)]
+        state: SchedulerState,
     },
     GradScaler {
         scale: f64,
@@ -69,11 +82,21 @@ pub(crate) enum EntryMeta {
     },
 }
 
+/// A parameter group of an optimizer entry: its name, settings and
+/// parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct GroupMeta {
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub parameters: Vec<String>,
+}
+
 impl EntryMeta {
     pub(crate) fn type_name(&self) -> &'static str {
         match self {
             EntryMeta::Model { .. } => "model",
             EntryMeta::Optimizer { .. } => "optimizer",
+            EntryMeta::Scheduler { .. } => "scheduler",
             EntryMeta::GradScaler { .. } => "grad scaler",
             EntryMeta::Value { .. } => "value",
         }

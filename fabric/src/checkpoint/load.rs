@@ -7,11 +7,11 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::format::{self, EntryMeta, FileMeta, Meta};
+use super::format::{self, EntryMeta, FileMeta, GroupMeta, Meta};
 use super::tensors::{self, FileTensor};
 use super::{Entry, State, atomic};
 use crate::error::{Error, Result};
-use crate::optim::{Algorithm, Optimizer, ParamState};
+use crate::optim::{Algorithm, DEFAULT_GROUP, Optimizer, ParamState, SchedulerState};
 use crate::precision::{GradScaler, GradScalerState};
 
 /// What [`Fabric::load`](crate::Fabric::load) did not load. After a strict
@@ -156,7 +156,8 @@ fn read_file(path: &Path, file: &FileMeta) -> Result<Vec<u8>> {
 /// What to do to the state, once everything is checked.
 enum Action {
     Model(Vec<(Tensor, Tensor)>),
-    Optimizer(Algorithm, BTreeMap<String, ParamState>),
+    Optimizer(Algorithm, Vec<Algorithm>, BTreeMap<String, ParamState>),
+    Scheduler(SchedulerState),
     Scaler(GradScalerState),
     Value(Box<dyn Any>),
 }
@@ -241,13 +242,28 @@ fn plan(
                     file,
                     algorithm,
                     parameters,
+                    groups,
                 },
             ) => {
                 let optimizer = slot.stateful()?;
                 let bytes = read_file(path, file)?;
                 let saved = parse(path, file, &bytes)?;
                 plan_optimizer(name, optimizer, *algorithm, parameters, &saved, &mut report)?
-                    .map(|states| Action::Optimizer(*algorithm, states))
+                    .and_then(|states| {
+                        plan_groups(name, optimizer, *algorithm, parameters, groups, &mut report)
+                            .map(|groups| Action::Optimizer(*algorithm, groups, states))
+                    })
+            }
+            (Entry::Scheduler(scheduler), EntryMeta::Scheduler { state: saved }) => {
+                match scheduler.check(saved) {
+                    None => Some(Action::Scheduler(saved.clone())),
+                    Some(problem) => {
+                        report
+                            .mismatched
+                            .push(format!("scheduler `{name}` {problem}"));
+                        None
+                    }
+                }
             }
             (Entry::Scaler(_), saved @ EntryMeta::GradScaler { .. }) => {
                 let saved = format::scaler_state(saved).expect("a grad scaler entry");
@@ -269,6 +285,7 @@ fn plan(
                 let wanted = match entry {
                     Entry::Model(_) => "model",
                     Entry::Optimizer(_) => "optimizer",
+                    Entry::Scheduler(_) => "scheduler",
                     Entry::Scaler(_) => "grad scaler",
                     Entry::Value(_) => "value",
                 };
@@ -341,6 +358,100 @@ fn plan_model(
         report.unexpected.push(format!("{entry}: {name}"));
     }
     Ok(copies)
+}
+
+/// The settings of each parameter group of `optimizer` from the saved
+/// groups, after checking that they are the same groups (names, order and
+/// parameters) with valid settings of the same algorithm; `None`, with the
+/// problem in `report`, otherwise. A checkpoint from before groups has one
+/// group of every parameter with `algorithm`.
+fn plan_groups(
+    entry: &str,
+    optimizer: &Optimizer,
+    algorithm: Algorithm,
+    parameters: &[String],
+    saved: &[GroupMeta],
+    report: &mut LoadReport,
+) -> Option<Vec<Algorithm>> {
+    let single;
+    let saved = if saved.is_empty() {
+        single = [GroupMeta {
+            name: DEFAULT_GROUP.into(),
+            algorithm,
+            parameters: parameters.to_vec(),
+        }];
+        &single[..]
+    } else {
+        saved
+    };
+    let describe = |groups: Vec<(&str, &[String])>| {
+        groups
+            .iter()
+            .map(|(name, params)| format!("{name} [{}]", params.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let ours: Vec<(&str, &[String])> = optimizer
+        .groups()
+        .iter()
+        .map(|g| (g.name(), g.parameters()))
+        .collect();
+    let theirs: Vec<(&str, &[String])> = saved
+        .iter()
+        .map(|g| (g.name.as_str(), g.parameters.as_slice()))
+        .collect();
+    let names_match =
+        ours.len() == theirs.len() && ours.iter().zip(&theirs).all(|(a, b)| a.0 == b.0);
+    // Parameters missing on either side are reported by `plan_optimizer`;
+    // the groups of the others must agree.
+    let shared = |params: &[String], other: &[String]| -> Vec<String> {
+        let mut shared: Vec<String> = params
+            .iter()
+            .filter(|p| other.contains(p))
+            .cloned()
+            .collect();
+        shared.sort();
+        shared
+    };
+    let all_ours = optimizer.parameter_names();
+    let members_match = names_match
+        && ours
+            .iter()
+            .zip(&theirs)
+            .all(|(a, b)| shared(a.1, parameters) == shared(b.1, all_ours));
+    if !members_match {
+        report.mismatched.push(format!(
+            "optimizer `{entry}`: its parameter groups are {} in the checkpoint and {} in the state",
+            describe(theirs),
+            describe(ours)
+        ));
+        return None;
+    }
+    let mut settings = Vec::new();
+    for group in saved {
+        if group.algorithm.name() != optimizer.algorithm_name() {
+            report.mismatched.push(format!(
+                "optimizer `{entry}`: group `{}` is {} in the checkpoint and the optimizer {}",
+                group.name,
+                group.algorithm.name(),
+                optimizer.algorithm_name()
+            ));
+            return None;
+        }
+        // A scheduler may have left a negative learning rate, as PyTorch's
+        // (the last step of a linear one-cycle schedule): the rest is
+        // checked.
+        let checked = group.algorithm.with_lr(group.algorithm.lr().abs());
+        if let Err(error) = checked.validate() {
+            report.mismatched.push(format!(
+                "optimizer `{entry}`: group `{}`: {error}",
+                group.name
+            ));
+            return None;
+        }
+        settings.push(group.algorithm);
+    }
+    Some(settings)
 }
 
 /// The states that load an optimizer, after checking its algorithm, its
@@ -442,9 +553,10 @@ fn apply(state: &mut State<'_>, actions: Vec<(usize, Action)>) -> Result<()> {
                 }
                 Ok::<_, Error>(())
             })?,
-            (Entry::Optimizer(slot), Action::Optimizer(algorithm, states)) => {
-                slot.stateful_mut()?.restore(algorithm, states);
+            (Entry::Optimizer(slot), Action::Optimizer(algorithm, groups, states)) => {
+                slot.stateful_mut()?.restore(algorithm, groups, states);
             }
+            (Entry::Scheduler(scheduler), Action::Scheduler(saved)) => scheduler.restore(saved),
             (Entry::Scaler(scaler), Action::Scaler(saved)) => scaler
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `<name>.safetensors` for each model entry | the `VarStore`'s variables under their names (`layer.weight`), as `safetensors.torch.load_file` reads them |
 //! | `<name>.safetensors` for each optimizer entry | the state tensors as `<parameter>/<state>` (`layer.weight/exp_avg`) |
-//! | `meta.json` | the format and version, and every entry: the file of a model or optimizer with its size and CRC-32C, an optimizer's algorithm, hyperparameters and parameter names, the loss scaler's state, and user values as JSON |
+//! | `meta.json` | the format and version, and every entry: the file of a model or optimizer with its size and CRC-32C, an optimizer's algorithm, hyperparameters, parameter names and parameter groups (each with its settings and parameters), a scheduler's schedule and position, the loss scaler's state, and user values as JSON |
 //!
 //! So with `State::new().model("model", &mut vs)`, Python reads the weights
 //! with `safetensors.torch.load_file("ckpt/model.safetensors")`.
@@ -60,7 +60,7 @@ use serde::de::DeserializeOwned;
 use tch::nn::VarStore;
 
 use crate::error::{Error, Result};
-use crate::optim::Optimizer;
+use crate::optim::{LrScheduler, Optimizer};
 use crate::optimizer::FabricOptimizer;
 use crate::precision::GradScaler;
 
@@ -69,7 +69,8 @@ pub(crate) use load::load;
 pub(crate) use save::save;
 
 /// What a checkpoint holds, by entry name, as Lightning's `state` dict:
-/// models (their `VarStore`), optimizers, the loss scaler and user values.
+/// models (their `VarStore`), optimizers, learning-rate schedulers, the
+/// loss scaler and user values.
 ///
 /// The entries borrow the objects, so a `State` is built where it is used:
 ///
@@ -103,6 +104,7 @@ pub struct State<'a> {
 pub(crate) enum Entry<'a> {
     Model(&'a mut VarStore),
     Optimizer(&'a mut dyn OptimizerSlot),
+    Scheduler(&'a mut LrScheduler),
     Scaler(Arc<Mutex<GradScaler>>),
     Value(&'a mut dyn ValueSlot),
 }
@@ -116,6 +118,7 @@ impl std::fmt::Debug for State<'_> {
                 let kind = match entry {
                     Entry::Model(_) => "model",
                     Entry::Optimizer(_) => "optimizer",
+                    Entry::Scheduler(_) => "scheduler",
                     Entry::Scaler(_) => "grad scaler",
                     Entry::Value(_) => "value",
                 };
@@ -150,6 +153,17 @@ impl<'a> State<'a> {
     ) -> Self {
         self.entries
             .push((name.into(), Entry::Optimizer(optimizer)));
+        self
+    }
+
+    /// A learning-rate scheduler: its schedule's settings and its position
+    /// (as PyTorch's `scheduler.state_dict()`). The learning rates it set
+    /// are the optimizer's, saved with the optimizer's entry; a lambda
+    /// schedule's function is not saved (the scheduler loaded into keeps
+    /// its own), and loading a schedule of another kind is an error.
+    pub fn scheduler(mut self, name: impl Into<String>, scheduler: &'a mut LrScheduler) -> Self {
+        self.entries
+            .push((name.into(), Entry::Scheduler(scheduler)));
         self
     }
 
@@ -202,8 +216,9 @@ impl<'a> State<'a> {
     }
 }
 
-/// An optimizer whose state a [`State`] can hold: fabric's [`Optimizer`],
-/// or a [`FabricOptimizer`] wrapping one.
+/// An optimizer whose state a [`State`] can hold and whose learning rates
+/// an [`LrScheduler`] sets: fabric's [`Optimizer`], or a
+/// [`FabricOptimizer`] wrapping one.
 pub trait OptimizerSlot {
     /// The optimizer, or why it cannot be checkpointed.
     fn stateful(&self) -> Result<&Optimizer>;

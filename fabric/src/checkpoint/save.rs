@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use super::format::{self, EntryMeta, FileMeta, Meta};
+use super::format::{self, EntryMeta, FileMeta, GroupMeta, Meta};
 use super::tensors::{self, HostTensor};
 use super::{Entry, State, atomic};
 use crate::error::{Error, Result};
@@ -75,8 +75,20 @@ fn write_entries(dir: &Path, state: &State<'_>) -> Result<()> {
                     file: write_tensors(dir, name, &host)?,
                     algorithm: *optimizer.algorithm(),
                     parameters: optimizer.parameter_names().to_vec(),
+                    groups: optimizer
+                        .groups()
+                        .iter()
+                        .map(|g| GroupMeta {
+                            name: g.name().to_owned(),
+                            algorithm: *g.algorithm(),
+                            parameters: g.parameters().to_vec(),
+                        })
+                        .collect(),
                 }
             }
+            Entry::Scheduler(scheduler) => EntryMeta::Scheduler {
+                state: scheduler.state().clone(),
+            },
             Entry::Scaler(scaler) => {
                 EntryMeta::scaler(scaler.lock().unwrap_or_else(|p| p.into_inner()).state())
             }

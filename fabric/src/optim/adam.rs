@@ -162,6 +162,22 @@ impl Rule for Adam {
         self.lr = lr;
     }
 
+    fn weight_decay(&self) -> f64 {
+        self.weight_decay
+    }
+
+    fn set_weight_decay(&mut self, weight_decay: f64) {
+        self.weight_decay = weight_decay;
+    }
+
+    fn momentum(&self) -> f64 {
+        self.betas.0
+    }
+
+    fn set_momentum(&mut self, momentum: f64) {
+        self.betas.0 = momentum;
+    }
+
     fn validate(&self) -> Result<()> {
         let (b1, b2) = self.betas;
         let valid = self.lr >= 0.0

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use tch::nn::VarStore;
 
+use super::groups::{ParamGroup, WithGroups};
 use super::optimizer::Optimizer;
 use super::rule::Rule;
 use super::{Adam, Sgd};
@@ -61,6 +62,13 @@ macro_rules! algorithms {
                 pub fn build_for(self, parameters: Vec<(String, Tensor)>) -> Result<Optimizer> {
                     Optimizer::new(self.into(), parameters)
                 }
+
+                /// These settings with a parameter group, whose parameters
+                /// get its learning rate and weight decay; add more with
+                /// [`WithGroups::group`], then `build`. See [`ParamGroup`].
+                pub fn group(self, group: ParamGroup) -> WithGroups {
+                    WithGroups::new(self.into()).group(group)
+                }
             }
         )*
     };
@@ -93,5 +101,11 @@ impl Algorithm {
     /// what is accepted.
     pub(crate) fn validate(&self) -> Result<()> {
         self.rule().validate()
+    }
+
+    /// These settings with the learning rate `lr`.
+    pub(crate) fn with_lr(mut self, lr: f64) -> Self {
+        self.rule_mut().set_lr(lr);
+        self
     }
 }

@@ -1,5 +1,8 @@
 //! fabric's own optimizers, whose state is reachable and checkpointed:
-//! [`Sgd`], [`Adam`] and [`AdamW`], matching `torch.optim`.
+//! [`Sgd`], [`Adam`] and [`AdamW`], matching `torch.optim`; their
+//! parameter groups ([`ParamGroup`]: a learning rate and weight decay of
+//! their own, as `torch.optim`'s `param_groups`), and learning-rate
+//! schedulers ([`LrScheduler`], matching `torch.optim.lr_scheduler`).
 //!
 //! tch's `nn::Optimizer` keeps its state inside libtorch where it cannot be
 //! read, so a run resumed from a checkpoint restarts its momentum buffers
@@ -53,8 +56,10 @@ macro_rules! setters {
 
 mod adam;
 mod algorithm;
+mod groups;
 mod optimizer;
 mod rule;
+mod scheduler;
 mod sgd;
 #[cfg(test)]
 mod tests;
@@ -65,7 +70,10 @@ use tch::Tensor;
 
 pub use adam::{Adam, AdamW};
 pub use algorithm::Algorithm;
+pub use groups::{DEFAULT_GROUP, Group, ParamGroup, WithGroups, is_bias_or_norm};
 pub use optimizer::Optimizer;
+pub(crate) use scheduler::SchedulerState;
+pub use scheduler::{Anneal, LrScheduler, OneCycle, Schedule};
 pub use sgd::Sgd;
 
 use crate::error::Error;

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tch::{Device, Kind, Tensor};
 
-use super::rule::pick;
+use super::groups::{DEFAULT_GROUP, Group};
+use super::rule::{Rule, pick};
 use super::{Algorithm, ParamState, invalid};
 use crate::error::Result;
 
@@ -14,10 +15,15 @@ use crate::error::Result;
 /// [`Adam::build`](super::Adam::build) or
 /// [`AdamW::new`](super::AdamW::new)`(..).build`, and set up with
 /// [`Fabric::setup`](crate::Fabric::setup) like tch's optimizers.
+///
+/// Its parameters are in parameter [`groups`](Self::groups), each with its
+/// own learning rate and weight decay (one group, `"default"`, unless built
+/// with [`ParamGroup`](super::ParamGroup)s).
 pub struct Optimizer {
     names: Vec<String>,
     params: Vec<Tensor>,
     algorithm: Algorithm,
+    groups: Vec<Group>,
     states: Vec<ParamState>,
     fused: bool,
 }
@@ -26,7 +32,7 @@ impl std::fmt::Debug for Optimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Optimizer")
             .field("algorithm", &self.algorithm)
-            .field("parameters", &self.names)
+            .field("groups", &self.groups)
             .field("fused", &self.fused)
             .finish()
     }
@@ -37,6 +43,23 @@ impl Optimizer {
     /// that no name is given twice and that every parameter is a
     /// floating-point tensor.
     pub(super) fn new(algorithm: Algorithm, parameters: Vec<(String, Tensor)>) -> Result<Self> {
+        let members = (0..parameters.len()).collect();
+        let group = Group {
+            name: DEFAULT_GROUP.into(),
+            algorithm,
+            parameters: parameters.iter().map(|(n, _)| n.clone()).collect(),
+            members,
+        };
+        Self::with_groups(algorithm, parameters, vec![group])
+    }
+
+    /// An optimizer for `parameters` in `groups` (which cover every
+    /// parameter once), after the checks of [`new`](Self::new).
+    pub(super) fn with_groups(
+        algorithm: Algorithm,
+        parameters: Vec<(String, Tensor)>,
+        groups: Vec<Group>,
+    ) -> Result<Self> {
         algorithm.validate()?;
         let mut seen = BTreeSet::new();
         for (name, tensor) in &parameters {
@@ -58,6 +81,7 @@ impl Optimizer {
             names,
             params,
             algorithm,
+            groups,
             states,
             fused: true,
         })
@@ -71,9 +95,65 @@ impl Optimizer {
         self
     }
 
-    /// The algorithm and its hyperparameters.
+    /// The algorithm and the hyperparameters it was built with (each
+    /// group's, with the group's learning rate and weight decay, are in
+    /// [`groups`](Self::groups)).
     pub fn algorithm(&self) -> &Algorithm {
         &self.algorithm
+    }
+
+    /// The parameter groups, the one of the parameters no
+    /// [`ParamGroup`](super::ParamGroup) selected (`"default"`) first.
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// The learning rate of every group, in the order of
+    /// [`groups`](Self::groups) (what a scheduler sets).
+    pub fn lrs(&self) -> Vec<f64> {
+        self.groups.iter().map(Group::lr).collect()
+    }
+
+    /// Sets the learning rate of every group, in the order of
+    /// [`groups`](Self::groups); an error unless `lrs` has one finite
+    /// learning rate >= 0 per group.
+    pub fn set_lrs(&mut self, lrs: &[f64]) -> Result<()> {
+        if let Some(bad) = lrs.iter().find(|lr| **lr < 0.0) {
+            return Err(invalid(format!(
+                "the learning rate {bad} is not accepted: learning rates are finite and >= 0"
+            )));
+        }
+        self.set_scheduled_lrs(lrs)
+    }
+
+    /// Sets the learning rate of every group as a scheduler does: finite,
+    /// and negative where PyTorch's formulas give a negative one (a linear
+    /// one-cycle schedule's last step can).
+    pub(crate) fn set_scheduled_lrs(&mut self, lrs: &[f64]) -> Result<()> {
+        if lrs.len() != self.groups.len() {
+            return Err(invalid(format!(
+                "{} learning rates for {} parameter groups: give one per group",
+                lrs.len(),
+                self.groups.len()
+            )));
+        }
+        if let Some(bad) = lrs.iter().find(|lr| !lr.is_finite()) {
+            return Err(invalid(format!(
+                "the learning rate {bad} is not accepted: learning rates are finite and >= 0"
+            )));
+        }
+        for (group, &lr) in self.groups.iter_mut().zip(lrs) {
+            group.algorithm.rule_mut().set_lr(lr);
+        }
+        Ok(())
+    }
+
+    /// Sets the momentum of every group (one per group, checked by the
+    /// caller).
+    pub(crate) fn set_momentums(&mut self, momentums: &[f64]) {
+        for (group, &momentum) in self.groups.iter_mut().zip(momentums) {
+            group.algorithm.rule_mut().set_momentum(momentum);
+        }
     }
 
     /// `"sgd"`, `"adam"` or `"adamw"`.
@@ -81,14 +161,18 @@ impl Optimizer {
         self.algorithm.name()
     }
 
-    /// The learning rate.
+    /// The learning rate of the first group (the only one without
+    /// [`ParamGroup`](super::ParamGroup)s).
     pub fn lr(&self) -> f64 {
-        self.algorithm.lr()
+        self.groups[0].lr()
     }
 
-    /// Sets the learning rate (for a schedule).
+    /// Sets the learning rate of every group (as tch's `set_lr`); see
+    /// [`set_lrs`](Self::set_lrs) for one per group.
     pub fn set_lr(&mut self, lr: f64) {
-        self.algorithm.rule_mut().set_lr(lr);
+        for group in &mut self.groups {
+            group.algorithm.rule_mut().set_lr(lr);
+        }
     }
 
     /// The parameters, in the order of [`parameter_names`](Self::parameter_names).
@@ -126,31 +210,39 @@ impl Optimizer {
     }
 
     fn step_inner(&mut self) -> Result<()> {
-        let rule = self.algorithm.rule();
         let grads = self
             .params
             .iter()
             .map(Tensor::f_grad)
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        // Parameters grouped by (device, kind) for the fused kernels, the
-        // others one by one.
-        let mut groups: Vec<((Device, Kind), Vec<usize>)> = Vec::new();
+        for g in 0..self.groups.len() {
+            let (rule, members) = (self.groups[g].algorithm, self.groups[g].members.clone());
+            self.step_group(rule.rule(), &members, &grads)?;
+        }
+        Ok(())
+    }
+
+    /// Steps the parameters at `members` (increasing) with `rule`: grouped
+    /// by (device, kind) for the fused kernels, the others one by one.
+    fn step_group(&mut self, rule: &dyn Rule, members: &[usize], grads: &[Tensor]) -> Result<()> {
+        let mut fused: Vec<((Device, Kind), Vec<usize>)> = Vec::new();
         let mut singles = Vec::new();
-        for (i, (param, grad)) in self.params.iter().zip(&grads).enumerate() {
+        for &i in members {
+            let (param, grad) = (&self.params[i], &grads[i]);
             if !grad.defined() {
                 continue;
             }
             let key = (param.device(), param.f_kind()?);
             if self.fused && fusable(key) && (grad.device(), grad.f_kind()?) == key {
-                match groups.iter_mut().find(|(k, _)| *k == key) {
+                match fused.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, members)) => members.push(i),
-                    None => groups.push((key, vec![i])),
+                    None => fused.push((key, vec![i])),
                 }
             } else {
                 singles.push(i);
             }
         }
-        for (_, members) in groups {
+        for (_, members) in fused {
             // `members` is in increasing order.
             let mut states: Vec<&mut ParamState> = self
                 .states
@@ -161,7 +253,7 @@ impl Optimizer {
                 .collect();
             rule.fused_step(
                 &pick(&self.params, &members),
-                &pick(&grads, &members),
+                &pick(grads, &members),
                 &mut states,
             )?;
         }
@@ -182,10 +274,19 @@ impl Optimizer {
         all
     }
 
-    /// Replaces the algorithm and the state of the parameters named in
-    /// `states` (checked by the caller); the others keep theirs.
-    pub(crate) fn restore(&mut self, algorithm: Algorithm, states: BTreeMap<String, ParamState>) {
+    /// Replaces the algorithm, the settings of each group (`groups`, one
+    /// per group, checked by the caller) and the state of the parameters
+    /// named in `states`; the others keep theirs.
+    pub(crate) fn restore(
+        &mut self,
+        algorithm: Algorithm,
+        groups: Vec<Algorithm>,
+        states: BTreeMap<String, ParamState>,
+    ) {
         self.algorithm = algorithm;
+        for (group, settings) in self.groups.iter_mut().zip(groups) {
+            group.algorithm = settings;
+        }
         for (name, state) in states {
             if let Some(index) = self.names.iter().position(|n| *n == name) {
                 self.states[index] = state;

@@ -27,6 +27,19 @@ pub(crate) trait Rule {
     /// Sets the learning rate.
     fn set_lr(&mut self, lr: f64);
 
+    /// The weight decay.
+    fn weight_decay(&self) -> f64;
+
+    /// Sets the weight decay (of a parameter group).
+    fn set_weight_decay(&mut self, weight_decay: f64);
+
+    /// The momentum one-cycle schedules cycle: SGD's momentum, Adam's
+    /// first beta.
+    fn momentum(&self) -> f64;
+
+    /// Sets that momentum.
+    fn set_momentum(&mut self, momentum: f64);
+
     /// Checks the hyperparameters: an error says which are out of range and
     /// what is accepted.
     fn validate(&self) -> Result<()>;

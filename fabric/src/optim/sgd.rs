@@ -101,6 +101,22 @@ impl Rule for Sgd {
         self.lr = lr;
     }
 
+    fn weight_decay(&self) -> f64 {
+        self.weight_decay
+    }
+
+    fn set_weight_decay(&mut self, weight_decay: f64) {
+        self.weight_decay = weight_decay;
+    }
+
+    fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    fn set_momentum(&mut self, momentum: f64) {
+        self.momentum = momentum;
+    }
+
     fn validate(&self) -> Result<()> {
         let s = self;
         if !(s.lr >= 0.0 && s.momentum >= 0.0 && s.weight_decay >= 0.0 && s.dampening.is_finite()) {
