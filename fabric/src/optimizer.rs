@@ -197,3 +197,18 @@ impl FabricOptimizer {
         }
     }
 }
+
+fn not_stateful() -> Error {
+    Error::InvalidArgument(
+        "this optimizer is tch's `nn::Optimizer`, whose state cannot be read: build it with `fabric::optim` (Sgd, Adam, AdamW) to checkpoint it".into(),
+    )
+}
+
+impl optim::OptimizerSlot for FabricOptimizer {
+    fn stateful(&self) -> Result<&optim::Optimizer> {
+        self.optimizer().ok_or_else(not_stateful)
+    }
+    fn stateful_mut(&mut self) -> Result<&mut optim::Optimizer> {
+        self.optimizer_mut().ok_or_else(not_stateful)
+    }
+}

@@ -60,8 +60,8 @@ use serde::de::DeserializeOwned;
 use tch::nn::VarStore;
 
 use crate::error::{Error, Result};
-use crate::optim::{LrScheduler, Optimizer};
-use crate::optimizer::FabricOptimizer;
+use crate::optim::LrScheduler;
+pub use crate::optim::OptimizerSlot;
 use crate::precision::GradScaler;
 
 pub use load::LoadReport;
@@ -143,7 +143,7 @@ impl<'a> State<'a> {
     }
 
     /// An optimizer of fabric's ([`optim`](crate::optim)), set up
-    /// ([`FabricOptimizer`]) or not: its hyperparameters and state tensors.
+    /// ([`FabricOptimizer`](crate::FabricOptimizer)) or not: its hyperparameters and state tensors.
     /// A `FabricOptimizer` wrapping tch's optimizer is an error at save and
     /// load time, since its state is not reachable.
     pub fn optimizer(
@@ -213,40 +213,6 @@ impl<'a> State<'a> {
             }
         }
         Ok(())
-    }
-}
-
-/// An optimizer whose state a [`State`] can hold and whose learning rates
-/// an [`LrScheduler`] sets: fabric's [`Optimizer`], or a
-/// [`FabricOptimizer`] wrapping one.
-pub trait OptimizerSlot {
-    /// The optimizer, or why it cannot be checkpointed.
-    fn stateful(&self) -> Result<&Optimizer>;
-    /// The optimizer, mutably.
-    fn stateful_mut(&mut self) -> Result<&mut Optimizer>;
-}
-
-impl OptimizerSlot for Optimizer {
-    fn stateful(&self) -> Result<&Optimizer> {
-        Ok(self)
-    }
-    fn stateful_mut(&mut self) -> Result<&mut Optimizer> {
-        Ok(self)
-    }
-}
-
-fn not_stateful() -> Error {
-    Error::InvalidArgument(
-        "this optimizer is tch's `nn::Optimizer`, whose state cannot be read: build it with `fabric::optim` (Sgd, Adam, AdamW) to checkpoint it".into(),
-    )
-}
-
-impl OptimizerSlot for FabricOptimizer {
-    fn stateful(&self) -> Result<&Optimizer> {
-        self.optimizer().ok_or_else(not_stateful)
-    }
-    fn stateful_mut(&mut self) -> Result<&mut Optimizer> {
-        self.optimizer_mut().ok_or_else(not_stateful)
     }
 }
 

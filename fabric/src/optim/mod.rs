@@ -61,6 +61,7 @@ mod optimizer;
 mod rule;
 mod scheduler;
 mod sgd;
+mod slot;
 #[cfg(test)]
 mod tests;
 
@@ -75,6 +76,7 @@ pub use optimizer::Optimizer;
 pub(crate) use scheduler::SchedulerState;
 pub use scheduler::{Anneal, LrScheduler, OneCycle, Schedule};
 pub use sgd::Sgd;
+pub use slot::OptimizerSlot;
 
 use crate::error::Error;
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::OptimizerSlot;
 use super::invalid;
-use crate::checkpoint::OptimizerSlot;
 use crate::error::Result;
 
 /// A learning-rate factor by step, for [`Schedule::lambda`].
