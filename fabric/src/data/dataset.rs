@@ -79,8 +79,8 @@ tensor_tuples!((Tensor 0, Tensor 1), (Tensor 0, Tensor 1, Tensor 2), (Tensor 0, 
 /// PyTorch's `TensorDataset`: batches are the same tensors indexed by the
 /// batch's sample indices.
 ///
-/// The tensors are behind a lock, since a loader's background thread
-/// ([`DataLoader::prefetch`](super::DataLoader::prefetch)) makes batches
+/// The tensors are behind a lock, since a loader's worker threads
+/// ([`DataLoader::num_workers`](super::DataLoader::num_workers)) make batches
 /// from the same data set as the thread that owns it: batches are made one
 /// at a time, and the tensors themselves are reachable only through `&mut`
 /// ([`tensors`](Self::tensors)) or by value ([`into_tensors`](Self::into_tensors)).
