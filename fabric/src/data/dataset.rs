@@ -11,6 +11,11 @@ use crate::error::{Error, Result};
 /// Implement [`get_batch`](Self::get_batch) to build a whole batch at once:
 /// for tensors that is one indexing operation per tensor instead of one per
 /// sample, which is what makes small models fast.
+///
+/// A data set that is `Send + Sync` (with `Send` batches) can be shared by a
+/// loader's worker threads ([`DataLoader::num_workers`](super::DataLoader::num_workers)),
+/// which call `get_batch` concurrently; any data set loads on the thread
+/// that iterates.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a data set",
     note = "implement `fabric::data::Dataset` for `{Self}`, or wrap tensors in `fabric::data::TensorDataset`"

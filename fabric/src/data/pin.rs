@@ -37,7 +37,7 @@ use tch::{Device, TchError, Tensor};
 pub trait PinMemory: Sized {
     /// The same data in page-locked host memory, for copies to `device` (a
     /// CUDA device). Tensors that are not on the CPU are returned as they
-    /// are. libtorch fails when it has no CUDA backend: fabric calls this
+    /// are; those on the CPU are copied, even if already pinned. libtorch fails when it has no CUDA backend: fabric calls this
     /// only for loaders whose run is on a CUDA device.
     fn try_pin_memory(self, device: Device) -> Result<Self, TchError>;
 
@@ -50,7 +50,10 @@ pub trait PinMemory: Sized {
 impl PinMemory for Tensor {
     fn try_pin_memory(self, device: Device) -> Result<Self, TchError> {
         if self.device() == Device::Cpu {
-            self.f_pin_memory(device)
+            // `pin_memory` itself warns that its device argument is
+            // deprecated, and tch always passes one; `_pin_memory` is the
+            // operation it runs on a tensor not pinned yet.
+            self.f_internal_pin_memory(device)
         } else {
             Ok(self)
         }
