@@ -338,29 +338,30 @@ fn bad_worker_settings_are_errors_or_clamps_not_hangs() {
     assert_eq!(loader.iter().count(), 0);
 }
 
-static PINNED: AtomicUsize = AtomicUsize::new(0);
-
-/// A batch type of the user's: records whether pinning worked.
-struct Recorded(Tensor);
+/// A batch type of the user's, counting the batches pinned (in the
+/// counter its data set hands it).
+struct Recorded(Tensor, Arc<AtomicUsize>);
 impl PinMemory for Recorded {
     fn try_pin_memory(self, device: Device) -> Result<Self, TchError> {
         let pinned = self.0.try_pin_memory(device)?;
         if pinned.f_is_pinned(device)? {
-            PINNED.fetch_add(1, Ordering::SeqCst);
+            self.1.fetch_add(1, Ordering::SeqCst);
         }
-        Ok(Recorded(pinned))
+        Ok(Recorded(pinned, self.1))
     }
     fn try_to_device_non_blocking(self, device: Device) -> Result<Self, TchError> {
-        Ok(Recorded(self.0.try_to_device_non_blocking(device)?))
+        Ok(Recorded(self.0.try_to_device_non_blocking(device)?, self.1))
     }
 }
 impl ToDevice for Recorded {
     fn try_to_device(self, device: Device) -> Result<Self, TchError> {
-        Ok(Recorded(self.0.try_to_device(device)?))
+        Ok(Recorded(self.0.try_to_device(device)?, self.1))
     }
 }
 
-struct Numbers;
+struct Numbers {
+    pinned: Arc<AtomicUsize>,
+}
 impl Dataset for Numbers {
     type Batch = Recorded;
     fn len(&self) -> usize {
@@ -368,13 +369,19 @@ impl Dataset for Numbers {
     }
     fn get_batch(&self, indices: &[usize]) -> fabric::Result<Recorded> {
         let i: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-        Ok(Recorded(Tensor::from_slice(&i)))
+        Ok(Recorded(Tensor::from_slice(&i), Arc::clone(&self.pinned)))
     }
 }
 
 /// The epoch's batches on `fabric`'s device, as vectors.
-fn pinned_epoch(fabric: &Fabric, workers: usize, pin: bool) -> Vec<Vec<i64>> {
-    let loader = DataLoader::new(Numbers)
+fn pinned_epoch(
+    fabric: &Fabric,
+    pinned: &Arc<AtomicUsize>,
+    workers: usize,
+    pin: bool,
+) -> Vec<Vec<i64>> {
+    let pinned = Arc::clone(pinned);
+    let loader = DataLoader::new(Numbers { pinned })
         .batch_size(4)
         .shuffle(true)
         .seed(3)
@@ -393,12 +400,13 @@ fn pinned_epoch(fabric: &Fabric, workers: usize, pin: bool) -> Vec<Vec<i64>> {
 #[test]
 fn pin_memory_on_a_cpu_run_pins_nothing_and_changes_nothing() {
     let fabric = Fabric::builder().accelerator("cpu").build().unwrap();
-    let expected = pinned_epoch(&fabric, 0, false);
+    let pinned = Arc::new(AtomicUsize::new(0));
+    let expected = pinned_epoch(&fabric, &pinned, 0, false);
     for workers in [0, 2] {
-        assert_eq!(pinned_epoch(&fabric, workers, true), expected);
+        assert_eq!(pinned_epoch(&fabric, &pinned, workers, true), expected);
     }
     assert_eq!(
-        PINNED.load(Ordering::SeqCst),
+        pinned.load(Ordering::SeqCst),
         0,
         "no CUDA device, nothing pinned"
     );
@@ -413,17 +421,22 @@ fn pin_memory_on_cuda_pins_every_batch_in_the_workers() {
         .devices(1)
         .build()
         .unwrap();
-    let expected = pinned_epoch(&fabric, 0, false);
-    assert_eq!(PINNED.load(Ordering::SeqCst), 0);
+    let pinned = Arc::new(AtomicUsize::new(0));
+    let expected = pinned_epoch(&fabric, &pinned, 0, false);
+    assert_eq!(
+        pinned.load(Ordering::SeqCst),
+        0,
+        "pin_memory(false) pins nothing"
+    );
     for workers in [0, 1, 3] {
         assert_eq!(
-            pinned_epoch(&fabric, workers, true),
+            pinned_epoch(&fabric, &pinned, workers, true),
             expected,
             "{workers} workers"
         );
     }
     assert_eq!(
-        PINNED.load(Ordering::SeqCst),
+        pinned.load(Ordering::SeqCst),
         3 * expected.len(),
         "every batch pinned"
     );
