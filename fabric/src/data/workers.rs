@@ -200,7 +200,28 @@ impl<B> Drop for Workers<B> {
 mod tests {
     use tch::{Kind, Tensor};
 
+    use super::*;
     use crate::data::{DataLoader, TensorDataset};
+
+    #[test]
+    fn a_worker_that_ends_without_its_batch_is_an_error_not_a_short_epoch() {
+        let (sender, receiver) = sync_channel::<Result<()>>(1);
+        sender.send(Ok(())).unwrap();
+        drop(sender);
+        let mut workers = Workers {
+            receivers: vec![receiver],
+            handles: Vec::new(),
+            next: 0,
+            total: 3,
+            epoch: 4,
+        };
+        assert!(matches!(workers.next_batch(), Some(Ok(()))));
+        let err = workers.next_batch().unwrap().unwrap_err().to_string();
+        assert!(
+            err.contains("data loading worker 0 ended without making batch 1 of epoch 4"),
+            "{err}"
+        );
+    }
 
     /// Each rank's shard, batch by batch, as (features, labels).
     fn shard_batches(
