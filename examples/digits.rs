@@ -51,7 +51,7 @@ pub fn train(fabric: &mut Fabric, epochs: usize) -> anyhow::Result<f64> {
         DataLoader::new(TensorDataset::new((train_x, train_y))?)
             .batch_size(64)
             .shuffle(true)
-            .prefetch(2),
+            .num_workers(1),
     )?;
 
     let progress = ProgressBar::new((epochs * train_loader.len()) as u64);

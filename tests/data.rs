@@ -1,8 +1,14 @@
-//! Data sets and loaders: batch sizes, drop_last, seeded shuffling, prefetch.
+//! Data sets and loaders: batch sizes, drop_last, seeded shuffling, worker
+//! threads (`tests/data/workers.rs`).
 
 use fabric::Fabric;
 use fabric::data::{DataLoader, Dataset, Sampler, TensorDataset};
 use tch::{Device, Kind, Tensor};
+
+#[path = "data/decode.rs"]
+mod decode;
+#[path = "data/workers.rs"]
+mod workers;
 
 fn numbers(n: i64) -> TensorDataset<(Tensor, Tensor)> {
     let x = Tensor::arange(n, (Kind::Float, Device::Cpu)).view([n, 1]);
@@ -74,7 +80,8 @@ fn shuffling_is_a_permutation_fixed_by_seed_and_epoch() {
 }
 
 #[test]
-fn prefetching_yields_the_same_batches() {
+#[allow(deprecated)]
+fn the_deprecated_prefetch_still_yields_the_same_batches() {
     let mut inline = DataLoader::new(numbers(100))
         .batch_size(9)
         .shuffle(true)
@@ -144,11 +151,11 @@ fn custom_samplers_choose_the_order_and_bad_ones_fail_cleanly() {
         .batch_size(2)
         .sampler(EveryOther);
     assert_eq!(epoch(&mut loader), vec![vec![0, 2], vec![4, 6]]);
-    for prefetch in [0, 2] {
+    for workers in [0, 2] {
         let mut loader = DataLoader::new(numbers(7))
             .batch_size(2)
             .sampler(OutOfRange)
-            .prefetch(prefetch);
+            .num_workers(workers);
         let items: Vec<_> = loader.iter().collect();
         assert_eq!(items.len(), 1, "the epoch ends at the first error");
         assert!(
@@ -217,8 +224,8 @@ impl Dataset for PanicsAtTwo {
 }
 
 #[test]
-fn a_panic_on_the_prefetching_thread_is_an_error_not_a_short_epoch() {
-    let mut loader = DataLoader::new(PanicsAtTwo).prefetch(2);
+fn a_panic_on_a_worker_thread_is_an_error_not_a_short_epoch() {
+    let mut loader = DataLoader::new(PanicsAtTwo).num_workers(1);
     let items: Vec<_> = loader.iter().collect();
     assert_eq!(items.len(), 3, "two batches, then the error");
     let err = items[2].as_ref().unwrap_err().to_string();

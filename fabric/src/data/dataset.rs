@@ -11,6 +11,11 @@ use crate::error::{Error, Result};
 /// Implement [`get_batch`](Self::get_batch) to build a whole batch at once:
 /// for tensors that is one indexing operation per tensor instead of one per
 /// sample, which is what makes small models fast.
+///
+/// A data set that is `Send + Sync` (with `Send` batches) can be shared by a
+/// loader's worker threads ([`DataLoader::num_workers`](super::DataLoader::num_workers)),
+/// which call `get_batch` concurrently; any data set loads on the thread
+/// that iterates.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a data set",
     note = "implement `fabric::data::Dataset` for `{Self}`, or wrap tensors in `fabric::data::TensorDataset`"
@@ -79,8 +84,8 @@ tensor_tuples!((Tensor 0, Tensor 1), (Tensor 0, Tensor 1, Tensor 2), (Tensor 0, 
 /// PyTorch's `TensorDataset`: batches are the same tensors indexed by the
 /// batch's sample indices.
 ///
-/// The tensors are behind a lock, since a loader's background thread
-/// ([`DataLoader::prefetch`](super::DataLoader::prefetch)) makes batches
+/// The tensors are behind a lock, since a loader's worker threads
+/// ([`DataLoader::num_workers`](super::DataLoader::num_workers)) make batches
 /// from the same data set as the thread that owns it: batches are made one
 /// at a time, and the tensors themselves are reachable only through `&mut`
 /// ([`tensors`](Self::tensors)) or by value ([`into_tensors`](Self::into_tensors)).

@@ -1,20 +1,35 @@
-//! [`DataLoader`]: batches from a data set, in a sampled order, optionally
-//! prepared on a background thread.
+//! [`DataLoader`]: batches from a data set, in a sampled order, made on the
+//! consuming thread or by worker threads.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
-use std::thread;
 
 use tch::Device;
 
 use super::dataset::Dataset;
+use super::pin::PinMemory;
 use super::sampler::{RandomSampler, Sampler, SequentialSampler};
-use crate::device::ToDevice;
+use super::workers::{self, MAX_WORKERS, PinFn, Plan, Workers};
 use crate::error::{Error, Result};
 use crate::seed;
 
-type Spawner<D> = fn(Arc<D>, Vec<Vec<usize>>, usize) -> Receiver<Result<<D as Dataset>::Batch>>;
+type Spawner<D> = fn(
+    Arc<D>,
+    Vec<Vec<usize>>,
+    Plan<<D as Dataset>::Batch>,
+) -> Result<Workers<<D as Dataset>::Batch>>;
+
+/// How a batch type is pinned, and moved from pinned memory to a device.
+pub(crate) struct Pinning<B> {
+    pub pin: PinFn<B>,
+    pub transfer: PinFn<B>,
+}
+
+impl<B> Clone for Pinning<B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B> Copy for Pinning<B> {}
 
 /// Draws batches from a [`Dataset`], as PyTorch's `DataLoader`.
 ///
@@ -26,11 +41,28 @@ type Spawner<D> = fn(Arc<D>, Vec<Vec<usize>>, usize) -> Receiver<Result<<D as Da
 ///   a seed picked when the loader is made. The same seed gives the same
 ///   orders.
 /// - [`sampler`](Self::sampler) replaces the order altogether.
-/// - [`prefetch`](Self::prefetch) prepares the next batches on a background
-///   thread while the current one trains.
+/// - [`num_workers`](Self::num_workers) makes batches on worker threads
+///   while the current one trains, [`prefetch_factor`](Self::prefetch_factor)
+///   ahead per worker; the batches and their order are the same for any
+///   number of workers.
+/// - [`pin_memory`](Self::pin_memory) puts batches in pinned memory when
+///   the run's device is CUDA.
 ///
 /// Each call to [`iter`](Self::iter) is one epoch; the epoch number advances
 /// after each call, or is set with [`set_epoch`](Self::set_epoch).
+///
+/// ```
+/// use fabric::data::{DataLoader, TensorDataset};
+/// use tch::{Device, Kind, Tensor};
+///
+/// let x = Tensor::arange(100, (Kind::Float, Device::Cpu)).view([100, 1]);
+/// let batches = |workers| -> Vec<Vec<f32>> {
+///     let dataset = TensorDataset::new(x.shallow_clone()).unwrap();
+///     let mut loader = DataLoader::new(dataset).batch_size(8).shuffle(true).seed(3).num_workers(workers);
+///     loader.iter().map(|b| Vec::try_from(b.unwrap().view([-1])).unwrap()).collect()
+/// };
+/// assert_eq!(batches(3), batches(0), "3 workers make what the loop alone makes");
+/// ```
 pub struct DataLoader<D: Dataset> {
     dataset: Arc<D>,
     batch_size: usize,
@@ -40,7 +72,12 @@ pub struct DataLoader<D: Dataset> {
     fallback_seed: u64,
     sampler: Option<Box<dyn Sampler>>,
     epoch: u64,
-    prefetch: Option<(usize, Spawner<D>)>,
+    /// The number of workers, and how to start them (0: none).
+    workers: (usize, Option<Spawner<D>>),
+    prefetch_factor: usize,
+    pinning: Option<Pinning<D::Batch>>,
+    /// The device batches are pinned for: set by fabric for CUDA runs.
+    pin_device: Option<Device>,
     /// This rank's shard: (rank, world size).
     shard: Option<(usize, usize)>,
 }
@@ -55,13 +92,17 @@ impl<D: Dataset> std::fmt::Debug for DataLoader<D> {
             .field("seed", &self.seed)
             .field("custom_sampler", &self.sampler.is_some())
             .field("epoch", &self.epoch)
-            .field("prefetch", &self.prefetch.map(|(n, _)| n))
+            .field("num_workers", &self.workers.0)
+            .field("prefetch_factor", &self.prefetch_factor)
+            .field("pin_memory", &self.pinning.is_some())
+            .field("pin_device", &self.pin_device)
             .finish()
     }
 }
 
 impl<D: Dataset> DataLoader<D> {
-    /// A loader over `dataset`: batches of 1, in order, no prefetching.
+    /// A loader over `dataset`: batches of 1, in order, made on the thread
+    /// that iterates.
     pub fn new(dataset: D) -> Self {
         DataLoader {
             dataset: Arc::new(dataset),
@@ -72,7 +113,10 @@ impl<D: Dataset> DataLoader<D> {
             fallback_seed: rand::random(),
             sampler: None,
             epoch: 0,
-            prefetch: None,
+            workers: (0, None),
+            prefetch_factor: 2,
+            pinning: None,
+            pin_device: None,
             shard: None,
         }
     }
@@ -108,6 +152,16 @@ impl<D: Dataset> DataLoader<D> {
         self
     }
 
+    /// Batches each worker makes ahead of the loop, as PyTorch's
+    /// `prefetch_factor` (2 by default): at most `num_workers *
+    /// prefetch_factor` batches exist that the loop has not taken, counting
+    /// those being made. At least 1 when there are workers (0 makes
+    /// iteration yield an error); without workers it has no effect.
+    pub fn prefetch_factor(mut self, prefetch_factor: usize) -> Self {
+        self.prefetch_factor = prefetch_factor;
+        self
+    }
+
     /// Sets the number of the next epoch, which seeds its order.
     pub fn set_epoch(&mut self, epoch: u64) {
         self.epoch = epoch;
@@ -121,6 +175,12 @@ impl<D: Dataset> DataLoader<D> {
     /// The data set.
     pub fn dataset(&self) -> &D {
         &self.dataset
+    }
+
+    /// The number of worker threads (0: batches are made by the thread that
+    /// iterates).
+    pub fn workers(&self) -> usize {
+        self.workers.0
     }
 
     /// The number of batches in the next epoch (of this rank's shard, once
@@ -162,6 +222,17 @@ impl<D: Dataset> DataLoader<D> {
         self.shard = Some((rank, world));
     }
 
+    /// How batches are pinned, if [`pin_memory`](Self::pin_memory) asked.
+    pub(crate) fn pinning(&self) -> Option<Pinning<D::Batch>> {
+        self.pinning
+    }
+
+    /// Pins batches for `device` from the next epoch on (when
+    /// [`pin_memory`](Self::pin_memory) asked).
+    pub(crate) fn set_pin_device(&mut self, device: Device) {
+        self.pin_device = Some(device);
+    }
+
     fn order(&self, epoch: u64) -> Vec<usize> {
         let len = self.dataset.len();
         let order = match &self.sampler {
@@ -179,10 +250,28 @@ impl<D: Dataset> DataLoader<D> {
     pub fn iter(&mut self) -> Batches<D> {
         let epoch = self.epoch;
         self.epoch += 1;
+        let state = match self.start(epoch) {
+            Ok(state) => state,
+            Err(error) => State::Done(Some(error)),
+        };
+        Batches { state }
+    }
+
+    fn start(&self, epoch: u64) -> Result<State<D>> {
         if self.batch_size == 0 {
-            return Batches {
-                state: State::Failed(Some(Error::Data("batch size must be at least 1".into()))),
-            };
+            return Err(Error::Data("batch size must be at least 1".into()));
+        }
+        let (workers, spawn) = self.workers;
+        if workers > MAX_WORKERS {
+            return Err(Error::Data(format!(
+                "num_workers is {workers}; a loader starts at most {MAX_WORKERS} worker threads"
+            )));
+        }
+        if workers > 0 && self.prefetch_factor == 0 {
+            return Err(Error::Data(
+                "prefetch_factor must be at least 1 with workers (it is the number of batches each worker makes ahead)"
+                    .into(),
+            ));
         }
         let order = self.order(epoch);
         let mut chunks: Vec<Vec<usize>> = order
@@ -192,16 +281,23 @@ impl<D: Dataset> DataLoader<D> {
         if self.drop_last && chunks.last().is_some_and(|c| c.len() < self.batch_size) {
             chunks.pop();
         }
-        let state = match self.prefetch {
-            Some((depth, spawn)) => {
-                State::Prefetch(spawn(Arc::clone(&self.dataset), chunks, depth))
+        let pin = self.pinning.zip(self.pin_device).map(|(p, d)| (p.pin, d));
+        Ok(match spawn {
+            Some(spawn) if workers > 0 && !chunks.is_empty() => {
+                let plan = Plan {
+                    workers,
+                    prefetch: self.prefetch_factor,
+                    epoch,
+                    pin,
+                };
+                State::Workers(spawn(Arc::clone(&self.dataset), chunks, plan)?)
             }
-            None => State::Inline {
+            _ => State::Inline {
                 dataset: Arc::clone(&self.dataset),
                 chunks: chunks.into_iter(),
+                pin,
             },
-        };
-        Batches { state }
+        })
     }
 }
 
@@ -210,10 +306,77 @@ where
     D: Dataset + Send + Sync + 'static,
     D::Batch: Send + 'static,
 {
+    /// Makes the batches on `num_workers` threads, as PyTorch's
+    /// `num_workers` (0, the default, makes them on the thread that
+    /// iterates). The batches and their order do not depend on it: the
+    /// epoch's sample indices are decided first, worker `w` makes batches
+    /// `w`, `w + num_workers`, ..., and the loop receives them in order.
+    /// The workers share the data set (it is `Sync`), start with each
+    /// epoch, and are stopped and joined when its [`Batches`] is dropped.
+    /// A batch a worker cannot make (an error, or a panic of the data set)
+    /// is an `Err` item in its place naming the worker and the batch, after
+    /// which the epoch ends. At most 1024 workers; fewer are started when
+    /// the epoch has fewer batches.
+    ///
+    /// Workers pay off when [`Dataset::get_batch`] does work on the CPU
+    /// (decoding, augmenting); a [`TensorDataset`](super::TensorDataset)
+    /// makes one batch at a time (its tensors are behind a lock), so for
+    /// it one worker, overlapping batches with training, is enough.
+    ///
+    /// The data set must be `Send + Sync` and its batches `Send`; one that
+    /// is not (it keeps a `Cell`, an `Rc`) still loads without workers:
+    ///
+    /// ```compile_fail,E0599
+    /// use std::cell::Cell;
+    /// use fabric::data::{DataLoader, Dataset};
+    ///
+    /// struct Counted { calls: Cell<u64> }
+    ///
+    /// impl Dataset for Counted {
+    ///     type Batch = u64;
+    ///     fn len(&self) -> usize { 1 }
+    ///     fn get_batch(&self, _: &[usize]) -> fabric::Result<u64> {
+    ///         self.calls.set(self.calls.get() + 1); // a data race on two threads
+    ///         Ok(self.calls.get())
+    ///     }
+    /// }
+    ///
+    /// let loader = DataLoader::new(Counted { calls: Cell::new(0) }).num_workers(2);
+    /// ```
+    pub fn num_workers(mut self, num_workers: usize) -> Self {
+        self.workers = (num_workers, Some(workers::spawn::<D> as Spawner<D>));
+        self
+    }
+
     /// Prepares up to `depth` batches ahead on a background thread (0 turns
     /// prefetching off).
-    pub fn prefetch(mut self, depth: usize) -> Self {
-        self.prefetch = (depth > 0).then_some((depth, spawn_prefetch::<D> as Spawner<D>));
+    #[deprecated(note = "use `.num_workers(1).prefetch_factor(depth)`, or `.num_workers(0)` for 0")]
+    pub fn prefetch(self, depth: usize) -> Self {
+        match depth {
+            0 => self.num_workers(0),
+            depth => self.num_workers(1).prefetch_factor(depth),
+        }
+    }
+}
+
+impl<D> DataLoader<D>
+where
+    D: Dataset,
+    D::Batch: PinMemory,
+{
+    /// Whether to put batches in pinned (page-locked) host memory, as
+    /// PyTorch's `pin_memory`: copies from it to a CUDA device are faster
+    /// and do not make the host wait. Batches are pinned by the workers (or
+    /// the iterating thread without workers), and take effect in the loader
+    /// that [`Fabric::setup_dataloaders`](crate::Fabric::setup_dataloaders)
+    /// returns when the run's device is CUDA, which then moves them with
+    /// `non_blocking` copies. Elsewhere (a CPU run, a machine without CUDA)
+    /// there is nothing to pin for and batches are made as without it.
+    pub fn pin_memory(mut self, pin_memory: bool) -> Self {
+        self.pinning = pin_memory.then_some(Pinning {
+            pin: <D::Batch as PinMemory>::try_pin_memory,
+            transfer: <D::Batch as PinMemory>::try_to_device_non_blocking,
+        });
         self
     }
 }
@@ -232,48 +395,20 @@ pub(crate) fn shard(order: &[usize], rank: usize, world: usize) -> Vec<usize> {
         .collect()
 }
 
-fn spawn_prefetch<D>(
-    dataset: Arc<D>,
-    chunks: Vec<Vec<usize>>,
-    depth: usize,
-) -> Receiver<Result<D::Batch>>
-where
-    D: Dataset + Send + Sync + 'static,
-    D::Batch: Send + 'static,
-{
-    let (sender, receiver) = sync_channel(depth);
-    thread::spawn(move || {
-        for chunk in chunks {
-            // A panic in the data set ends the epoch with an error, rather
-            // than silently, as a closed channel would.
-            let batch = panic::catch_unwind(AssertUnwindSafe(|| dataset.get_batch(&chunk)))
-                .unwrap_or_else(|payload| {
-                    Err(Error::Data(format!(
-                        "the data set panicked while making a batch on the prefetching thread: {}",
-                        panic_message(&*payload)
-                    )))
-                });
-            let failed = batch.is_err();
-            // A closed channel means the consumer stopped early: stop too.
-            if sender.send(batch).is_err() || failed {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
 enum State<D: Dataset> {
     Inline {
         dataset: Arc<D>,
         chunks: std::vec::IntoIter<Vec<usize>>,
+        pin: Option<(PinFn<D::Batch>, Device)>,
     },
-    Prefetch(Receiver<Result<D::Batch>>),
-    Failed(Option<Error>),
+    Workers(Workers<D::Batch>),
+    /// Ended, with an error still to report.
+    Done(Option<Error>),
 }
 
 /// The batches of one epoch of a [`DataLoader`]; a batch that cannot be made
-/// is an `Err` item, after which the epoch ends.
+/// is an `Err` item, after which the epoch ends. Dropping it before the end
+/// stops the loader's workers and waits for them.
 pub struct Batches<D: Dataset> {
     state: State<D>,
 }
@@ -282,17 +417,22 @@ impl<D: Dataset> Iterator for Batches<D> {
     type Item = Result<D::Batch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match &mut self.state {
-            State::Inline { dataset, chunks } => {
-                let batch = dataset.get_batch(&chunks.next()?);
-                if batch.is_err() {
-                    self.state = State::Failed(None);
-                }
-                Some(batch)
-            }
-            State::Prefetch(receiver) => receiver.recv().ok(),
-            State::Failed(error) => error.take().map(Err),
+        let batch = match &mut self.state {
+            State::Inline {
+                dataset,
+                chunks,
+                pin,
+            } => chunks
+                .next()
+                .map(|chunk| workers::make_batch(&**dataset, &chunk, *pin)),
+            State::Workers(workers) => workers.next_batch(),
+            State::Done(error) => return error.take().map(Err),
+        };
+        if !matches!(batch, Some(Ok(_))) {
+            // The end or an error: the workers are done, join them now.
+            self.state = State::Done(None);
         }
+        batch
     }
 }
 
@@ -302,128 +442,5 @@ impl<D: Dataset> IntoIterator for &mut DataLoader<D> {
 
     fn into_iter(self) -> Batches<D> {
         self.iter()
-    }
-}
-
-/// A [`DataLoader`] set up by [`Fabric::setup_dataloaders`](crate::Fabric::setup_dataloaders):
-/// its batches arrive on the run's device.
-#[derive(Debug)]
-pub struct FabricDataLoader<D: Dataset> {
-    loader: DataLoader<D>,
-    device: Device,
-}
-
-impl<D: Dataset> FabricDataLoader<D>
-where
-    D::Batch: ToDevice,
-{
-    pub(crate) fn new(loader: DataLoader<D>, device: Device) -> Self {
-        FabricDataLoader { loader, device }
-    }
-
-    /// The batches of the next epoch, on the run's device.
-    pub fn iter(&mut self) -> DeviceBatches<D> {
-        DeviceBatches {
-            batches: self.loader.iter(),
-            device: self.device,
-            failed: false,
-        }
-    }
-
-    /// Sets the number of the next epoch, which seeds its order.
-    pub fn set_epoch(&mut self, epoch: u64) {
-        self.loader.set_epoch(epoch);
-    }
-
-    /// The number of batches in an epoch.
-    pub fn len(&self) -> usize {
-        self.loader.len()
-    }
-
-    /// Whether an epoch has no batch.
-    pub fn is_empty(&self) -> bool {
-        self.loader.is_empty()
-    }
-
-    /// The wrapped loader.
-    pub fn loader(&self) -> &DataLoader<D> {
-        &self.loader
-    }
-}
-
-impl<D: Dataset> IntoIterator for &mut FabricDataLoader<D>
-where
-    D::Batch: ToDevice,
-{
-    type Item = Result<D::Batch>;
-    type IntoIter = DeviceBatches<D>;
-
-    fn into_iter(self) -> DeviceBatches<D> {
-        self.iter()
-    }
-}
-
-/// The batches of one epoch of a [`FabricDataLoader`], on the run's device;
-/// a batch that cannot be moved there (the device is out of memory) is an
-/// `Err` item, after which the epoch ends.
-pub struct DeviceBatches<D: Dataset> {
-    batches: Batches<D>,
-    device: Device,
-    failed: bool,
-}
-
-impl<D: Dataset> Iterator for DeviceBatches<D>
-where
-    D::Batch: ToDevice,
-{
-    type Item = Result<D::Batch>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
-        let moved = self
-            .batches
-            .next()?
-            .and_then(|batch| move_to_device(batch, self.device));
-        self.failed = moved.is_err();
-        Some(moved)
-    }
-}
-
-/// `batch` on `device`, or libtorch's error that prevented the move (a
-/// CUDA device out of memory).
-fn move_to_device<B: ToDevice>(batch: B, device: Device) -> Result<B> {
-    batch
-        .try_to_device(device)
-        .map_err(|e| Error::Data(format!("moving a batch to {device:?} failed: {e}")))
-}
-
-/// The message of a caught panic.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "(a panic without a message)".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use tch::{Kind, Tensor};
-
-    use super::*;
-    use crate::data::TensorDataset;
-
-    #[test]
-    fn a_batch_that_cannot_reach_the_device_is_an_err_not_a_panic() {
-        let dataset = TensorDataset::new(Tensor::arange(6, (Kind::Float, Device::Cpu))).unwrap();
-        // libtorch's builds have no Vulkan backend: the move fails.
-        let mut loader =
-            FabricDataLoader::new(DataLoader::new(dataset).batch_size(2), Device::Vulkan);
-        let items: Vec<_> = loader.iter().collect();
-        assert_eq!(items.len(), 1, "the epoch ends at the first error");
-        let err = items[0].as_ref().unwrap_err().to_string();
-        assert!(err.contains("moving a batch to Vulkan failed"), "{err}");
     }
 }

@@ -1,4 +1,5 @@
-//! Data: data sets, samplers and the loader that batches them.
+//! Data: data sets, samplers and the loader that batches them, on the
+//! iterating thread or on worker threads.
 //!
 //! ```
 //! use fabric::data::{DataLoader, TensorDataset};
@@ -12,9 +13,14 @@
 //! ```
 
 mod dataset;
+mod fabric_loader;
 mod loader;
+mod pin;
 mod sampler;
+mod workers;
 
 pub use dataset::{Dataset, TensorDataset, Tensors};
-pub use loader::{Batches, DataLoader, DeviceBatches, FabricDataLoader};
+pub use fabric_loader::{DeviceBatches, FabricDataLoader};
+pub use loader::{Batches, DataLoader};
+pub use pin::PinMemory;
 pub use sampler::{RandomSampler, Sampler, SequentialSampler};
