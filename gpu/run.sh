@@ -220,6 +220,7 @@ fi
 tests=("${RUST[@]}" "$HERE/bin/gpu-tests" --ignored --test-threads=1 --nocapture --exact)
 check gpu-precisions 120 "test result: ok. 1 passed" "${tests[@]}" cuda_trains_in_every_precision
 check gpu-dp 120 "test result: ok. 1 passed" "${tests[@]}" dp_over_gpus_trains_as_one_gpu
+check gpu-loading-clipping 120 "test result: ok. 1 passed" "${tests[@]}" pinned_worker_loading_and_grouped_clipping_on_cuda
 check gpu-nccl 120 "test result: ok. 1 passed" "${tests[@]}" nccl_collectives_on_one_gpu
 if [ "${GPUS:-0}" -lt 2 ]; then
   record gpu-ddp SKIP 0 "ddp over NCCL needs two GPUs; this machine has $GPUS"

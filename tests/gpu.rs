@@ -112,6 +112,90 @@ fn dp_over_gpus_trains_as_one_gpu() {
 /// Whether this process is the child `name` started by its parent test; a
 /// child test run directly (`--ignored` runs them all) passes without doing
 /// anything.
+/// What runs on the GPU around the training step: worker loading with
+/// pinned memory (the batches of `num_workers(0)`, arriving on the GPU) and
+/// clipping over parameter groups (`_foreach_norm` on CUDA tensors: the
+/// norm and the clipped gradients of the same step on the CPU).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn pinned_worker_loading_and_grouped_clipping_on_cuda() {
+    gpus();
+    let fabric = Fabric::builder()
+        .accelerator("cuda")
+        .devices(1)
+        .build()
+        .unwrap();
+    tch::manual_seed(5);
+    let x = Tensor::randn([100, 32], (Kind::Float, Device::Cpu));
+    let y = Tensor::arange(100, (Kind::Int64, Device::Cpu));
+    let epoch = |workers: usize, pin: bool| -> Vec<(Tensor, Tensor)> {
+        let data = TensorDataset::new((x.shallow_clone(), y.shallow_clone())).unwrap();
+        let loader = DataLoader::new(data)
+            .batch_size(16)
+            .num_workers(workers)
+            .pin_memory(pin);
+        let mut loader = fabric.setup_dataloaders(loader).unwrap();
+        let mut batches = Vec::new();
+        for batch in &mut loader {
+            let (bx, by) = batch.unwrap();
+            assert!(bx.device().is_cuda() && by.device().is_cuda());
+            batches.push((bx.to_device(Device::Cpu), by.to_device(Device::Cpu)));
+        }
+        batches
+    };
+    let expected = epoch(0, false);
+    assert_eq!(expected.len(), 7);
+    for (workers, pin) in [(0, true), (2, true), (3, false)] {
+        let got = epoch(workers, pin);
+        assert_eq!(got.len(), expected.len(), "{workers} workers, pin {pin}");
+        for ((gx, gy), (ex, ey)) in got.iter().zip(&expected) {
+            assert!(gx.equal(ex) && gy.equal(ey), "{workers} workers, pin {pin}");
+        }
+    }
+
+    let clipped = |accelerator: &str| -> (f64, Vec<Tensor>) {
+        let mut fabric = Fabric::builder()
+            .accelerator(accelerator)
+            .devices(1)
+            .build()
+            .unwrap();
+        tch::manual_seed(3);
+        let x = Tensor::randn([48, 32], (Kind::Float, Device::Cpu));
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = fabric.setup_module_with(&mut vs, mlp).unwrap();
+        let opt = fabric::optim::AdamW::new(1e-3)
+            .weight_decay(0.1)
+            .group(fabric::optim::ParamGroup::no_weight_decay())
+            .build(&vs)
+            .unwrap();
+        let mut opt = fabric.setup_optimizer(opt).unwrap();
+        let x = fabric.to_device(x);
+        let loss = model.forward(&x).square().sum(Kind::Float) * 100.0;
+        fabric.backward(&loss).unwrap();
+        let norm = fabric
+            .clip_gradients(&mut opt, fabric::GradClip::norm(1.0))
+            .unwrap()
+            .expect("a norm");
+        let mut params: Vec<_> = vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let grads = params
+            .iter()
+            .map(|(_, t)| t.grad().to_device(Device::Cpu))
+            .collect();
+        (norm, grads)
+    };
+    let (cpu_norm, cpu_grads) = clipped("cpu");
+    let (cuda_norm, cuda_grads) = clipped("cuda");
+    assert!(cpu_norm > 1.0, "the step must clip: norm {cpu_norm}");
+    assert!(
+        ((cuda_norm - cpu_norm) / cpu_norm).abs() < 1e-4,
+        "norm on CUDA {cuda_norm}, on the CPU {cpu_norm}"
+    );
+    for (g, e) in cuda_grads.iter().zip(&cpu_grads) {
+        assert!(g.allclose(e, 1e-4, 1e-6, false), "clipped gradients differ");
+    }
+}
+
 fn is_child(name: &str) -> bool {
     let child = std::env::var("FABRIC_GPU_CHILD").as_deref() == Ok(name);
     if !child {
