@@ -243,8 +243,12 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
             }
             plan = Plan::Train;
         } else {
+            // Without the MPI transport no launcher would help: said
+            // before "use a cluster launcher" (the process count is checked
+            // first, it is wrong in any build).
             let built_in = strategy.as_deref().is_none_or(strategy::is_built_in);
-            if !machine.mpi_transport() && built_in {
+            let no_mpi = !machine.mpi_transport() && built_in;
+            if num_nodes > 1 && no_mpi {
                 let name = strategy.as_ref().map_or("ddp", |s| s.name());
                 return Err(without_mpi(name, processes));
             }
@@ -282,6 +286,10 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
                 warnings.push(format!(
                     "starting {processes} processes on {cores} core(s): each process gets a share of a core, which is slower than fewer processes"
                 ));
+            }
+            if no_mpi {
+                let name = strategy.as_ref().map_or("ddp", |s| s.name());
+                return Err(without_mpi(name, processes));
             }
             if strategy.is_none() {
                 strategy = strategy::from_name(fabric_options::Strategy::Ddp);

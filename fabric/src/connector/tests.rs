@@ -540,6 +540,13 @@ fn without_the_mpi_feature_several_processes_are_an_error_naming_it() {
         matches!(e, Error::FeatureDisabled { feature: "mpi", .. }),
         "{e:?}"
     );
+    // A process count that is wrong in any build is said first.
+    let machine_cpu = FakeMachine {
+        mpi: false,
+        ..FakeMachine::cpu(2)
+    };
+    let e = err(request("cpu", "ddp", 100_000), &machine_cpu);
+    assert!(matches!(e, Error::TooManyProcesses { .. }), "{e:?}");
     // Several nodes: said before "use a cluster launcher", which would not
     // be enough either.
     let mut r = request("cpu", "ddp", 2);
