@@ -36,6 +36,11 @@ impl DdpModel {
         }
     }
 
+    /// Forgets the gradients seen since the last reduction.
+    fn clear(&mut self) {
+        self.used.iter_mut().for_each(|u| *u = false);
+    }
+
     /// The gradients of the model before a backward pass, to tell
     /// afterwards which parameters it reached.
     pub(super) fn before_backward(&self) -> Result<Vec<GradBefore>> {
@@ -148,7 +153,7 @@ pub(super) fn reduce(
         };
         return Err(Error::Distributed(format!(
             "on rank {rank}, parameters of a model that took part in this backward received no gradient: {}{more}. \
-             ddp reduces every trainable parameter of each model whose forward pass ran; if some are not used in producing the loss, \
+             ddp reduces every trainable parameter of each model the backward pass reached; if some are not used in producing the loss, \
              pass find_unused_parameters (`strategy = \"ddp_find_unused_parameters_true\"` or `DdpStrategy::new().find_unused_parameters(true)`) \
              so that they take part with a zero gradient, or freeze them",
             missing[..shown].join(", ")
@@ -174,13 +179,6 @@ pub(super) fn reduce(
         model.clear();
     }
     Ok(())
-}
-
-impl DdpModel {
-    /// Forgets the gradients seen since the last reduction.
-    fn clear(&mut self) {
-        self.used.iter_mut().for_each(|u| *u = false);
-    }
 }
 
 /// Gives `param`, which has no gradient, a gradient of zeros (tch has no
