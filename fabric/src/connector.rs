@@ -144,18 +144,17 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
     let mut devices = accelerator::select_devices(accelerator, &options.devices, machine)?;
 
     let named = options.strategy;
-    if options.strategy_params.find_unused_parameters && strategy_object.is_none() {
-        // Lightning's name parses (the attribute accepts it), but fabric's
-        // ddp cannot honour it yet: say so rather than run a plain ddp.
-        return Err(Error::NotAvailableYet {
-            option: "strategy",
-            value: format!("\"{}\"", options.strategy_name()),
-            reason: "fabric's ddp averages the gradients of every trainable parameter and reports one that received none; use \"ddp\", and freeze the parameters a step does not use".into(),
-        });
-    }
     let mut strategy: Option<Box<dyn Strategy>> = match strategy_object {
         Some(object) => Some(object),
         None if named == fabric_options::Strategy::Auto => None,
+        // "ddp_find_unused_parameters_true", the one name with this flag.
+        None if named == fabric_options::Strategy::Ddp
+            && options.strategy_params.find_unused_parameters =>
+        {
+            Some(Box::new(
+                strategy::DdpStrategy::new().find_unused_parameters(true),
+            ))
+        }
         None => Some(
             strategy::from_name(named).ok_or_else(|| Error::NotAvailableYet {
                 option: "strategy",

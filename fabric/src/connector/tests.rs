@@ -491,16 +491,21 @@ fn the_shared_window_needs_room_in_dev_shm() {
 }
 
 #[test]
-fn find_unused_parameters_is_refused_until_ddp_honours_it() {
-    let e = err(
+fn find_unused_parameters_makes_a_ddp_that_finds_them() {
+    let c = ok(
         request("cpu", "ddp_find_unused_parameters_true", 2),
         &FakeMachine::cpu(2),
     );
-    assert!(matches!(e, Error::NotAvailableYet { .. }), "{e}");
-    assert!(
-        e.to_string().contains("ddp_find_unused_parameters_true"),
-        "{e}"
-    );
+    let any = &*c.strategy as &dyn std::any::Any;
+    let ddp = any
+        .downcast_ref::<crate::strategy::DdpStrategy>()
+        .expect("a ddp strategy");
+    assert!(ddp.finds_unused_parameters());
+    assert_eq!(c.strategy.name(), "ddp");
+    let c = ok(request("cpu", "ddp", 2), &FakeMachine::cpu(2));
+    let any = &*c.strategy as &dyn std::any::Any;
+    let ddp = any.downcast_ref::<crate::strategy::DdpStrategy>().unwrap();
+    assert!(!ddp.finds_unused_parameters());
 }
 
 // ---- a build without the `mpi` feature ------------------------------------

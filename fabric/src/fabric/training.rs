@@ -16,7 +16,9 @@ use crate::strategy::GradClip;
 impl Fabric {
     /// Computes the gradients of `loss`, as `loss.backward()` with whatever
     /// the precision and the strategy add: under `16-mixed` the loss is
-    /// scaled first; under `ddp` the gradients are averaged over the ranks,
+    /// scaled first; under `ddp` the gradients of the models this backward
+    /// pass reached (on some rank) are averaged over the ranks (see
+    /// [`DdpStrategy::find_unused_parameters`](crate::strategy::DdpStrategy::find_unused_parameters)),
     /// under `dp` the replicas' added up.
     pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
         if loss.numel() != 1 {
@@ -72,8 +74,10 @@ impl Fabric {
 
     /// Runs `f` (typically a `backward`) without averaging gradients between
     /// ranks when `enabled`, for gradient accumulation, as Lightning's
-    /// `with fabric.no_backward_sync(model, enabled=...)`. Gradients
-    /// accumulate locally; the first `backward` outside averages them all.
+    /// `with fabric.no_backward_sync(model, enabled=...)`, for every model
+    /// at once. Gradients accumulate locally; the first `backward` outside
+    /// averages them all, for each model that one of these backward passes
+    /// reached.
     pub fn no_backward_sync<T>(&mut self, enabled: bool, f: impl FnOnce(&mut Fabric) -> T) -> T {
         let previous = self.strategy.set_backward_sync(!enabled);
         let result = f(self);

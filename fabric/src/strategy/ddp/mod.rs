@@ -7,15 +7,25 @@ use std::time::Duration;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use super::buckets::{DEFAULT_BUCKET_BYTES, GradientBuckets};
+use super::buckets::DEFAULT_BUCKET_BYTES;
 use super::{ProcessModel, Strategy, StrategyContext};
 use crate::collectives::{Comm, MpiComm, NcclComm, ReduceOp};
 use crate::error::{Error, Result};
+
+mod models;
+
+use models::DdpModel;
 
 /// The `ddp` strategy, with its parameters, as Lightning's
 /// `strategy=DDPStrategy(...)`: one process per device, gradients averaged
 /// in buckets of `bucket_cap_mb` after each backward pass. CPU tensors
 /// travel over Open MPI, CUDA tensors over NCCL.
+///
+/// With several models (a GAN's generator and discriminator), a backward
+/// pass reduces the gradients of the models that took part in it, as
+/// PyTorch's DDP does per wrapped module: those whose parameters the
+/// backward pass reached on some rank (see
+/// [`find_unused_parameters`](Self::find_unused_parameters)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -39,12 +49,10 @@ pub struct DdpStrategy {
     world_size: usize,
     /// The collectives, in a run of several processes.
     comm: Option<Comm>,
-    /// The trainable parameters whose gradients are averaged, and their
-    /// names for messages (`model 1: layer.weight`).
-    params: Vec<Tensor>,
-    names: Vec<String>,
-    models: usize,
-    buckets: GradientBuckets,
+    /// The models set up, each with its trainable parameters and buckets.
+    models: Vec<DdpModel>,
+    find_unused_parameters: bool,
+    static_graph: bool,
     sync: bool,
 }
 
@@ -55,6 +63,8 @@ impl std::fmt::Debug for DdpStrategy {
             .field("collective_timeout", &self.collective_timeout)
             .field("failure_timeout", &self.failure_timeout)
             .field("spawn", &self.spawn)
+            .field("find_unused_parameters", &self.find_unused_parameters)
+            .field("static_graph", &self.static_graph)
             .field("device", &self.device)
             .field("world_size", &self.world_size)
             .finish()
@@ -79,10 +89,9 @@ impl DdpStrategy {
             global_rank: 0,
             world_size: 1,
             comm: None,
-            params: Vec::new(),
-            names: Vec::new(),
-            models: 0,
-            buckets: GradientBuckets::default(),
+            models: Vec::new(),
+            find_unused_parameters: false,
+            static_graph: false,
             sync: true,
         }
     }
@@ -117,6 +126,63 @@ impl DdpStrategy {
     pub fn failure_timeout(mut self, timeout: Duration) -> Self {
         self.failure_timeout = Some(timeout);
         self
+    }
+
+    /// Whether a parameter of a model that took part in a backward pass may
+    /// receive no gradient, as PyTorch's `find_unused_parameters` (`false`
+    /// by default; `strategy = "ddp_find_unused_parameters_true"` sets it).
+    ///
+    /// A model takes part in a backward pass when the backward pass (with
+    /// those since the model's last reduction, under
+    /// [`no_backward_sync`](crate::Fabric::no_backward_sync)) reached some
+    /// of its parameters on some rank. Without this option a
+    /// parameter of such a model that a rank's backward did not reach is an
+    /// error naming it; with it, the parameter takes part in the average
+    /// with a zero gradient on the ranks that did not use it (so the ranks
+    /// that did are averaged over the whole world, as in PyTorch), and one
+    /// that no rank used keeps its gradient as it was (none, usually), as
+    /// PyTorch's DDP leaves it, so optimizers skip it.
+    ///
+    /// ```
+    /// use fabric::strategy::DdpStrategy;
+    ///
+    /// let ddp = DdpStrategy::new().find_unused_parameters(true);
+    /// assert!(ddp.finds_unused_parameters());
+    /// ```
+    pub fn find_unused_parameters(mut self, enabled: bool) -> Self {
+        self.find_unused_parameters = enabled;
+        self
+    }
+
+    /// Whether [`find_unused_parameters`](Self::find_unused_parameters) is on.
+    pub fn finds_unused_parameters(&self) -> bool {
+        self.find_unused_parameters
+    }
+
+    /// PyTorch's `static_graph`: a promise that the set of parameters each
+    /// step uses does not change. PyTorch uses it to overlap reduction with
+    /// the backward pass despite unused parameters, and it lets such
+    /// parameters be, as `find_unused_parameters` does. fabric reduces after
+    /// the backward pass, never overlapped, so the promise changes nothing
+    /// in how it reduces: `static_graph(true)` only allows unused
+    /// parameters, exactly as
+    /// [`find_unused_parameters(true)`](Self::find_unused_parameters) does
+    /// (it does not check that the graph stays the same).
+    ///
+    /// ```
+    /// use fabric::strategy::DdpStrategy;
+    ///
+    /// let ddp = DdpStrategy::new().static_graph(true);
+    /// assert!(ddp.is_static_graph());
+    /// ```
+    pub fn static_graph(mut self, enabled: bool) -> Self {
+        self.static_graph = enabled;
+        self
+    }
+
+    /// Whether [`static_graph`](Self::static_graph) is on.
+    pub fn is_static_graph(&self) -> bool {
+        self.static_graph
     }
 
     fn bucket_bytes(&self) -> usize {
@@ -175,38 +241,47 @@ impl Strategy for DdpStrategy {
     }
 
     fn setup_module(&mut self, vs: &mut VarStore) -> Result<()> {
-        self.models += 1;
-        let Some(comm) = &self.comm else {
-            return Ok(());
-        };
         // Every rank starts from rank 0's parameters and buffers, sent in
         // the order of their names (the same on every rank).
         let variables = crate::vars::sorted(vs);
-        tch::no_grad(|| {
-            for (_, variable) in &variables {
-                let value = comm.broadcast(variable, 0)?;
-                variable.shallow_clone().f_copy_(&value)?;
-            }
-            Ok::<(), Error>(())
-        })?;
-        for (name, variable) in variables {
-            if variable.requires_grad() {
-                self.names
-                    .push(format!("`{name}` of model {}", self.models));
-                self.params.push(variable);
-            }
+        if let Some(comm) = &self.comm {
+            tch::no_grad(|| {
+                for (_, variable) in &variables {
+                    let value = comm.broadcast(variable, 0)?;
+                    variable.shallow_clone().f_copy_(&value)?;
+                }
+                Ok::<(), Error>(())
+            })?;
         }
+        let number = self.models.len() + 1;
+        let (names, params) = variables
+            .into_iter()
+            .filter(|(_, variable)| variable.requires_grad())
+            .map(|(name, variable)| (format!("`{name}` of model {number}"), variable))
+            .unzip();
+        self.models.push(DdpModel::new(params, names));
         Ok(())
     }
 
     fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        let before = self
+            .models
+            .iter()
+            .map(DdpModel::before_backward)
+            .collect::<Result<Vec<_>>>()?;
         loss.f_backward()?;
-        if let Some(comm) = &self.comm
-            && self.sync
-        {
+        for (model, before) in self.models.iter_mut().zip(before) {
+            model.after_backward(before)?;
+        }
+        if self.sync {
             let bucket_bytes = self.bucket_bytes();
-            self.buckets
-                .average(comm, &self.params, &self.names, bucket_bytes)?;
+            let allow_unused = self.find_unused_parameters || self.static_graph;
+            models::reduce(
+                &mut self.models,
+                self.comm.as_ref(),
+                allow_unused,
+                bucket_bytes,
+            )?;
         }
         Ok(())
     }
@@ -243,3 +318,6 @@ impl Strategy for DdpStrategy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
