@@ -322,16 +322,13 @@ pub(crate) fn connect(request: Request, machine: &dyn Machine) -> Result<Connect
     };
     let device = devices[0];
     let several_processes = world > 1 || matches!(plan, Plan::Start { .. });
-    if several_processes
+    // A world a launcher started (fabric's own launcher was refused above).
+    if world > 1
         && !machine.mpi_transport()
         && strategy::is_built_in(&*strategy)
         && (device.is_cuda() || device == Device::Cpu)
     {
-        let processes = match plan {
-            Plan::Start { processes, .. } => processes,
-            Plan::Train => world,
-        };
-        return Err(without_mpi(strategy.name(), processes));
+        return Err(without_mpi(strategy.name(), world));
     }
     if device.is_cuda() && several_processes {
         // Say now, before any rank starts, when NCCL cannot be loaded. The
