@@ -275,6 +275,144 @@ def training_table(results, args):
     return lines, cpu, memory
 
 
+# ---- the character GPT ---------------------------------------------------------
+
+
+def gpt_runs(short, threads):
+    """(name, precision, processes, width, threads per process, warm-up, steps)."""
+    if short:
+        return [("192-32", "32-true", 1, 64, threads, 1, 2)]
+    runs = []
+    for width, warmup, steps in ((192, 3, 20), (384, 2, 8), (768, 1, 4)):
+        for precision in ("32-true", "bf16-mixed"):
+            runs.append((f"{width}-{precision}", precision, 1, width, threads, warmup, steps))
+    # ddp's scaling: 2 ranks of 1 thread against 1 process of 1 thread.
+    runs.append(("192-32-true-1-thread", "32-true", 1, 192, 1, 3, 20))
+    runs.append(("192-32-true-ddp", "32-true", 2, 192, 1, 3, 20))
+    return runs
+
+
+def gpt_flops_per_token(width, layers=6, block=128, vocab=73):
+    """Config::flops_per_token of src/gpt.rs: 6 N + 12 L T d."""
+    d = width
+    per_block = 4 * d + 3 * d * d + 3 * d + d * d + d + 8 * d * d + 5 * d
+    n = vocab * d + layers * per_block + 2 * d
+    return 6 * n + 12 * layers * block * d
+
+
+def run_gpt(exes, args):
+    short = args.short
+    shape = ["--layers", 2, "--block", 32] if short else []
+    peaks = {}
+    for threads in sorted({args.gpt_threads, 1}):
+        out = run([PYTHON, "bench/gpt_lightning.py", "--peak", "--threads", threads], what="matmul peak")
+        for line in (out or "").splitlines():
+            if line.startswith("PEAK "):
+                f = fields(line)
+                peaks[(f["kind"], threads)] = float(f["gflops"])
+    results = {}
+    for name, precision, devices, width, threads, warmup, steps in gpt_runs(short, args.gpt_threads):
+        for system in ("fabric", "lightning"):
+            common = [
+                "--precision", precision, "--devices", devices, "--width", width, "--threads", threads,
+                "--warmup", warmup, "--steps", steps, *shape,
+            ]
+            command = [exes["gpt"], *common] if system == "fabric" else [PYTHON, "bench/gpt_lightning.py", *common]
+            log(f"gpt: {name}, {system}")
+            out = run(command, what=f"gpt {name} ({system})")
+            if out is None:
+                continue
+            entry = {"rss": []}
+            for line in out.splitlines():
+                if line.startswith("RESULT "):
+                    entry.update({k: float(v) for k, v in fields(line).items() if k != "system"})
+                elif line.startswith("RSS "):
+                    entry["rss"].append(int(fields(line)["kb"]))
+            if "tokens_per_s" not in entry:
+                FAILURES.append(f"gpt {name} ({system}): no RESULT line in\n{out[-2000:]}")
+                continue
+            results[(name, system)] = entry
+
+    def get(name, system, key):
+        return results.get((name, system), {}).get(key)
+
+    lines = [
+        "Matrix-multiply peak (2048 x 2048, best of 8): "
+        + ", ".join(f"{k} {t} thread{'s' if t > 1 else ''}: {v:.0f} GFLOP/s" for (k, t), v in sorted(peaks.items())),
+        "",
+        "| run | fabric tokens/s | Lightning tokens/s | fabric / Lightning | fabric forward / backward / clip / optimizer (ms) | Lightning forward / backward / clip / optimizer (ms) | MFU fabric | MFU Lightning | peak RSS fabric / Lightning |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, precision, devices, width, threads, _, _ in gpt_runs(short, args.gpt_threads):
+        kind = "bfloat16" if precision == "bf16-mixed" else "float32"
+        peak = peaks.get((kind, threads))
+        flops = gpt_flops_per_token(width, 2 if short else 6, 32 if short else 128)
+
+        def cell(system):
+            t = get(name, system, "tokens_per_s")
+            return f"{t:,.0f}" if t else "failed"
+
+        def phases(system):
+            if (name, system) not in results:
+                return "failed"
+            return " / ".join(f"{get(name, system, p + '_ms'):.1f}" for p in ("forward", "backward", "clip", "optimizer"))
+
+        def mfu(system):
+            t = get(name, system, "tokens_per_s")
+            if not t or not peak:
+                return "n/a"
+            return f"{t * flops / (peak * 1e9 * devices) * 100:.1f}%"
+
+        def rss(system):
+            r = results.get((name, system), {}).get("rss")
+            return f"{max(r) / 1024:.0f} MB" if r else "n/a"
+
+        a, b = get(name, "fabric", "tokens_per_s"), get(name, "lightning", "tokens_per_s")
+        ratio = f"{a / b:.2f}x" if a and b else "n/a"
+        procs = f"{devices} ranks ddp" if devices > 1 else "1 process"
+        label = f"width {width}, {precision}, {procs}, {threads} thread{'s' if threads > 1 else ''}{' per rank' if devices > 1 else ''}"
+        lines.append(
+            f"| {label} | {cell('fabric')} | {cell('lightning')} | {ratio} | {phases('fabric')} | {phases('lightning')} "
+            f"| {mfu('fabric')} | {mfu('lightning')} | {rss('fabric')} / {rss('lightning')} |"
+        )
+    if not short:
+        lines += [
+            "",
+            "| width | fabric bf16-mixed / 32-true | Lightning bf16-mixed / 32-true | fabric loss after the timed steps, 32-true / bf16-mixed | target (fabric) |",
+            "|---|---|---|---|---|",
+        ]
+        goals = {192: 1.0, 384: 1.5, 768: 2.0}
+        for width, goal in goals.items():
+            def speedup(system):
+                b16 = get(f"{width}-bf16-mixed", system, "tokens_per_s")
+                f32 = get(f"{width}-32-true", system, "tokens_per_s")
+                return (b16 / f32) if b16 and f32 else None
+
+            fs, ls = speedup("fabric"), speedup("lightning")
+            l32, l16 = get(f"{width}-32-true", "fabric", "loss_last"), get(f"{width}-bf16-mixed", "fabric", "loss_last")
+            losses = f"{l32:.4f} / {l16:.4f}" if l32 and l16 else "n/a"
+            verdict = "n/a" if fs is None else ("met" if fs >= goal else "MISSED")
+            lines.append(
+                f"| {width} | {f'{fs:.2f}x' if fs else 'n/a'} | {f'{ls:.2f}x' if ls else 'n/a'} | {losses} | >= {goal:g}x: {verdict} |"
+            )
+        one = {s: get("192-32-true-1-thread", s, "tokens_per_s") for s in ("fabric", "lightning")}
+        two = {s: get("192-32-true-ddp", s, "tokens_per_s") for s in ("fabric", "lightning")}
+        eff = {s: two[s] / (2 * one[s]) if one[s] and two[s] else None for s in one}
+        lines += [
+            "",
+            "ddp scaling efficiency (2-rank tokens/s over twice 1 process's, 1 thread each, width 192, 32-true): "
+            + ", ".join(f"{s} {e:.2f}" if e else f"{s} n/a" for s, e in eff.items())
+            + (f" (target >= 0.95 for fabric: {'met' if eff['fabric'] and eff['fabric'] >= 0.95 else 'MISSED'})"),
+        ]
+        judged = [(n, get(n, "fabric", "tokens_per_s"), get(n, "lightning", "tokens_per_s")) for n, *_ in gpt_runs(False, args.gpt_threads)]
+        behind = [n for n, a, b in judged if a and b and a < b]
+        lines.append(
+            "Target, fabric's tokens/s at least Lightning's in every run: "
+            + ("met" if not behind else "MISSED in " + ", ".join(behind))
+        )
+    return lines
+
+
 # ---- hooks, all-reduce, compile time --------------------------------------
 
 
@@ -435,6 +573,10 @@ def main():
         "--threads", type=int, default=1,
         help="intra-op threads per single process (1); ddp ranks get threads // 2, at least 1",
     )
+    p.add_argument(
+        "--gpt-threads", type=int, default=2,
+        help="intra-op threads of the GPT's single-process runs (2, this machine's cores); its ddp ranks get 1",
+    )
     p.add_argument("--profile", help="cargo profile of the benchmark programs (release; short: dev)")
     p.add_argument(
         "--instructions-medium", action="store_true",
@@ -446,14 +588,14 @@ def main():
     )
     p.add_argument(
         "--only", nargs="+", default=[],
-        help="run only these parts: training workloads (tiny, medium-32, medium-bf16-mixed, medium-bf16-true, medium-ddp), hooks, allreduce, instructions, compile",
+        help="run only these parts: training workloads (tiny, medium-32, medium-bf16-mixed, medium-bf16-true, medium-ddp), gpt, hooks, allreduce, instructions, compile",
     )
     args = p.parse_args()
     args.rounds = args.rounds or (1 if args.short else 3)
     args.repeats = args.repeats or (3 if args.short else 5)
     args.warmup = args.warmup if args.warmup is not None else (5 if args.short else 20)
     args.profile = args.profile or ("dev" if args.short else "release")
-    parts = {"training", "hooks", "allreduce", "instructions", "compile"}
+    parts = {"training", "gpt", "hooks", "allreduce", "instructions", "compile"}
     training_names = {w[0] for w in workloads(False)}
     unknown = set(args.only) - training_names - parts
     if unknown:
@@ -479,6 +621,12 @@ def main():
             cpu,
         ))
         sections.append(("Peak resident memory per process (largest rank for ddp)", memory))
+    if wanted(args, "gpt"):
+        log("the character GPT")
+        sections.append((
+            "The character GPT of examples/gpt.rs (6 layers, block 128, batch 16; median ms per phase; MFU against the measured matmul peak of the run's type and threads)",
+            run_gpt(exes, args),
+        ))
     if wanted(args, "hooks"):
         log("hook dispatch")
         sections.append(("Hook dispatch (time per `call`)", run_hooks(exes, args)))

@@ -3,6 +3,7 @@
 //! Everything else they use is fabric's public API.
 
 pub mod digits;
+pub mod gpt;
 
 /// The environment variable `name` parsed, or `default` when it is unset.
 pub fn env_or<T>(name: &str, default: T) -> anyhow::Result<T>
