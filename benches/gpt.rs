@@ -127,7 +127,7 @@ fn main() -> Result<()> {
         .group(ParamGroup::names("positions", ["wpe.weight"]).weight_decay(0.0))
         .build(&vs)?;
     let mut optimizer = fabric.setup_optimizer(optimizer)?;
-    let mut scheduler = LrScheduler::new(&mut optimizer, Schedule::warmup_cosine(100, 2000, 0.1))?;
+    let mut scheduler = LrScheduler::new(&mut optimizer, Schedule::warmup_cosine(80, 800, 0.1))?;
     // Random windows of the training text, as the Python side draws them.
     tch::manual_seed(1337 + rank as i64);
     let ids = corpus.train.shallow_clone();

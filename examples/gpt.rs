@@ -21,15 +21,22 @@
 //! not stopped. At the end it prints a sample of generated text.
 //!
 //! ```sh
-//! cargo run --release --example gpt                # about 9 minutes here
+//! cargo run --release --example gpt                # 800 steps
 //! DEVICES=2 cargo run --release --example gpt      # 2 processes under ddp
+//! PRECISION=32-true cargo run --release --example gpt
 //! STEPS=200 cargo run --release --example gpt      # a short run
 //! tensorboard --logdir runs/gpt/tensorboard
 //! ```
 //!
-//! On this project's 2-core CPU machine, the default run (2000 steps of 16
-//! windows of 128 characters, 4.1 M characters seen) reaches a validation
-//! loss of about 1.36 nats per character in under 10 minutes.
+//! The default run is 800 steps of 16 windows of 128 characters (1.6 M
+//! characters seen, about 0.4 of an epoch), sized for 10 minutes on a
+//! quiet 2-core CPU whose bfloat16 matrix products are at least as fast as
+//! its float32 ones (AVX-512 BF16 or AMX). On a CPU without bfloat16
+//! instructions (AVX2 only, such as the AMD EPYC this was written on)
+//! libtorch's bfloat16 matrix products are 10-20x slower than float32 and
+//! a `bf16-mixed` step about 10x slower than a `32-true` one: there, run it
+//! with `PRECISION=32-true`. See BENCHMARKS.md for the measurements and the
+//! validation loss reached.
 //! A run that finds a finished checkpoint in `runs/gpt/last` has nothing
 //! left to do: delete it (or set `RUNS_DIR`) to train again.
 //!
