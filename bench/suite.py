@@ -353,8 +353,8 @@ def run_gpt(exes, args):
         return results.get((name, system), {}).get(key)
 
     lines = [
-        "Matrix-multiply peak (2048 x 2048, best of 8): "
-        + ", ".join(f"{k} {t} thread{'s' if t > 1 else ''}: {v:.0f} GFLOP/s" for (k, t), v in sorted(peaks.items())),
+        "Matrix-multiply peak (square products up to 2048 x 2048): "
+        + ", ".join(f"{k} {t} thread{'s' if t > 1 else ''}: {v:.1f} GFLOP/s" for (k, t), v in sorted(peaks.items())),
         "",
         "| run | fabric tokens/s | Lightning tokens/s | fabric / Lightning | fabric forward / backward / clip / optimizer (ms) | Lightning forward / backward / clip / optimizer (ms) | MFU fabric | MFU Lightning | peak RSS fabric / Lightning |",
         "|---|---|---|---|---|---|---|---|---|",
