@@ -628,7 +628,7 @@ pub fn train(fabric: &mut Fabric, options: &Options) -> anyhow::Result<Summary> 
         let step_loss = step_loss.double_value(&[]);
         train_losses.push(step_loss);
         progress.inc(1);
-        if step % options.log_every == 0 || step == stop {
+        if step.is_multiple_of(options.log_every) || step == stop {
             fabric.log_dict(
                 [
                     ("train/loss", step_loss),
@@ -642,7 +642,7 @@ pub fn train(fabric: &mut Fabric, options: &Options) -> anyhow::Result<Summary> 
                 Some(step),
             )?;
         }
-        if step % options.eval_every == 0 || step == options.steps {
+        if step.is_multiple_of(options.eval_every) || step == options.steps {
             val_loss = evaluate(fabric, &model, &val_windows, options)?;
             fabric.log_dict([("val/loss", val_loss)], Some(step))?;
             if fabric.local_rank() == 0 {
@@ -651,7 +651,7 @@ pub fn train(fabric: &mut Fabric, options: &Options) -> anyhow::Result<Summary> 
                 ));
             }
         }
-        if step % options.checkpoint_every == 0 || step == stop {
+        if step.is_multiple_of(options.checkpoint_every) || step == stop {
             fabric.save(
                 &checkpoint,
                 &State::new()
