@@ -85,6 +85,7 @@ extern "C" fn on_ready(context: *mut c_void, index: usize) {
 
 /// Hooks on the parameters given to [`add`](Self::add), numbered in the
 /// order they were added. Dropping it removes them.
+#[derive(Default)]
 pub(crate) struct GradReadyHooks {
     /// Boxed: its address is the hooks' context.
     shared: Box<Shared>,
@@ -101,15 +102,6 @@ impl std::fmt::Debug for GradReadyHooks {
         f.debug_struct("GradReadyHooks")
             .field("hooks", &self.hooks.len())
             .finish()
-    }
-}
-
-impl Default for GradReadyHooks {
-    fn default() -> Self {
-        GradReadyHooks {
-            shared: Box::default(),
-            hooks: Vec::new(),
-        }
     }
 }
 
