@@ -95,7 +95,11 @@ def build(profile):
 
 # ---- training ----------------------------------------------------------------
 
-MODELS = {"tiny": ("MLP 32-64-10", 32), "medium": ("MLP 784-1024-1024-10", 64)}
+MODELS = {
+    "tiny": ("MLP 32-64-10", 32),
+    "medium": ("MLP 784-1024-1024-10", 64),
+    "large": ("MLP 1024-2048-2048-2048-10", 64),
+}
 
 
 def workloads(short):
@@ -107,6 +111,9 @@ def workloads(short):
         ("medium-bf16-mixed", "medium", "bf16-mixed", 1, 30 // scale),
         ("medium-bf16-true", "medium", "bf16-true", 1, 50 // scale),
         ("medium-ddp", "medium", "32-true", 2, 30 // scale),
+        # 10.5M parameters: the averaging is not negligible, and overlapping
+        # it with the backward pass shows (fabric against fabric-nooverlap).
+        ("large-ddp", "large", "32-true", 2, 10 // scale),
     ]
 
 
@@ -118,6 +125,8 @@ def training_command(system, exes, model, precision, devices, steps, args):
     ]
     if system == "fabric-nosync":
         return [exes["training"], "--system", "fabric", "--no-sync", *common]
+    if system == "fabric-nooverlap":
+        return [exes["training"], "--system", "fabric", "--overlap", "off", *common]
     if system in ("fabric", "raw"):
         return [exes["training"], "--system", system, *common]
     return [PYTHON, "bench/train_lightning.py", "--system", system, *common]
@@ -131,8 +140,9 @@ def systems_for(precision, devices):
             systems.append("torch")
     else:
         # Diagnostic: fabric's ddp without the gradient averaging (each rank
-        # trains alone), the floor the averaging adds to.
-        systems.append("fabric-nosync")
+        # trains alone), the floor the averaging adds to; and the averaging
+        # after the backward pass instead of overlapped with it.
+        systems.extend(["fabric-nosync", "fabric-nooverlap"])
     return systems
 
 
@@ -205,7 +215,7 @@ def training_table(results, args):
         median = {}
         cpu_median = {}
         rss = {}
-        for system in ("fabric", "lightning", "raw", "torch", "fabric-nosync"):
+        for system in ("fabric", "lightning", "raw", "torch", "fabric-nosync", "fabric-nooverlap"):
             entry = results.get((name, system))
             if entry and entry["times"]:
                 median[system] = statistics.median(entry["times"])
@@ -269,6 +279,13 @@ def training_table(results, args):
             notes.append(
                 f"{title}: fabric without the gradient averaging (each rank trains alone): {fmt_ms(floor)} per step; "
                 f"the averaging adds {median['fabric'] - floor:.2f} ms" if "fabric" in median else ""
+            )
+        if "fabric-nooverlap" in median and "fabric" in median:
+            after = median["fabric-nooverlap"]
+            notes.append(
+                f"{title}: the averaging after the backward pass instead of overlapped with it "
+                f"(`DdpStrategy::overlap(false)`): {fmt_ms(after)} per step, overlapped {fmt_ms(median['fabric'])} "
+                f"({after / median['fabric']:.2f}x)"
             )
     if notes:
         lines += [""] + [f"- {n}" for n in notes if n]

@@ -3,7 +3,7 @@ the Python side of `benches/training.rs`: the same models, batch, optimizer,
 step count and thread settings as fabric's and raw tch's runs.
 
 Usage:
-  python bench/train_lightning.py --system lightning|torch --model tiny|medium|wide
+  python bench/train_lightning.py --system lightning|torch --model tiny|medium|large|wide
       [--precision 32-true|bf16-mixed|bf16-true] [--devices 1|2] [--accelerator cpu|cuda]
       --warmup W --repeats R --steps S --threads T
 
@@ -30,6 +30,8 @@ from torch import nn
 MODELS = {
     "tiny": [32, 64, 10],
     "medium": [784, 1024, 1024, 10],
+    # 10.5M parameters: ddp's averaging is not negligible on CPUs.
+    "large": [1024, 2048, 2048, 2048, 10],
     # For a GPU: 176M parameters, about 1.1 TFLOP per step at batch 1024.
     "wide": [4096, 8192, 8192, 8192, 1000],
 }

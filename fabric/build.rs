@@ -1,7 +1,8 @@
 //! fabric's build script:
 //! - compiles the C++ shim (`csrc/shim.cpp`) against libtorch's headers, for
 //!   the ATen functions tch does not bind (autocast state, tensor-list
-//!   kernels);
+//!   kernels) and the autograd hooks `ddp` overlaps its reduction with
+//!   (`csrc/hooks.cpp`);
 //! - records where libtorch's shared libraries are, so that binaries find
 //!   them at run time without `LD_LIBRARY_PATH`.
 //!
@@ -25,6 +26,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
+    println!("cargo:rerun-if-changed=csrc/hooks.cpp");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         // torch-sys always publishes it on Linux and macOS.
         panic!(
@@ -45,5 +47,6 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
         .flag_if_supported("-Wno-unused-parameter")
         .file("csrc/shim.cpp")
+        .file("csrc/hooks.cpp")
         .compile("fabric_shim");
 }

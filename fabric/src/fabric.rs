@@ -67,6 +67,8 @@ pub struct Fabric {
     latest_metrics: SharedMetrics,
     progress_bar: bool,
     finished: bool,
+    /// How many models `setup_module` set up.
+    modules_set_up: usize,
 }
 
 /// Everything a `Fabric` is made of, resolved by the connector and the
@@ -114,6 +116,7 @@ impl Fabric {
             latest_metrics: SharedMetrics::default(),
             progress_bar: parts.progress_bar,
             finished: false,
+            modules_set_up: 0,
         }
     }
 

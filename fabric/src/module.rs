@@ -30,6 +30,9 @@ pub struct FabricModule<M> {
     device: Device,
     training: Cell<bool>,
     replicas: Option<Replicas<M>>,
+    /// Which of the fabric's models it is (the order of `setup_module`
+    /// calls, from 0), for per-model `no_backward_sync`.
+    index: Option<usize>,
 }
 
 impl<M: std::fmt::Debug> std::fmt::Debug for FabricModule<M> {
@@ -52,7 +55,19 @@ impl<M> FabricModule<M> {
             device,
             training: Cell::new(true),
             replicas: None,
+            index: None,
         }
+    }
+
+    pub(crate) fn with_index(mut self, index: usize) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// Which of the fabric's models it is (`None` for a module not set up
+    /// by a fabric).
+    pub(crate) fn index(&self) -> Option<usize> {
+        self.index
     }
 
     pub(crate) fn with_replicas(mut self, replicas: Replicas<M>) -> Self {

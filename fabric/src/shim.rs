@@ -7,6 +7,8 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 
+pub(crate) mod hooks;
+
 unsafe extern "C" {
     fn fabric_free_error(error: *mut c_char);
     fn fabric_autocast_get(device: c_int, enabled: *mut bool, dtype: *mut c_int) -> *mut c_char;

@@ -105,11 +105,9 @@ impl Fabric {
         }
         self.precision.convert_module(vs)?;
         self.strategy.setup_module(vs)?;
-        Ok(FabricModule::new(
-            module,
-            Arc::clone(&self.precision),
-            device,
-        ))
+        let index = self.modules_set_up;
+        self.modules_set_up += 1;
+        Ok(FabricModule::new(module, Arc::clone(&self.precision), device).with_index(index))
     }
 
     /// Wraps an optimizer built on a var store that was (or will be) set up

@@ -8,6 +8,7 @@ use tch::Tensor;
 use super::Fabric;
 use crate::collectives::ReduceOp;
 use crate::error::{Error, Result};
+use crate::module::FabricModule;
 use crate::optimizer::FabricOptimizer;
 use crate::precision::AutocastGuard;
 use crate::seed;
@@ -83,6 +84,55 @@ impl Fabric {
         let result = f(self);
         self.strategy.set_backward_sync(previous);
         result
+    }
+
+    /// Runs `f` (typically a `backward`) without averaging `model`'s
+    /// gradients between ranks when `enabled`, as Lightning's
+    /// `with fabric.no_backward_sync(model, enabled=...)`: the other models
+    /// average theirs as usual. `model`'s gradients accumulate locally; the
+    /// first `backward` that reaches it outside (or in a later backward
+    /// pass that averages it) averages them.
+    ///
+    /// Gradient accumulation over K micro-batches averages once per
+    /// optimizer step, and equals one step on the K-times larger batch
+    /// (with each micro-batch's loss divided by K):
+    ///
+    /// ```
+    /// # fn main() -> fabric::Result<()> {
+    /// use tch::nn::{self, Module, OptimizerConfig};
+    /// use tch::{Device, Kind, Tensor};
+    ///
+    /// let mut fabric = fabric::Fabric::builder().accelerator("cpu").build()?;
+    /// let mut vs = nn::VarStore::new(Device::Cpu);
+    /// let model = fabric.setup_module_with(&mut vs, |p| nn::linear(p / "fc", 4, 1, Default::default()))?;
+    /// let mut optimizer = fabric.setup_optimizer(nn::Sgd::default().build(&vs, 0.1)?)?;
+    /// let k = 4;
+    /// for micro in 0..k {
+    ///     let loss = model.forward(&Tensor::ones([2, 4], (Kind::Float, Device::Cpu))).mean(None) / k as f64;
+    ///     // Averaged between ranks on the last micro-batch only.
+    ///     fabric.no_backward_sync_for(&model, micro + 1 < k, |f| f.backward(&loss))??;
+    /// }
+    /// optimizer.step()?;
+    /// optimizer.zero_grad();
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// An error if `model` was not set up by this fabric.
+    pub fn no_backward_sync_for<M, T>(
+        &mut self,
+        model: &FabricModule<M>,
+        enabled: bool,
+        f: impl FnOnce(&mut Fabric) -> T,
+    ) -> Result<T> {
+        let Some(index) = model.index().filter(|&i| i < self.modules_set_up) else {
+            return Err(Error::InvalidArgument(
+                "no_backward_sync_for a model this fabric did not set up: pass the model `setup_module` returned".into(),
+            ));
+        };
+        let previous = self.strategy.set_model_backward_sync(index, !enabled)?;
+        let result = f(self);
+        self.strategy.set_model_backward_sync(index, previous)?;
+        Ok(result)
     }
 
     /// Waits until every process reaches this point. With one process it

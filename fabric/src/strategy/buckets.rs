@@ -24,6 +24,85 @@ struct Bucket {
     reduced: Tensor,
 }
 
+/// One bucket to all-reduce, with what it needs to run on any thread: its
+/// parameters and buffers (shallow copies).
+pub(crate) struct BucketJob {
+    /// (parameter, offset, number of elements, the parameter's index in
+    /// the caller's numbering).
+    members: Vec<(Tensor, i64, i64, usize)>,
+    packed: Option<Tensor>,
+    reduced: Tensor,
+}
+
+impl BucketJob {
+    /// The caller's indices of the bucket's parameters.
+    pub(crate) fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.members.iter().map(|m| m.3)
+    }
+
+    /// Packs the bucket's gradients, all-reduces them and writes the average
+    /// back into the gradients. A parameter without a gradient takes part
+    /// with zeros and receives the average.
+    pub(crate) fn run(&self, comm: &Comm) -> Result<()> {
+        let scale = Tensor::from(1.0 / comm.size() as f64);
+        // NCCL averages as it reduces (scaling each rank's values first,
+        // so 16-bit gradients cannot overflow in the sum); MPI sums, and
+        // the sums are divided on the way back.
+        let averaged = self.reduced.device().is_cuda();
+        let op = if averaged {
+            ReduceOp::Mean
+        } else {
+            ReduceOp::Sum
+        };
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = self.members.iter().map(|m| m.0.grad()).collect();
+            match &self.packed {
+                Some(packed) => {
+                    for (&(_, offset, n, _), grad) in self.members.iter().zip(&grads) {
+                        let mut slot = packed.f_narrow(0, offset, n)?;
+                        if grad.defined() {
+                            slot.f_copy_(&grad.f_reshape([-1])?)?;
+                        } else {
+                            let _ = slot.f_zero_()?;
+                        }
+                    }
+                    comm.all_reduce_into(packed, &self.reduced, op)?;
+                }
+                None => {
+                    let grad = if grads[0].defined() {
+                        grads[0].f_contiguous()?
+                    } else {
+                        self.reduced.f_zeros_like()?
+                    };
+                    comm.all_reduce_into(&grad.f_view([-1])?, &self.reduced, op)?;
+                }
+            }
+            for (&(ref param, offset, n, _), grad) in self.members.iter().zip(&grads) {
+                let sum = self
+                    .reduced
+                    .f_narrow(0, offset, n)?
+                    .f_view(param.size().as_slice())?;
+                if !grad.defined() {
+                    let average = if averaged {
+                        sum.f_to_dtype(param.kind(), false, true)?
+                    } else {
+                        sum.f_mul(&scale)?.f_to_kind(param.kind())?
+                    };
+                    crate::shim::set_grad(param, Some(&average))?;
+                } else if averaged {
+                    grad.shallow_clone().f_copy_(&sum)?;
+                } else if grad.kind() == sum.kind() && grad.is_contiguous() {
+                    // Divided and written back in one pass.
+                    let _ = sum.f_mul_out(grad, &scale)?;
+                } else {
+                    grad.shallow_clone().f_copy_(&sum.f_mul(&scale)?)?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
 /// The gradient buckets of `ddp`, allocated once and reused every step, so
 /// averaging allocates nothing. A gradient of [`OWN_BUCKET_BYTES`] or more
 /// is a bucket of its own, all-reduced straight from the gradient; smaller
@@ -31,6 +110,11 @@ struct Bucket {
 /// all-reduced in one MPI call into a second buffer, and the sums come back
 /// into the gradients divided by the world size, in one pass. Gradients of
 /// 16-bit kinds, which MPI does not carry, travel as f32.
+///
+/// Buckets are filled from the last parameter to the first, as PyTorch's
+/// DDP does: a backward pass usually reaches the last layers first, so the
+/// first buckets are the first complete, which lets `ddp` start their
+/// all-reduce while the backward pass goes on.
 #[derive(Default)]
 pub(crate) struct GradientBuckets {
     buckets: Vec<Bucket>,
@@ -65,7 +149,7 @@ impl GradientBuckets {
         // interleaved with the large ones.
         let mut groups: Vec<Vec<usize>> = Vec::new();
         let mut filling: Vec<(Kind, Vec<usize>, usize)> = Vec::new();
-        for (i, param) in params.iter().enumerate() {
+        for (i, param) in params.iter().enumerate().rev() {
             if alone(param) {
                 groups.push(vec![i]);
                 continue;
@@ -117,76 +201,29 @@ impl GradientBuckets {
         Ok(())
     }
 
-    /// Averages the gradients of `params` over every rank.
-    ///
-    /// `names` describe the parameters for messages (`names[i]` is
-    /// `params[i]`'s).
-    pub(crate) fn average(
+    /// The buckets of `params`, laid out for them (once, while they keep
+    /// their shapes and kinds) and ready to run in order, every rank
+    /// running the same buckets in the same order. `indices[i]` is
+    /// `params[i]`'s number in the jobs.
+    pub(crate) fn jobs(
         &mut self,
-        comm: &Comm,
         params: &[Tensor],
-        names: &[String],
+        indices: &[usize],
         bucket_bytes: usize,
-    ) -> Result<()> {
-        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
-        if let Some(i) = grads.iter().position(|g| !g.defined()) {
-            return Err(Error::Distributed(format!(
-                "parameter {} (shape {:?}) received no gradient on rank {}: under ddp every trainable parameter must take part in the loss",
-                names.get(i).map_or("?", String::as_str),
-                params[i].size(),
-                comm.rank()
-            )));
-        }
+    ) -> Result<Vec<BucketJob>> {
         self.lay_out(params, bucket_bytes)?;
-        let scale = Tensor::from(1.0 / comm.size() as f64);
-        // NCCL averages as it reduces (scaling each rank's values first,
-        // so 16-bit gradients cannot overflow in the sum); MPI sums, and
-        // the sums are divided on the way back.
-        let averaged = |t: &Tensor| t.device().is_cuda();
-        let op = |t: &Tensor| {
-            if averaged(t) {
-                ReduceOp::Mean
-            } else {
-                ReduceOp::Sum
-            }
-        };
-        tch::no_grad(|| {
-            for bucket in &self.buckets {
-                match &bucket.packed {
-                    Some(packed) => {
-                        for &(i, offset, n) in &bucket.members {
-                            packed
-                                .f_narrow(0, offset, n)?
-                                .f_copy_(&grads[i].f_reshape([-1])?)?;
-                        }
-                        comm.all_reduce_into(packed, &bucket.reduced, op(&bucket.reduced))?;
-                    }
-                    None => {
-                        let grad = grads[bucket.members[0].0].f_contiguous()?;
-                        comm.all_reduce_into(
-                            &grad.f_view([-1])?,
-                            &bucket.reduced,
-                            op(&bucket.reduced),
-                        )?;
-                    }
-                }
-                for &(i, offset, n) in &bucket.members {
-                    let grad = &grads[i];
-                    let sum = bucket
-                        .reduced
-                        .f_narrow(0, offset, n)?
-                        .f_view(grad.size().as_slice())?;
-                    if averaged(&bucket.reduced) {
-                        grad.shallow_clone().f_copy_(&sum)?;
-                    } else if grad.kind() == sum.kind() && grad.is_contiguous() {
-                        // Divided and written back in one pass.
-                        let _ = sum.f_mul_out(grad, &scale)?;
-                    } else {
-                        grad.shallow_clone().f_copy_(&sum.f_mul(&scale)?)?;
-                    }
-                }
-            }
-            Ok(())
-        })
+        Ok(self
+            .buckets
+            .iter()
+            .map(|bucket| BucketJob {
+                members: bucket
+                    .members
+                    .iter()
+                    .map(|&(i, offset, n)| (params[i].shallow_clone(), offset, n, indices[i]))
+                    .collect(),
+                packed: bucket.packed.as_ref().map(Tensor::shallow_clone),
+                reduced: bucket.reduced.shallow_clone(),
+            })
+            .collect())
     }
 }

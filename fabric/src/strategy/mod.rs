@@ -237,6 +237,16 @@ pub trait Strategy: std::any::Any + Send {
     /// `no_backward_sync`); returns the previous setting.
     fn set_backward_sync(&mut self, enabled: bool) -> bool;
 
+    /// Whether [`backward`](Self::backward) reduces the gradients of one
+    /// model, the `model`-th set up (from 0), for
+    /// [`Fabric::no_backward_sync_for`](crate::Fabric::no_backward_sync_for);
+    /// returns the previous setting. By default a strategy has one setting
+    /// for all its models, which this changes.
+    fn set_model_backward_sync(&mut self, model: usize, enabled: bool) -> Result<bool> {
+        let _ = model;
+        Ok(self.set_backward_sync(enabled))
+    }
+
     /// The element-wise reduction of `tensor` over every rank.
     fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor>;
 

@@ -11,6 +11,7 @@ use super::buckets::DEFAULT_BUCKET_BYTES;
 use super::{ProcessModel, Strategy, StrategyContext};
 use crate::collectives::{Comm, MpiComm, NcclComm, ReduceOp};
 use crate::error::{Error, Result};
+use crate::shim::hooks::GradReadyHooks;
 
 mod models;
 
@@ -20,6 +21,10 @@ use models::DdpModel;
 /// `strategy=DDPStrategy(...)`: one process per device, gradients averaged
 /// in buckets of `bucket_cap_mb` after each backward pass. CPU tensors
 /// travel over Open MPI, CUDA tensors over NCCL.
+///
+/// Each bucket's all-reduce starts while the backward pass is still
+/// running, as soon as the backward pass has accumulated all the bucket's
+/// gradients, as PyTorch's DDP does (see [`overlap`](Self::overlap)).
 ///
 /// With several models (a GAN's generator and discriminator), a backward
 /// pass reduces the gradients of the models that took part in it, as
@@ -54,6 +59,10 @@ pub struct DdpStrategy {
     find_unused_parameters: bool,
     static_graph: bool,
     sync: bool,
+    overlap: bool,
+    /// A gradient-ready hook on every trainable parameter of the models set
+    /// up, numbered model after model.
+    hooks: GradReadyHooks,
 }
 
 impl std::fmt::Debug for DdpStrategy {
@@ -65,6 +74,7 @@ impl std::fmt::Debug for DdpStrategy {
             .field("spawn", &self.spawn)
             .field("find_unused_parameters", &self.find_unused_parameters)
             .field("static_graph", &self.static_graph)
+            .field("overlap", &self.overlap)
             .field("device", &self.device)
             .field("world_size", &self.world_size)
             .finish()
@@ -93,6 +103,8 @@ impl DdpStrategy {
             find_unused_parameters: false,
             static_graph: false,
             sync: true,
+            overlap: true,
+            hooks: GradReadyHooks::default(),
         }
     }
 
@@ -162,9 +174,11 @@ impl DdpStrategy {
     /// PyTorch's `static_graph`: a promise that the set of parameters each
     /// step uses does not change. PyTorch uses it to overlap reduction with
     /// the backward pass despite unused parameters, and it lets such
-    /// parameters be, as `find_unused_parameters` does. fabric reduces after
-    /// the backward pass, never overlapped, so the promise changes nothing
-    /// in how it reduces: `static_graph(true)` only allows unused
+    /// parameters be, as `find_unused_parameters` does. fabric overlaps
+    /// whether or not unused parameters are allowed (it learns which
+    /// parameters a backward pass reaches from the loss's graph before the
+    /// pass runs, see [`overlap`](Self::overlap)), so the promise changes
+    /// nothing in how it reduces: `static_graph(true)` only allows unused
     /// parameters, exactly as
     /// [`find_unused_parameters(true)`](Self::find_unused_parameters) does
     /// (it does not check that the graph stays the same).
@@ -183,6 +197,38 @@ impl DdpStrategy {
     /// Whether [`static_graph`](Self::static_graph) is on.
     pub fn is_static_graph(&self) -> bool {
         self.static_graph
+    }
+
+    /// Whether each bucket's all-reduce runs while the backward pass goes
+    /// on (`true`, the default, as PyTorch's DDP), or all of them after it
+    /// (`false`). The averages are the same to the bit either way: the
+    /// buckets are the same, and so is their arithmetic.
+    ///
+    /// Overlapped, a hook on each parameter's gradient accumulator marks
+    /// the parameter ready as the backward pass accumulates its gradient,
+    /// and a communication thread all-reduces each bucket (the last
+    /// parameters first, as the backward pass reaches them) as soon as all
+    /// its gradients are; `backward` returns once every bucket is averaged.
+    /// Before the pass, the ranks agree on which models and parameters take
+    /// part, from the parameters the loss's graph reaches, so that every
+    /// rank runs the same buckets. It applies to runs of several processes
+    /// on CPUs (MPI); on CUDA devices the reduction follows the backward
+    /// pass.
+    ///
+    /// ```
+    /// use fabric::strategy::DdpStrategy;
+    ///
+    /// let ddp = DdpStrategy::new().overlap(false);
+    /// assert!(!ddp.overlaps());
+    /// ```
+    pub fn overlap(mut self, enabled: bool) -> Self {
+        self.overlap = enabled;
+        self
+    }
+
+    /// Whether [`overlap`](Self::overlap) is on.
+    pub fn overlaps(&self) -> bool {
+        self.overlap
     }
 
     fn bucket_bytes(&self) -> usize {
@@ -244,7 +290,18 @@ impl Strategy for DdpStrategy {
         // Every rank starts from rank 0's parameters and buffers, sent in
         // the order of their names (the same on every rank).
         let variables = crate::vars::sorted(vs);
+        let number = self.models.len() + 1;
         if let Some(comm) = &self.comm {
+            // Before the broadcasts, whose number and shapes depend on the
+            // model: the same model on every rank, or a clear error on each.
+            models::agree(
+                comm,
+                &models::Step::Setup {
+                    number,
+                    variables: variables.len(),
+                    signature: models::signature(&variables),
+                },
+            )?;
             tch::no_grad(|| {
                 for (_, variable) in &variables {
                     let value = comm.broadcast(variable, 0)?;
@@ -253,17 +310,38 @@ impl Strategy for DdpStrategy {
                 Ok::<(), Error>(())
             })?;
         }
-        let number = self.models.len() + 1;
-        let (names, params) = variables
+        let (names, params): (Vec<String>, Vec<Tensor>) = variables
             .into_iter()
             .filter(|(_, variable)| variable.requires_grad())
             .map(|(name, variable)| (format!("`{name}` of model {number}"), variable))
             .unzip();
-        self.models.push(DdpModel::new(params, names));
+        let first_hook = self.hooks.len();
+        if self.comm.is_some() {
+            self.hooks.add(&params)?;
+        }
+        self.models.push(DdpModel::new(params, names, first_hook));
         Ok(())
     }
 
     fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        let allow_unused = self.find_unused_parameters || self.static_graph;
+        let bucket_bytes = self.bucket_bytes();
+        let syncing = self.sync && self.models.iter().any(|m| m.sync);
+        if let Some(comm) = self.comm.as_mut()
+            && syncing
+            && self.overlap
+            && !self.device.is_cuda()
+            && self.hooks.len() == self.models.iter().map(|m| m.params().len()).sum::<usize>()
+        {
+            return models::backward_overlapped(
+                &mut self.models,
+                comm,
+                &self.hooks,
+                loss,
+                allow_unused,
+                bucket_bytes,
+            );
+        }
         let before = self
             .models
             .iter()
@@ -273,9 +351,7 @@ impl Strategy for DdpStrategy {
         for (model, before) in self.models.iter_mut().zip(before) {
             model.after_backward(before)?;
         }
-        if self.sync {
-            let bucket_bytes = self.bucket_bytes();
-            let allow_unused = self.find_unused_parameters || self.static_graph;
+        if syncing {
             models::reduce(
                 &mut self.models,
                 self.comm.as_ref(),
@@ -288,6 +364,17 @@ impl Strategy for DdpStrategy {
 
     fn set_backward_sync(&mut self, enabled: bool) -> bool {
         std::mem::replace(&mut self.sync, enabled)
+    }
+
+    fn set_model_backward_sync(&mut self, model: usize, enabled: bool) -> Result<bool> {
+        let count = self.models.len();
+        match self.models.get_mut(model) {
+            Some(m) => Ok(std::mem::replace(&mut m.sync, enabled)),
+            None => Err(Error::InvalidArgument(format!(
+                "no_backward_sync for model {} of this fabric's strategy, which set up {count}: pass a model this fabric set up",
+                model + 1
+            ))),
+        }
     }
 
     fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {

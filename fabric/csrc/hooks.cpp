@@ -1,0 +1,124 @@
+// fabric's autograd hooks: a post hook on the gradient accumulator of a
+// parameter, which calls back into Rust once the parameter's gradient is
+// accumulated (as PyTorch's DDP reducer, `reducer.cpp`, registers its
+// `autograd_hook` with `grad_accumulator->add_post_hook`), and a walk of a
+// loss's graph to find which accumulators a backward pass will run.
+//
+// Errors come back as malloc'ed messages, freed by `fabric_free_error`
+// (shim.cpp); nothing here lets a C++ exception cross into Rust.
+
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <stdexcept>
+#include <unordered_set>
+#include <vector>
+
+namespace {
+
+char out_of_memory[] = "fabric's C++ hooks: out of memory";
+
+char *hook_error(const char *message) {
+  size_t n = std::strlen(message) + 1;
+  char *copy = static_cast<char *>(std::malloc(n));
+  if (copy == nullptr) {
+    return out_of_memory;
+  }
+  std::memcpy(copy, message, n);
+  return copy;
+}
+
+template <typename F>
+char *hook_guarded(F &&f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const std::exception &e) {
+    return hook_error(e.what());
+  } catch (...) {
+    return hook_error("unknown C++ exception");
+  }
+}
+
+}  // namespace
+
+// A registered hook: the accumulator it is on (held, so that every later
+// graph reuses this accumulator, and with it the hook, as the reducer does)
+// and the key that removes it.
+struct FabricGradHook {
+  c10::intrusive_ptr<torch::autograd::Node> accumulator;
+  uintptr_t key;
+};
+
+// Called with the context and the index given at registration, on the
+// thread that runs the accumulator (the one calling backward, for CPU
+// tensors), once the gradient is accumulated. It must not unwind.
+typedef void (*fabric_grad_ready_fn)(void *context, size_t index);
+
+extern "C" {
+
+char *fabric_grad_hook_register(at::Tensor *param, fabric_grad_ready_fn ready, void *context,
+                                size_t index, FabricGradHook **hook) {
+  return hook_guarded([&] {
+    if (!param->requires_grad() || !param->is_leaf()) {
+      throw std::invalid_argument(
+          "a gradient hook goes on a leaf tensor that requires a gradient (a parameter)");
+    }
+    auto accumulator = torch::autograd::impl::grad_accumulator(*param);
+    if (!accumulator) {
+      throw std::runtime_error("the parameter has no gradient accumulator");
+    }
+    auto key = accumulator->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+        [ready, context, index](const torch::autograd::variable_list &outputs,
+                                const torch::autograd::variable_list & /* inputs */) {
+          ready(context, index);
+          return outputs;
+        }));
+    *hook = new FabricGradHook{std::move(accumulator), key};
+  });
+}
+
+// Removes the hook and lets its accumulator go.
+void fabric_grad_hook_remove(FabricGradHook *hook) {
+  if (hook == nullptr) {
+    return;
+  }
+  hook->accumulator->del_post_hook(hook->key);
+  delete hook;
+}
+
+// Which of `hooks`' accumulators a backward pass from `loss` runs: the
+// nodes reachable from the loss's gradient edge (as DDP's
+// find_unused_parameters search), `reached[i]` for `hooks[i]`.
+char *fabric_grad_hooks_reached(at::Tensor *loss, FabricGradHook **hooks, size_t n,
+                                bool *reached) {
+  return hook_guarded([&] {
+    std::unordered_set<torch::autograd::Node *> seen;
+    std::vector<torch::autograd::Node *> stack;
+    auto root = torch::autograd::impl::gradient_edge(*loss).function;
+    if (root) {
+      seen.insert(root.get());
+      stack.push_back(root.get());
+    }
+    while (!stack.empty()) {
+      auto node = stack.back();
+      stack.pop_back();
+      for (const auto &edge : node->next_edges()) {
+        auto next = edge.function.get();
+        if (next != nullptr && seen.insert(next).second) {
+          stack.push_back(next);
+        }
+      }
+    }
+    for (size_t i = 0; i < n; ++i) {
+      reached[i] = seen.count(hooks[i]->accumulator.get()) > 0;
+    }
+  });
+}
+
+}  // extern "C"
