@@ -96,7 +96,7 @@ pub use fabric::{Fabric, LoggerMut, LoggerRef};
 pub use fabric_macros::{Callback, fabric, hook, hooks};
 pub use launcher::TrainResult;
 pub use loggers::{CsvLogger, Hyperparams, Logger, LoggerError, Metric, TensorBoardLogger};
-pub use module::FabricModule;
+pub use module::{FabricModule, Forward, Tensors};
 pub use optimizer::{AnyOptimizer, FabricOptimizer};
 pub use plugins::{IntoPlugin, Plugin};
 pub use process::Threads;
