@@ -303,3 +303,41 @@ fn forward_with_runs_another_method_with_the_precision() {
     assert_eq!(model.forward(&x).kind(), Kind::Float);
     assert_eq!(x.apply_t(&model, false).kind(), Kind::Float);
 }
+
+/// A precision plugin that records the dtypes it is asked to convert.
+struct Recording(Arc<Mutex<Vec<Kind>>>);
+
+impl fabric::precision::PrecisionPlugin for Recording {
+    fn convert_input(&self, xs: &Tensor) -> Tensor {
+        self.0.lock().unwrap().push(xs.kind());
+        xs.to_kind(Kind::Float)
+    }
+}
+
+#[test]
+fn a_precision_plugin_converts_only_floating_point_arguments() {
+    let _seed = seeded();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let mut fabric = Fabric::builder()
+        .accelerator("cpu")
+        .plugin(fabric::Plugin::precision(Recording(Arc::clone(&asked))))
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = fabric
+        .setup_module_with(&mut vs, |p| TwoHeads {
+            fc: nn::linear(p / "fc", 4, 3, Default::default()),
+            seen: Arc::clone(&seen),
+        })
+        .unwrap();
+    let (x, mask) = inputs(4);
+    let _ = model.forward((&x.to_kind(Kind::Double), &mask, 1.0));
+    assert_eq!(
+        *asked.lock().unwrap(),
+        [Kind::Double],
+        "the mask is not converted"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!((seen[0].x, seen[0].mask), (Kind::Float, Kind::Int64));
+}
