@@ -341,3 +341,100 @@ fn a_precision_plugin_converts_only_floating_point_arguments() {
     let seen = seen.lock().unwrap();
     assert_eq!((seen[0].x, seen[0].mask), (Kind::Float, Kind::Int64));
 }
+
+/// Derived: named fields, a skipped field, a nested collection, generics.
+#[derive(Tensors)]
+struct Derived<T> {
+    x: Tensor,
+    extra: Option<(Tensor, Vec<Tensor>)>,
+    label: T,
+    #[tensors(skip)]
+    note: std::rc::Rc<String>,
+}
+
+#[derive(Tensors)]
+enum Head {
+    Logits(Tensor),
+    Both { logits: Tensor, ids: Tensor },
+    Nothing,
+}
+
+#[test]
+fn derived_tensors_traverse_every_field_in_order() {
+    let derived = Derived {
+        x: Tensor::from(1.0f64),
+        extra: Some((
+            Tensor::from(2.0f64),
+            vec![Tensor::from(3i64), Tensor::from(4.0f64)],
+        )),
+        label: 7u8,
+        note: std::rc::Rc::new("kept".into()),
+    };
+    let mut order = Vec::new();
+    derived.for_each_tensor(&mut |t| order.push(t.double_value(&[])));
+    assert_eq!(order, [1.0, 2.0, 3.0, 4.0]);
+    let mapped = derived.map_tensors(&mut |t| Ok(t * 10)).unwrap();
+    assert_eq!(mapped.x.double_value(&[]), 10.0);
+    let (a, rest) = mapped.extra.unwrap();
+    assert_eq!(
+        (a.double_value(&[]), rest[1].double_value(&[])),
+        (20.0, 40.0)
+    );
+    assert_eq!((mapped.label, mapped.note.as_str()), (7, "kept"));
+
+    for (head, expected) in [
+        (Head::Logits(Tensor::from(1.0f64)), vec![1.0]),
+        (
+            Head::Both {
+                logits: Tensor::from(1.0f64),
+                ids: Tensor::from(2i64),
+            },
+            vec![1.0, 2.0],
+        ),
+        (Head::Nothing, vec![]),
+    ] {
+        let mut seen = Vec::new();
+        head.map_tensors(&mut |t| Ok(t + 1))
+            .unwrap()
+            .for_each_tensor(&mut |t| seen.push(t.double_value(&[]) - 1.0));
+        assert_eq!(seen, expected);
+    }
+}
+
+/// A derived struct through a set-up model under `dp`.
+#[derive(Tensors)]
+struct Pair {
+    features: Tensor,
+    ids: Tensor,
+}
+
+struct Echo;
+
+impl Forward<Pair> for Echo {
+    type Output = Pair;
+
+    fn call(&self, pair: Pair, _train: bool) -> Pair {
+        Pair {
+            features: pair.features * 3,
+            ids: pair.ids,
+        }
+    }
+}
+
+#[test]
+fn a_derived_struct_goes_through_dp() {
+    let _seed = seeded();
+    let mut fabric = dp("bf16-mixed", 3).build().unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = fabric.setup_module_with(&mut vs, |_| Echo).unwrap();
+    let pair = Pair {
+        features: Tensor::arange(5, (Kind::Float, Device::Cpu)),
+        ids: Tensor::arange(5, (Kind::Int64, Device::Cpu)),
+    };
+    let out = model.forward(&pair);
+    assert!(
+        out.features
+            .equal(&(Tensor::arange(5, (Kind::Float, Device::Cpu)) * 3))
+    );
+    assert!(out.ids.equal(&pair.ids));
+}

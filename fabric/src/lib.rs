@@ -93,7 +93,7 @@ pub use device::ToDevice;
 pub use environment::{ClusterEnvironment, SingleProcessEnvironment};
 pub use error::{Error, Result};
 pub use fabric::{Fabric, LoggerMut, LoggerRef};
-pub use fabric_macros::{Callback, fabric, hook, hooks};
+pub use fabric_macros::{Callback, Tensors, fabric, hook, hooks};
 pub use launcher::TrainResult;
 pub use loggers::{CsvLogger, Hyperparams, Logger, LoggerError, Metric, TensorBoardLogger};
 pub use module::{FabricModule, Forward, Tensors};

@@ -23,9 +23,20 @@ use crate::error::Result;
 /// model receives their [`Owned`](Self::Owned) form, with owned tensors
 /// (the cast copies, or shallow clones of the caller's tensors).
 ///
-/// A struct of tensors of your own implements it with one method, which
-/// rebuilds the struct from `f` applied to each tensor, always in the same
-/// order:
+/// A struct or enum of tensors of your own derives it, each field going
+/// through its own implementation (`#[tensors(skip)]` clones a field
+/// instead):
+///
+/// ```
+/// use fabric::Tensors;
+/// use tch::Tensor;
+///
+/// #[derive(Tensors)]
+/// struct Batch { images: Tensor, labels: Tensor, augment: bool }
+/// ```
+///
+/// or implements it by hand, with one method that rebuilds it from `f`
+/// applied to each tensor, always in the same order:
 ///
 /// ```
 /// use fabric::Tensors;
