@@ -60,7 +60,7 @@ use crate::error::Result;
     message = "`{Self}` cannot go into or out of a set-up model's forward pass",
     label = "not made of tensors and plain values",
     note = "`fabric::Tensors` is implemented for `Tensor`, `&Tensor`, plain values (`bool`, integers, floats, `()`, `&str`, `String`, `Kind`, `Device`), and tuples (up to 8), arrays, `Vec`, `Option` and `BTreeMap` of them",
-    note = "for a struct of your own, implement `fabric::Tensors` for `{Self}`: `map_tensors` rebuilds it from `f` applied to each tensor field"
+    note = "for a struct or enum of your own, add `#[derive(fabric::Tensors)]` to `{Self}`"
 )]
 pub trait Tensors {
     /// The same data with owned tensors: what the model receives for these
@@ -310,6 +310,17 @@ impl<M: ModuleT + ?Sized> Forward<Tensor> for M {
     type Output = Tensor;
 
     fn call(&self, xs: Tensor, train: bool) -> Tensor {
+        self.forward_t(&xs, train)
+    }
+}
+
+/// One tensor in a one-element tuple, for code generic over argument
+/// tuples. (With two impls, a call with other arguments is reported by
+/// `Forward`'s own message rather than as a type mismatch.)
+impl<M: ModuleT + ?Sized> Forward<(Tensor,)> for M {
+    type Output = Tensor;
+
+    fn call(&self, (xs,): (Tensor,), train: bool) -> Tensor {
         self.forward_t(&xs, train)
     }
 }

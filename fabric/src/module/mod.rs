@@ -22,8 +22,8 @@ use crate::strategy::replicas::Replicas;
 ///
 /// Any model can be set up: a tch `Module`/`ModuleT` takes one tensor
 /// (`model.forward(&xs)`); a model of several inputs or outputs (tuples,
-/// structs of tensors, plain values alongside) implements [`Forward`] for
-/// them. [`forward_with`](Self::forward_with) runs any other method of the
+/// structs of tensors with `#[derive(Tensors)]`, plain values alongside)
+/// implements [`Forward`] for them. [`forward_with`](Self::forward_with) runs any other method of the
 /// model the same way.
 ///
 /// Like a PyTorch module it has a training mode, on by default, switched
