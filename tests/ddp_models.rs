@@ -205,7 +205,8 @@ fn train_gan(
         let fake = g.forward(&z);
         d_opt.zero_grad();
         let mut d_loss = bce(&d.forward(&real), 1.0) + bce(&d.forward(&fake.detach()), 0.0);
-        if let Some(class_logits) = d.class_logits(&real) {
+        // A method other than `forward`, run with the precision as `forward` is.
+        if let Some(class_logits) = d.forward_with(&real, |d, real| d.class_logits(&real)) {
             d_loss += class_logits.cross_entropy_for_logits(&classes);
         }
         fabric.backward(&d_loss)?;

@@ -293,6 +293,30 @@ fn expand_with_errors(
 mod tests;
 
 mod callbacks;
+mod tensors;
+
+/// Implements `fabric::Tensors` for a struct or enum of tensors and plain
+/// values, so that it can be a set-up model's arguments or outputs: each
+/// field goes through its own `Tensors` implementation, in declaration
+/// order, and a field marked `#[tensors(skip)]` is cloned as it is. The
+/// fields that are not skipped must own their tensors (`Tensor`, not
+/// `&Tensor`).
+///
+/// ```ignore
+/// use fabric::Tensors;
+/// use tch::Tensor;
+///
+/// #[derive(Tensors)]
+/// struct Batch {
+///     images: Tensor,
+///     labels: Tensor,
+///     augment: bool,
+/// }
+/// ```
+#[proc_macro_derive(Tensors, attributes(tensors))]
+pub fn derive_tensors(input: TokenStream) -> TokenStream {
+    tensors::derive_tensors(input.into()).into()
+}
 
 /// Implements `fabric::Callback` for a struct or enum, registering the hooks
 /// of its `#[fabric::hooks]` impl block, if it has one.

@@ -23,6 +23,8 @@ use crate::plugins::kind::{Bitsandbytes, ClusterEnvironment, Plugin, PrecisionPl
 pub use crate::plugins::kind;
 
 pub use crate::launcher::TrainResult;
+/// For `#[derive(Tensors)]`, whose user may not name tch.
+pub use tch::Tensor;
 
 /// Builds the `Fabric` configured by the attribute and runs the training
 /// function with it. A configuration error is returned through the

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tch::Tensor;
-use tch::nn::{ModuleT, VarStore};
+use tch::nn::VarStore;
 
 use super::Fabric;
 use crate::callbacks::hooks::OnAfterSetup;
@@ -17,16 +17,15 @@ use crate::strategy::replicas;
 impl Fabric {
     /// Moves the variables of `vs` to the run's device and casts them to the
     /// run's precision, in place (models and optimizers built from `vs` keep
-    /// working), and wraps `module`, the model built on `vs`.
+    /// working), and wraps `module`, the model built on `vs`: any model,
+    /// whose forward pass [`FabricModule::forward`] runs with the run's
+    /// precision (a tch `Module`/`ModuleT` on one tensor; see
+    /// [`Forward`](crate::Forward) for other inputs and outputs).
     ///
     /// Under `dp` with several devices the model must be built once per
     /// device: use [`setup_module_with`](Self::setup_module_with), which
     /// works under every strategy.
-    pub fn setup_module<M: ModuleT>(
-        &mut self,
-        vs: &mut VarStore,
-        module: M,
-    ) -> Result<FabricModule<M>> {
+    pub fn setup_module<M>(&mut self, vs: &mut VarStore, module: M) -> Result<FabricModule<M>> {
         let replicas = self.strategy.replica_devices().len();
         if replicas > 0 {
             return Err(Error::InvalidArgument(format!(
@@ -74,7 +73,7 @@ impl Fabric {
     /// # let _ = (model, optimizer);
     /// # Ok(()) }
     /// ```
-    pub fn setup_module_with<M: ModuleT>(
+    pub fn setup_module_with<M>(
         &mut self,
         vs: &mut VarStore,
         build: impl Fn(&tch::nn::Path) -> M,
@@ -94,11 +93,7 @@ impl Fabric {
         Ok(module)
     }
 
-    fn setup_built_module<M: ModuleT>(
-        &mut self,
-        vs: &mut VarStore,
-        module: M,
-    ) -> Result<FabricModule<M>> {
+    fn setup_built_module<M>(&mut self, vs: &mut VarStore, module: M) -> Result<FabricModule<M>> {
         let device = self.device();
         if vs.device() != device {
             vs.set_device(device);
@@ -127,7 +122,7 @@ impl Fabric {
 
     /// Sets up a model and its optimizer together, as Lightning's
     /// `model, optimizer = fabric.setup(model, optimizer)`.
-    pub fn setup<M: ModuleT>(
+    pub fn setup<M>(
         &mut self,
         vs: &mut VarStore,
         module: M,
@@ -167,7 +162,6 @@ impl Fabric {
         optimizer: impl FnOnce(&VarStore) -> std::result::Result<O, E>,
     ) -> Result<(FabricModule<M>, FabricOptimizer)>
     where
-        M: ModuleT,
         O: Into<AnyOptimizer>,
         E: Into<Error>,
     {

@@ -72,12 +72,16 @@ pub trait PrecisionPlugin: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Converts a floating-point input before the forward pass.
+    /// Converts a floating-point input before the forward pass: fabric
+    /// calls it on each floating-point tensor of a forward pass's arguments
+    /// (integer and boolean tensors, such as token ids and masks, are
+    /// passed as they are).
     fn convert_input(&self, xs: &Tensor) -> Tensor {
         xs.shallow_clone()
     }
 
-    /// Converts a forward pass's output for the user.
+    /// Converts a forward pass's output for the user: fabric calls it on
+    /// each tensor of the outputs.
     fn convert_output(&self, ys: Tensor) -> Tensor {
         ys
     }

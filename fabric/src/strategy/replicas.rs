@@ -28,10 +28,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use tch::nn::{ModuleT, VarStore};
+use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::module::Tensors;
 use crate::shim;
 
 /// A variable of the first device's model and its copies on the other
@@ -169,42 +170,101 @@ impl<M> Replicas<M> {
     }
 }
 
-impl<M: ModuleT> Replicas<M> {
-    /// Runs `primary` and the replicas on their chunks of `xs` (already in
-    /// the run's precision) and returns the outputs concatenated on
+impl<M> Replicas<M> {
+    /// Runs `primary` and the replicas on their chunks of `args` (already
+    /// in the run's precision) and returns the outputs gathered on
     /// `primary_device`. `run` runs one module on one chunk on a device
-    /// (under the precision's autocast). Scalar outputs are gathered into
-    /// a vector of one value per chunk, as `DataParallel` does.
-    pub(crate) fn forward(
+    /// (under the precision's autocast).
+    ///
+    /// Every tensor of `args` with at least one dimension is split along
+    /// its first (as `torch.chunk`: fewer chunks than devices when the
+    /// batch is smaller); they must agree on its size. Scalar tensors and
+    /// plain values go whole to every device; arguments without a batched
+    /// tensor run on the first device alone. Each output tensor is
+    /// concatenated along its first dimension, scalars stacked into a
+    /// vector of one value per chunk, as `DataParallel` does.
+    pub(crate) fn forward<A, O>(
         &self,
         primary: &M,
         primary_device: Device,
-        xs: &Tensor,
-        run: &dyn Fn(&M, &Tensor, Device) -> Tensor,
-    ) -> Tensor {
-        if xs.dim() == 0 {
-            return run(primary, xs, primary_device);
+        args: A,
+        run: &dyn Fn(&M, A, Device) -> O,
+    ) -> Result<O>
+    where
+        A: Tensors<Owned = A>,
+        O: Tensors<Owned = O>,
+    {
+        // The batch size, from the first batched tensor; then every
+        // batched tensor's chunks (none for scalars).
+        let mut batch: Option<(usize, i64)> = None;
+        let mut mismatch = None;
+        let mut position = 0;
+        args.for_each_tensor(&mut |t| {
+            if t.dim() > 0 {
+                let size = t.size()[0];
+                match batch {
+                    None => batch = Some((position, size)),
+                    Some((first, expected)) if expected != size && mismatch.is_none() => {
+                        mismatch = Some(format!(
+                            "under \"dp\" every tensor argument is split along its first dimension, the batch, \
+                             so they must agree on its size: tensor {first} (counting from 0, in argument order) has {expected} rows, tensor {position} has {size}"
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            position += 1;
+        });
+        if let Some(message) = mismatch {
+            return Err(Error::InvalidArgument(message));
+        }
+        if batch.is_none() {
+            return Ok(run(primary, args, primary_device));
         }
         self.synchronise();
-        let chunks = xs.chunk(self.devices.len() as i64 + 1, 0);
-        let mut outputs = Vec::with_capacity(chunks.len());
-        for (i, chunk) in chunks.iter().enumerate() {
-            let output = if i == 0 {
-                run(primary, chunk, primary_device)
+        let devices = self.devices.len() as i64 + 1;
+        let mut pieces: Vec<Option<Vec<Tensor>>> = Vec::new();
+        let mut failed = None;
+        args.for_each_tensor(&mut |t| {
+            pieces.push(if t.dim() > 0 {
+                match t.f_chunk(devices, 0) {
+                    Ok(chunks) => Some(chunks),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        Some(Vec::new())
+                    }
+                }
             } else {
-                let device = self.devices[i - 1];
-                let output = run(&self.modules[i - 1], &chunk.to_device(device), device);
-                output.to_device(primary_device)
+                None
+            })
+        });
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let chunks = pieces.iter().flatten().map(Vec::len).min().unwrap_or(1);
+        let mut outputs = Vec::with_capacity(chunks);
+        for i in 0..chunks {
+            let device = if i == 0 {
+                primary_device
+            } else {
+                self.devices[i - 1]
             };
-            outputs.push(output);
+            let mut position = 0;
+            let part = args.map_tensors(&mut |t| {
+                let piece = match &pieces[position] {
+                    Some(chunks) => chunks[i].shallow_clone(),
+                    None => t.shallow_clone(),
+                };
+                position += 1;
+                to_device(piece, device)
+            })?;
+            outputs.push(if i == 0 {
+                run(primary, part, device)
+            } else {
+                run(&self.modules[i - 1], part, device)
+            });
         }
-        if outputs.len() == 1 {
-            return outputs.pop().expect("one output");
-        }
-        if outputs[0].dim() == 0 {
-            return Tensor::stack(&outputs, 0);
-        }
-        Tensor::cat(&outputs, 0)
+        gather(outputs, primary_device)
     }
 
     /// Brings the replicas up to date: whether each variable requires a
@@ -236,6 +296,56 @@ impl<M: ModuleT> Replicas<M> {
             }
         });
     }
+}
+
+fn to_device(t: Tensor, device: Device) -> Result<Tensor> {
+    Ok(if t.device() == device {
+        t
+    } else {
+        t.f_to_device(device)?
+    })
+}
+
+/// The outputs of every chunk gathered on `device`: each tensor
+/// concatenated along its first dimension (scalars stacked), plain values
+/// taken from the first chunk's output.
+fn gather<O: Tensors<Owned = O>>(mut outputs: Vec<O>, device: Device) -> Result<O> {
+    if outputs.len() == 1 {
+        return Ok(outputs.pop().expect("one output"));
+    }
+    let mut columns: Vec<Vec<Tensor>> = Vec::new();
+    for (i, output) in outputs.iter().enumerate() {
+        let mut count = 0;
+        output.for_each_tensor(&mut |t| {
+            if i == 0 {
+                columns.push(Vec::new());
+            }
+            if let Some(column) = columns.get_mut(count) {
+                column.push(t.shallow_clone());
+            }
+            count += 1;
+        });
+        if count != columns.len() {
+            return Err(Error::InvalidArgument(format!(
+                "under \"dp\" the outputs of the devices are gathered tensor by tensor, so each device's output must hold as many tensors: \
+                 the first device's holds {}, device {i}'s {count} (a `Vec` or `Option` whose length depends on the batch?)",
+                columns.len()
+            )));
+        }
+    }
+    let mut position = 0;
+    outputs[0].map_tensors(&mut |_| {
+        let column = columns[position]
+            .iter()
+            .map(|t| to_device(t.shallow_clone(), device))
+            .collect::<Result<Vec<_>>>()?;
+        position += 1;
+        Ok(if column[0].dim() == 0 {
+            Tensor::f_stack(&column, 0)?
+        } else {
+            Tensor::f_cat(&column, 0)?
+        })
+    })
 }
 
 impl ReplicaGradients {
