@@ -484,7 +484,7 @@ pub fn sample(
     device: Device,
 ) -> String {
     model.eval();
-    let block = model.config().block;
+    let block = model.inner().config().block;
     let mut ids = corpus.encode(prompt);
     if ids.is_empty() {
         ids.push(0);

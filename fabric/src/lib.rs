@@ -74,6 +74,7 @@ mod seed;
 mod shim;
 pub mod strategy;
 mod switches;
+mod tensors;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
@@ -96,12 +97,13 @@ pub use fabric::{Fabric, LoggerMut, LoggerRef};
 pub use fabric_macros::{Callback, Tensors, fabric, hook, hooks};
 pub use launcher::TrainResult;
 pub use loggers::{CsvLogger, Hyperparams, Logger, LoggerError, Metric, TensorBoardLogger};
-pub use module::{FabricModule, Forward, Tensors};
+pub use module::{FabricModule, Forward};
 pub use optimizer::{AnyOptimizer, FabricOptimizer};
 pub use plugins::{IntoPlugin, Plugin};
 pub use process::Threads;
 pub use progress::Progress;
 pub use strategy::{DdpStrategy, GradClip, IntoStrategy, Strategy};
+pub use tensors::Tensors;
 
 /// The option types and their parser, shared with `#[fabric(...)]`
 /// (`options::Strategy` is the `strategy` option's names; the

@@ -2,7 +2,9 @@
 
 mod forward;
 
-pub use forward::{Forward, Tensors};
+pub use forward::Forward;
+
+use crate::tensors::Tensors;
 
 use std::cell::Cell;
 use std::sync::Arc;

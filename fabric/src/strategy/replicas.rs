@@ -32,8 +32,8 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::module::Tensors;
 use crate::shim;
+use crate::tensors::Tensors;
 
 /// A variable of the first device's model and its copies on the other
 /// devices.
