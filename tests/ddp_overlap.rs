@@ -155,6 +155,12 @@ fn mlp(vs: &nn::VarStore, widths: &[i64]) -> Mlp {
 /// through the head only), rank `rank`'s data; the head's extra layer is
 /// used on rank 0 only, and from step 1 on; returns the variables and
 /// gradients after each backward pass.
+///
+/// Two traps for the overlap: the head's `shift` is added through a view
+/// to a tensor of the same shape, so that its gradient (adopted by the
+/// accumulator) is a view of a gradient the rest of the backward pass
+/// still reads; and the head is cast to f64 and back after it was set up,
+/// which gives its parameters new gradient accumulators.
 fn overlap_run(overlap: bool) -> fabric::Result<Vec<u64>> {
     let mut fabric = Fabric::builder()
         .accelerator("cpu")
@@ -171,17 +177,20 @@ fn overlap_run(overlap: bool) -> fabric::Result<Vec<u64>> {
     let encoder = mlp(&encoder_vs, &[600, 512, 64, 32]);
     let mut head_vs = nn::VarStore::new(Device::Cpu);
     let head = mlp(&head_vs, &[32, 48, 40, 48, 8]);
+    let shift = head_vs.root().randn_standard("shift", &[16 * 8]);
     let encoder_opt = Sgd::new(0.05).momentum(0.9).build(&encoder_vs)?;
     let head_opt = Sgd::new(0.05).build(&head_vs)?;
     let (encoder, mut encoder_opt) = fabric.setup(&mut encoder_vs, encoder, encoder_opt)?;
     let (head, mut head_opt) = fabric.setup(&mut head_vs, head, head_opt)?;
+    head_vs.double();
+    head_vs.float();
     let mut out = Vec::new();
     for step in 0..3 {
         let xs = Tensor::randn([16, 600], (Kind::Float, Device::Cpu)) * (rank as f64 + 1.0);
         encoder_opt.zero_grad();
         head_opt.zero_grad();
         let features = encoder.forward(&xs);
-        let output = head.forward(&features);
+        let output = head.forward(&features) + shift.view([16, 8]);
         let mut loss = output.square().mean(Kind::Float);
         if rank == 0 && step > 0 {
             let unused = head.inner().unused.as_ref().unwrap();
@@ -448,12 +457,15 @@ fn no_backward_sync_for_a_model_of_another_fabric_is_an_error() {
     let mut c_vs = nn::VarStore::new(Device::Cpu);
     let c = nn::linear(c_vs.root() / "c", 3, 1, Default::default());
     let c = other.setup_module(&mut c_vs, c).unwrap();
-    // `c` is `other`'s second model: `fabric` set up one.
-    let error = fabric
-        .no_backward_sync_for(&c, true, |_| ())
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("did not set up"), "{error}");
+    // `c` is `other`'s second model: `fabric` set up one; `_b` is
+    // `other`'s first.
+    for model in [&c, &_b] {
+        let error = fabric
+            .no_backward_sync_for(model, true, |_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("did not set up"), "{error}");
+    }
 }
 
 // ---- ranks that set up different models ------------------------------------

@@ -69,7 +69,13 @@ pub struct Fabric {
     finished: bool,
     /// How many models `setup_module` set up.
     modules_set_up: usize,
+    /// This fabric among those of the process, so that a model set up by
+    /// another is told apart.
+    id: u64,
 }
+
+/// The next [`Fabric`]'s id.
+static NEXT_FABRIC_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Everything a `Fabric` is made of, resolved by the connector and the
 /// builder.
@@ -117,6 +123,7 @@ impl Fabric {
             progress_bar: parts.progress_bar,
             finished: false,
             modules_set_up: 0,
+            id: NEXT_FABRIC_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -102,7 +102,10 @@ impl Fabric {
         self.strategy.setup_module(vs)?;
         let index = self.modules_set_up;
         self.modules_set_up += 1;
-        Ok(FabricModule::new(module, Arc::clone(&self.precision), device).with_index(index))
+        Ok(
+            FabricModule::new(module, Arc::clone(&self.precision), device)
+                .with_index(self.id, index),
+        )
     }
 
     /// Wraps an optimizer built on a var store that was (or will be) set up

@@ -124,7 +124,10 @@ impl Fabric {
         enabled: bool,
         f: impl FnOnce(&mut Fabric) -> T,
     ) -> Result<T> {
-        let Some(index) = model.index().filter(|&i| i < self.modules_set_up) else {
+        let Some((_, index)) = model
+            .index()
+            .filter(|&(fabric, i)| fabric == self.id && i < self.modules_set_up)
+        else {
             return Err(Error::InvalidArgument(
                 "no_backward_sync_for a model this fabric did not set up: pass the model `setup_module` returned".into(),
             ));

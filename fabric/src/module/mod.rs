@@ -47,9 +47,9 @@ pub struct FabricModule<M> {
     device: Device,
     training: Cell<bool>,
     replicas: Option<Replicas<M>>,
-    /// Which of the fabric's models it is (the order of `setup_module`
-    /// calls, from 0), for per-model `no_backward_sync`.
-    index: Option<usize>,
+    /// Which fabric set it up, and which of its models it is (the order of
+    /// `setup_module` calls, from 0), for per-model `no_backward_sync`.
+    index: Option<(u64, usize)>,
 }
 
 impl<M: std::fmt::Debug> std::fmt::Debug for FabricModule<M> {
@@ -76,14 +76,14 @@ impl<M> FabricModule<M> {
         }
     }
 
-    pub(crate) fn with_index(mut self, index: usize) -> Self {
-        self.index = Some(index);
+    pub(crate) fn with_index(mut self, fabric: u64, index: usize) -> Self {
+        self.index = Some((fabric, index));
         self
     }
 
-    /// Which of the fabric's models it is (`None` for a module not set up
-    /// by a fabric).
-    pub(crate) fn index(&self) -> Option<usize> {
+    /// Which fabric set it up and which of its models it is (`None` for a
+    /// module not set up by a fabric).
+    pub(crate) fn index(&self) -> Option<(u64, usize)> {
         self.index
     }
 

@@ -41,24 +41,38 @@ impl BucketJob {
     }
 
     /// Packs the bucket's gradients, all-reduces them and writes the average
-    /// back into the gradients. A parameter without a gradient takes part
-    /// with zeros and receives the average.
+    /// back into the gradients ([`all_reduce`](Self::all_reduce) then
+    /// [`write_back`](Self::write_back)). A parameter without a gradient
+    /// takes part with zeros and receives the average.
     pub(crate) fn run(&self, comm: &Comm) -> Result<()> {
-        let scale = Tensor::from(1.0 / comm.size() as f64);
-        // NCCL averages as it reduces (scaling each rank's values first,
-        // so 16-bit gradients cannot overflow in the sum); MPI sums, and
-        // the sums are divided on the way back.
-        let averaged = self.reduced.device().is_cuda();
-        let op = if averaged {
+        self.all_reduce(comm)?;
+        self.write_back(comm.size())
+    }
+
+    /// Whether the reduction averages as it goes (NCCL, scaling each rank's
+    /// values first, so 16-bit gradients cannot overflow in the sum) rather
+    /// than summing (MPI; the sums are divided on the way back).
+    fn averages(&self) -> bool {
+        self.reduced.device().is_cuda()
+    }
+
+    /// Packs the bucket's gradients and all-reduces them into the bucket's
+    /// buffer. It only reads the gradients, so it may run while the
+    /// backward pass goes on: a gradient may share its memory with a tensor
+    /// the rest of the pass still reads (the accumulator can adopt the
+    /// incoming gradient, a view of it included), so writing it back must
+    /// wait for the end of the pass.
+    pub(crate) fn all_reduce(&self, comm: &Comm) -> Result<()> {
+        let op = if self.averages() {
             ReduceOp::Mean
         } else {
             ReduceOp::Sum
         };
         tch::no_grad(|| {
-            let grads: Vec<Tensor> = self.members.iter().map(|m| m.0.grad()).collect();
             match &self.packed {
                 Some(packed) => {
-                    for (&(_, offset, n, _), grad) in self.members.iter().zip(&grads) {
+                    for &(ref param, offset, n, _) in &self.members {
+                        let grad = param.grad();
                         let mut slot = packed.f_narrow(0, offset, n)?;
                         if grad.defined() {
                             slot.f_copy_(&grad.f_reshape([-1])?)?;
@@ -69,15 +83,28 @@ impl BucketJob {
                     comm.all_reduce_into(packed, &self.reduced, op)?;
                 }
                 None => {
-                    let grad = if grads[0].defined() {
-                        grads[0].f_contiguous()?
+                    let grad = self.members[0].0.grad();
+                    let grad = if grad.defined() {
+                        grad.f_contiguous()?
                     } else {
                         self.reduced.f_zeros_like()?
                     };
                     comm.all_reduce_into(&grad.f_view([-1])?, &self.reduced, op)?;
                 }
             }
-            for (&(ref param, offset, n, _), grad) in self.members.iter().zip(&grads) {
+            Ok(())
+        })
+    }
+
+    /// Writes the average of an [`all_reduce`](Self::all_reduce) over
+    /// `world` ranks back into the gradients (a parameter without one gets
+    /// it as its gradient).
+    pub(crate) fn write_back(&self, world: usize) -> Result<()> {
+        let scale = Tensor::from(1.0 / world as f64);
+        let averaged = self.averages();
+        tch::no_grad(|| {
+            for &(ref param, offset, n, _) in &self.members {
+                let grad = param.grad();
                 let sum = self
                     .reduced
                     .f_narrow(0, offset, n)?
@@ -93,7 +120,7 @@ impl BucketJob {
                     grad.shallow_clone().f_copy_(&sum)?;
                 } else if grad.kind() == sum.kind() && grad.is_contiguous() {
                     // Divided and written back in one pass.
-                    let _ = sum.f_mul_out(grad, &scale)?;
+                    let _ = sum.f_mul_out(&grad, &scale)?;
                 } else {
                     grad.shallow_clone().f_copy_(&sum.f_mul(&scale)?)?;
                 }

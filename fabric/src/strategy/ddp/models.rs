@@ -401,9 +401,9 @@ pub(super) fn backward_overlapped(
             return Err(error);
         }
     };
-    let jobs = jobs(models, &taking_part, bucket_bytes)?;
+    let bucket_jobs = jobs(models, &taking_part, bucket_bytes)?;
     // What each bucket waits for: its parameters this pass reaches.
-    let pending: Vec<Vec<usize>> = jobs
+    let pending: Vec<Vec<usize>> = bucket_jobs
         .iter()
         .map(|job| job.indices().filter(|&i| reached[i]).collect())
         .collect();
@@ -411,34 +411,64 @@ pub(super) fn backward_overlapped(
     let waiter = hooks.waiter();
     // The communication thread borrows the communicator exclusively: this
     // thread makes no collective until it is joined (MPI serialises the
-    // calls of the process anyway, `collectives::world`).
+    // calls of the process anyway, `collectives::world`). It only packs and
+    // all-reduces; the averages are written back into the gradients here,
+    // once the backward pass is over (see `BucketJob::all_reduce`).
+    let thread_comm = &mut *comm;
     let (backward, reduced) = std::thread::scope(|scope| {
         let communication = std::thread::Builder::new()
             .name("fabric-ddp-reduce".into())
-            .spawn_scoped(scope, move || -> Result<()> {
-                for (job, pending) in jobs.iter().zip(&pending) {
-                    waiter.wait(pending);
-                    job.run(comm)?;
-                }
-                Ok(())
+            .spawn_scoped(scope, move || {
+                let reduced = bucket_jobs
+                    .iter()
+                    .zip(&pending)
+                    .try_for_each(|(job, pending)| {
+                        waiter.wait(pending);
+                        job.all_reduce(thread_comm)
+                    });
+                (bucket_jobs, reduced)
             });
+        // Whatever happens to the backward pass (an error, a panic), the
+        // waiting thread is released.
+        let finish = FinishOnDrop(hooks);
         let backward = loss.f_backward();
-        hooks.finish();
+        drop(finish);
         let reduced = match communication {
-            Ok(thread) => thread.join().unwrap_or_else(|_| {
-                Err(Error::Distributed(
+            Ok(thread) => match thread.join() {
+                Ok((bucket_jobs, reduced)) => reduced.map(|()| Some(bucket_jobs)),
+                Err(_) => Err(Error::Distributed(
                     "ddp's gradient reduction thread panicked".into(),
-                ))
-            }),
-            Err(error) => Err(Error::Distributed(format!(
-                "ddp could not start its gradient reduction thread: {error}"
-            ))),
+                )),
+            },
+            Err(_) => Ok(None),
         };
         (backward, reduced)
+    });
+    // The averages go back into the gradients; without a thread (the
+    // system refused one), the buckets are all-reduced here first, after
+    // the backward pass, as the other ranks expect.
+    let reduced = reduced.and_then(|reduced| {
+        let world = comm.size();
+        match reduced {
+            Some(bucket_jobs) => bucket_jobs.iter().try_for_each(|job| job.write_back(world)),
+            None => jobs(models, &taking_part, bucket_bytes)?
+                .iter()
+                .try_for_each(|job| job.run(comm)),
+        }
     });
     for (m, _) in taking_part {
         models[m].clear();
     }
     backward?;
     reduced
+}
+
+/// Ends an armed pass of the hooks when dropped, so that a thread waiting
+/// on them returns even if the backward pass unwinds.
+struct FinishOnDrop<'a>(&'a GradReadyHooks);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
