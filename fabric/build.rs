@@ -27,6 +27,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
     println!("cargo:rerun-if-changed=csrc/hooks.cpp");
+    println!("cargo:rerun-if-changed=csrc/errors.h");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         // torch-sys always publishes it on Linux and macOS.
         panic!(

@@ -5,47 +5,20 @@
 // loss's graph to find which accumulators a backward pass will run.
 //
 // Errors come back as malloc'ed messages, freed by `fabric_free_error`
-// (shim.cpp); nothing here lets a C++ exception cross into Rust.
+// (errors.h, shim.cpp); nothing here lets a C++ exception cross into Rust.
 
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/utils/lambda_post_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <stdexcept>
 #include <unordered_set>
 #include <vector>
 
-namespace {
+#include "errors.h"
 
-char out_of_memory[] = "fabric's C++ hooks: out of memory";
-
-char *hook_error(const char *message) {
-  size_t n = std::strlen(message) + 1;
-  char *copy = static_cast<char *>(std::malloc(n));
-  if (copy == nullptr) {
-    return out_of_memory;
-  }
-  std::memcpy(copy, message, n);
-  return copy;
-}
-
-template <typename F>
-char *hook_guarded(F &&f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const std::exception &e) {
-    return hook_error(e.what());
-  } catch (...) {
-    return hook_error("unknown C++ exception");
-  }
-}
-
-}  // namespace
+using fabric_errors::guarded;
 
 // Called with the context and the index given at registration, on the
 // thread that runs the accumulator (the one calling backward, for CPU
@@ -91,7 +64,7 @@ extern "C" {
 
 char *fabric_grad_hook_register(at::Tensor *param, fabric_grad_ready_fn ready, void *context,
                                 size_t index, FabricGradHook **hook) {
-  return hook_guarded([&] {
+  return guarded([&] {
     if (!param->requires_grad() || !param->is_leaf()) {
       throw std::invalid_argument(
           "a gradient hook goes on a leaf tensor that requires a gradient (a parameter)");
@@ -119,7 +92,7 @@ void fabric_grad_hook_remove(FabricGradHook *hook) {
 // find_unused_parameters search), `reached[i]` for `hooks[i]`.
 char *fabric_grad_hooks_reached(at::Tensor *loss, FabricGradHook **hooks, size_t n,
                                 bool *reached) {
-  return hook_guarded([&] {
+  return guarded([&] {
     // A parameter whose dtype or device changed since the hook was put on
     // (`set_data`) has a new accumulator, which later graphs use: the hook
     // moves to it, or the pass would never call it.

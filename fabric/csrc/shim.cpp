@@ -10,7 +10,7 @@
 //
 // Every function catches C++ exceptions and returns the message as a
 // malloc'ed string (NULL on success, never NULL on failure: a static message
-// when memory is exhausted), freed by `fabric_free_error`.
+// when memory is exhausted), freed by `fabric_free_error` (errors.h).
 // Tensors cross the boundary as tch's `C_tensor`, which is `at::Tensor*`.
 
 #include <ATen/ATen.h>
@@ -23,37 +23,19 @@
 #include <optional>
 #include <vector>
 
-namespace {
+#include "errors.h"
 
 // Returned instead of a message when the message itself cannot be
 // allocated, so that a failure is never reported as success (NULL). It is
-// static: `fabric_free_error` does not free it.
-char out_of_memory[] =
+// static and shared by every file of the shim: `fabric_free_error` does not
+// free it.
+char fabric_errors::out_of_memory[] =
     "fabric's C++ shim: out of memory (the message of an error could not be allocated)";
 
-// A malloc'ed copy of `message`, or `out_of_memory` when `allocate` fails.
-// `allocate` is malloc but in the shim's own test of that failure.
-char *error_message(const char *message, void *(*allocate)(size_t) = std::malloc) {
-  size_t n = std::strlen(message) + 1;
-  char *copy = static_cast<char *>(allocate(n));
-  if (copy == nullptr) {
-    return out_of_memory;
-  }
-  std::memcpy(copy, message, n);
-  return copy;
-}
+namespace {
 
-template <typename F>
-char *guarded(F &&f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const std::exception &e) {
-    return error_message(e.what());
-  } catch (...) {
-    return error_message("unknown C++ exception");
-  }
-}
+using fabric_errors::error_message;
+using fabric_errors::guarded;
 
 std::vector<at::Tensor> tensor_list(at::Tensor **tensors, size_t n) {
   std::vector<at::Tensor> list;
@@ -84,7 +66,7 @@ at::DeviceType device_type(int device) {
 extern "C" {
 
 void fabric_free_error(char *error) {
-  if (error != out_of_memory) {
+  if (error != fabric_errors::out_of_memory) {
     std::free(error);
   }
 }
