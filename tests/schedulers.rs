@@ -125,6 +125,13 @@ fn cases() -> Vec<(&'static str, bool, Value, Schedule, usize)> {
             21,
         ),
         (
+            "OneCycleLR per group",
+            false,
+            json!({"kind": "one_cycle", "max_lr": [0.5, 0.02], "total_steps": 20, "pct_start": 0.3, "anneal": "cos", "three_phase": false, "div_factor": 25.0, "final_div_factor": 1e4}),
+            OneCycle::per_group([0.5, 0.02], 20).into(),
+            20,
+        ),
+        (
             "OneCycleLR three phases linear",
             false,
             json!({"kind": "one_cycle", "max_lr": 0.01, "total_steps": 30, "pct_start": 0.25, "anneal": "linear", "three_phase": true, "div_factor": 10.0, "final_div_factor": 100.0}),
@@ -669,6 +676,22 @@ fn bad_groups_and_schedules_are_clear_errors() {
     assert!(e.contains("has a phase of no steps"), "{e}");
     let e = schedule_error(&mut opt, Schedule::step_lr(0, 0.5));
     assert!(e.contains("step_size >= 1"), "{e}");
+    // One peak per group: `opt` has one group.
+    let e = schedule_error(&mut opt, OneCycle::per_group([0.1, 0.2], 20).into());
+    assert!(
+        e.contains("has 2 peak learning rates") && e.contains("the optimizer 1 parameter groups"),
+        "{e}"
+    );
+    let e = schedule_error(&mut opt, OneCycle::per_group([-0.1], 20).into());
+    assert!(
+        e.contains("a finite max_lr > 0 for each parameter group"),
+        "{e}"
+    );
+    let e = schedule_error(&mut opt, OneCycle::per_group([], 20).into());
+    assert!(
+        e.contains("a finite max_lr > 0 for each parameter group"),
+        "{e}"
+    );
     let mut lambda = LrScheduler::new(
         &mut opt,
         Schedule::lambda(|e| if e < 2 { 1.0 } else { f64::NAN }),

@@ -27,18 +27,27 @@ pub enum Anneal {
 /// from `max_lr / div_factor` to `max_lr` over the first `pct_start` of
 /// `total_steps`, then down to `max_lr / div_factor / final_div_factor`;
 /// the momentum (SGD's, or Adam's first beta) cycles the other way between
-/// `max_momentum` and `base_momentum`.
+/// `max_momentum` and `base_momentum`. Each parameter group may peak at its
+/// own learning rate ([`OneCycle::per_group`], PyTorch's `max_lr` given as a
+/// list).
 ///
 /// ```
 /// use fabric::optim::{Anneal, OneCycle, Schedule};
 ///
 /// let schedule: Schedule = OneCycle::new(0.1, 1000).pct_start(0.25).anneal(Anneal::Linear).into();
 /// assert_eq!(schedule.name(), "one_cycle");
+/// // A body at 1e-3 and a head at 1e-2, for an optimizer of two groups.
+/// let per_group: Schedule = OneCycle::per_group([1e-3, 1e-2], 1000).into();
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OneCycle {
-    /// The peak learning rate, of every group.
+    /// The peak learning rate, of every group (unless `group_max_lrs`).
     pub max_lr: f64,
+    /// The peak learning rate of each parameter group, in the optimizer's
+    /// order, when they differ (`max_lr` is then the first of them); the
+    /// scheduler checks there is one per group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_max_lrs: Option<Vec<f64>>,
     /// The steps of the whole cycle; stepping past them is an error.
     pub total_steps: u64,
     /// The share of the steps spent increasing the learning rate (0.3).
@@ -65,6 +74,7 @@ impl OneCycle {
     pub fn new(max_lr: f64, total_steps: u64) -> Self {
         OneCycle {
             max_lr,
+            group_max_lrs: None,
             total_steps,
             pct_start: 0.3,
             anneal: Anneal::Cos,
@@ -74,6 +84,32 @@ impl OneCycle {
             div_factor: 25.0,
             final_div_factor: 1e4,
             three_phase: false,
+        }
+    }
+
+    /// A one-cycle schedule over `total_steps` whose `i`-th parameter group
+    /// peaks at `max_lrs[i]` (PyTorch's `OneCycleLR(max_lr=[...])`); the
+    /// other settings as [`new`](Self::new)'s. Making the scheduler is an
+    /// error unless the optimizer has one group per value.
+    pub fn per_group(max_lrs: impl IntoIterator<Item = f64>, total_steps: u64) -> Self {
+        let max_lrs: Vec<f64> = max_lrs.into_iter().collect();
+        let first = max_lrs.first().copied().unwrap_or(f64::NAN);
+        OneCycle {
+            group_max_lrs: Some(max_lrs),
+            ..OneCycle::new(first, total_steps)
+        }
+    }
+
+    /// The peak learning rate of each of `groups` parameter groups; an
+    /// error if the schedule has one per group for another count.
+    fn max_lrs(&self, groups: usize) -> Result<Vec<f64>> {
+        match &self.group_max_lrs {
+            None => Ok(vec![self.max_lr; groups]),
+            Some(max_lrs) if max_lrs.len() == groups => Ok(max_lrs.clone()),
+            Some(max_lrs) => Err(invalid(format!(
+                "this one-cycle schedule has {} peak learning rates (one per parameter group) and the optimizer {groups} parameter groups: give one per group",
+                max_lrs.len()
+            ))),
         }
     }
 
@@ -141,7 +177,7 @@ enum Point {
 }
 
 /// The schedules, with their settings, as a checkpoint records them.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Kind {
     Lambda,
@@ -303,7 +339,7 @@ impl Kind {
                     (!(0.0..=1.0).contains(&min_lr_ratio)).then(|| format!("warm-up then cosine needs 0 <= min_lr_ratio <= 1, got {min_lr_ratio}"))
                 }
             }
-            Kind::OneCycle(c) => c.problem(),
+            Kind::OneCycle(ref c) => c.problem(),
         };
         match problem {
             Some(problem) => Err(invalid(problem)),
@@ -316,6 +352,13 @@ impl OneCycle {
     fn problem(&self) -> Option<String> {
         let positive = |v: f64| v.is_finite() && v > 0.0;
         let momentum = |m: f64| (0.0..1.0).contains(&m);
+        if let Some(max_lrs) = &self.group_max_lrs
+            && (max_lrs.is_empty() || !max_lrs.iter().all(|&lr| positive(lr)))
+        {
+            return Some(format!(
+                "OneCycleLR needs a finite max_lr > 0 for each parameter group, got {max_lrs:?}"
+            ));
+        }
         if self.total_steps == 0
             || !positive(self.max_lr)
             || !positive(self.div_factor)
@@ -425,18 +468,19 @@ impl LrScheduler {
         schedule.kind.validate()?;
         let optimizer = optimizer.stateful_mut()?;
         let groups = optimizer.groups().len();
-        let base_lrs = match schedule.kind {
+        let base_lrs = match &schedule.kind {
             Kind::OneCycle(c) => {
+                let max_lrs = c.max_lrs(groups)?;
                 if c.cycle_momentum {
                     optimizer.set_momentums(&vec![c.max_momentum; groups]);
                 }
-                vec![c.max_lr / c.div_factor; groups]
+                max_lrs.iter().map(|max_lr| max_lr / c.div_factor).collect()
             }
             _ => optimizer.lrs(),
         };
         let mut scheduler = LrScheduler {
             state: SchedulerState {
-                schedule: schedule.kind,
+                schedule: schedule.kind.clone(),
                 last_epoch: 0,
                 step_count: 1,
                 base_lrs,
@@ -507,7 +551,7 @@ impl LrScheduler {
             )));
         }
         let e = epoch as f64;
-        let lrs = match self.state.schedule {
+        let lrs = match self.state.schedule.clone() {
             Kind::Lambda => {
                 let factor = self
                     .schedule
@@ -571,6 +615,7 @@ impl LrScheduler {
                 }
             }
             Kind::OneCycle(c) => {
+                let max_lrs = c.max_lrs(base.len())?;
                 if epoch > c.total_steps {
                     return Err(invalid(format!(
                         "the one-cycle schedule has {} steps and was stepped {epoch} times: make total_steps the number of optimizer steps",
@@ -580,10 +625,10 @@ impl LrScheduler {
                 let phases = c.phases();
                 let mut lrs = Vec::with_capacity(base.len());
                 let mut momentums = Vec::with_capacity(base.len());
-                for &initial_lr in base {
+                for (&initial_lr, &max_lr) in base.iter().zip(&max_lrs) {
                     let lr_at = |p: Point| match p {
                         Point::Initial => initial_lr,
-                        Point::Max => c.max_lr,
+                        Point::Max => max_lr,
                         Point::Min => initial_lr / c.final_div_factor,
                     };
                     // The momentum moves against the learning rate.
@@ -641,7 +686,7 @@ impl LrScheduler {
     /// Takes the saved settings and position (checked by [`check`](Self::check));
     /// a lambda schedule keeps its function.
     pub(crate) fn restore(&mut self, saved: SchedulerState) {
-        self.schedule.kind = saved.schedule;
+        self.schedule.kind = saved.schedule.clone();
         self.state = saved;
     }
 }
