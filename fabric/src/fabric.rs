@@ -153,6 +153,12 @@ impl Fabric {
         &*self.strategy
     }
 
+    /// The strategy, to change, for the crate's tests.
+    #[cfg(test)]
+    pub(crate) fn strategy_mut(&mut self) -> &mut dyn Strategy {
+        &mut *self.strategy
+    }
+
     /// The precision in use, or `None` when a precision plugin of the
     /// user's replaces the `precision` option.
     pub fn precision(&self) -> Option<Precision> {

@@ -81,9 +81,11 @@ impl Fabric {
     /// reached.
     pub fn no_backward_sync<T>(&mut self, enabled: bool, f: impl FnOnce(&mut Fabric) -> T) -> T {
         let previous = self.strategy.set_backward_sync(!enabled);
-        let result = f(self);
+        // Restored on unwind too: a caller that catches a panic of `f`
+        // must not go on with averaging silently off.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
         self.strategy.set_backward_sync(previous);
-        result
+        result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     /// Runs `f` (typically a `backward`) without averaging `model`'s
@@ -133,8 +135,11 @@ impl Fabric {
             ));
         };
         let previous = self.strategy.set_model_backward_sync(index, !enabled)?;
-        let result = f(self);
-        self.strategy.set_model_backward_sync(index, previous)?;
+        // Restored on unwind too (see `no_backward_sync`).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        let restored = self.strategy.set_model_backward_sync(index, previous);
+        let result = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        restored?;
         Ok(result)
     }
 

@@ -93,3 +93,33 @@ fn a_model_the_backward_pass_did_not_reach_is_left_alone() {
     fabric.backward(&s.forward(&xs()).sum(Kind::Float)).unwrap();
     assert!(s.ws.grad().defined());
 }
+
+/// A panic inside `no_backward_sync(_for)` that the caller catches leaves
+/// averaging as it was before the call, not silently off.
+#[test]
+fn a_caught_panic_inside_no_backward_sync_restores_averaging() {
+    let mut fabric = Fabric::builder()
+        .accelerator("cpu")
+        .strategy(DdpStrategy::new())
+        .build()
+        .unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = fabric
+        .setup_module_with(&mut vs, |p| nn::linear(p / "fc", 3, 1, Default::default()))
+        .unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fabric.no_backward_sync(true, |_| panic!("in the closure"))
+    }));
+    let caught_for = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fabric.no_backward_sync_for(&model, true, |_| panic!("in the closure"))
+    }));
+    assert!(caught.is_err() && caught_for.is_err(), "the panics go on");
+    // Each setter returns the value before: both still averaging.
+    assert!(fabric.strategy_mut().set_backward_sync(true));
+    assert!(
+        fabric
+            .strategy_mut()
+            .set_model_backward_sync(0, true)
+            .unwrap()
+    );
+}
