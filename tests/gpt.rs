@@ -100,12 +100,12 @@ fn the_short_gpt_learns_under_bf16_mixed_with_accumulation() {
     );
 }
 
-/// Stopping at step 13 (mid-epoch), saving, and resuming gives the same
+/// Stopping at step 10 (mid-epoch), saving, and resuming gives the same
 /// parameters, optimizer state, scheduler position, data order and losses,
-/// bit for bit, as training 24 steps without stopping, with and without
-/// gradient accumulation. The text is short, so that an epoch is 20
-/// micro-batches and the runs cross epochs (with 2 micro-batches per step,
-/// the stop is in the middle of the second).
+/// bit for bit, as training 18 steps without stopping, with and without
+/// gradient accumulation. The text is short, so that an epoch is 17
+/// micro-batches and the runs cross epochs after the stop (with 2
+/// micro-batches per step, the stop is in the middle of the second).
 #[test]
 fn resuming_mid_run_is_bit_identical_to_not_stopping() {
     // Seeded training: one at a time (libtorch's generator is global).
@@ -114,9 +114,10 @@ fn resuming_mid_run_is_bit_identical_to_not_stopping() {
         let whole = tempfile::tempdir().unwrap();
         let split = tempfile::tempdir().unwrap();
         let options = |dir: &Path| {
-            let mut o = short(dir.into(), 24);
-            // 360 training characters: 328 windows, 20 batches of 16.
-            o.text_limit = Some(400);
+            let mut o = short(dir.into(), 18);
+            // 306 training characters: 274 windows, 17 batches of 16 (and
+            // 34 validation characters, 2 windows).
+            o.text_limit = Some(340);
             o.batch_size = 16;
             o.eval_batches = 2;
             o.accumulate = accumulate;
@@ -124,15 +125,15 @@ fn resuming_mid_run_is_bit_identical_to_not_stopping() {
             o
         };
         let full = gpt::train(&mut fabric("32-true"), &options(whole.path())).unwrap();
-        assert_eq!((full.start_step, full.step), (0, 24));
+        assert_eq!((full.start_step, full.step), (0, 18));
 
         let mut first = options(split.path());
-        first.stop_at = Some(13);
+        first.stop_at = Some(10);
         let stopped = gpt::train(&mut fabric("32-true"), &first).unwrap();
-        assert_eq!(stopped.step, 13);
+        assert_eq!(stopped.step, 10);
         assert!(stopped.sample.is_empty());
         let resumed = gpt::train(&mut fabric("32-true"), &options(split.path())).unwrap();
-        assert_eq!((resumed.start_step, resumed.step), (13, 24));
+        assert_eq!((resumed.start_step, resumed.step), (10, 18));
 
         // The losses of every step, before and after the stop.
         let losses: Vec<f64> = stopped
@@ -144,7 +145,7 @@ fn resuming_mid_run_is_bit_identical_to_not_stopping() {
         assert_eq!(losses, full.train_losses, "accumulate {accumulate}");
         assert_eq!(resumed.val_loss.to_bits(), full.val_loss.to_bits());
         assert_eq!(resumed.sample, full.sample);
-        // The checkpoints at step 24: model, AdamW's moments and steps, the
+        // The checkpoints at step 18: model, AdamW's moments and steps, the
         // scheduler and the step, byte for byte.
         let (a, b) = (
             files(&whole.path().join("last")),
@@ -170,7 +171,7 @@ fn the_example_trains_two_ranks_under_ddp() {
             .envs([
                 ("DEVICES", "2"),
                 ("PRECISION", "32-true"),
-                ("STEPS", "20"),
+                ("STEPS", "8"),
                 ("WIDTH", "32"),
                 ("LAYERS", "2"),
                 ("HEADS", "2"),
@@ -178,7 +179,7 @@ fn the_example_trains_two_ranks_under_ddp() {
                 ("BATCH_SIZE", "4"),
                 ("ACCUMULATE", "2"),
                 ("TEXT_LIMIT", "20000"),
-                ("EVAL_EVERY", "10"),
+                ("EVAL_EVERY", "4"),
                 ("EVAL_BATCHES", "4"),
                 ("SAMPLE_CHARS", "30"),
             ])
