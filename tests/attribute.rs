@@ -3,6 +3,8 @@
 //! attribute in a program built with it (`src/bin/attribute_probe.rs`, run
 //! as a child process with the variables set).
 
+mod common;
+
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
@@ -123,6 +125,8 @@ fn train_in_bf16_mixed(fabric: &mut Fabric) -> anyhow::Result<Run> {
 
 #[test]
 fn the_attribute_trains_a_model_on_one_cpu_device() {
+    // Seeded training, whose shuffled loader follows the global seed.
+    let _rng = common::rng_lock();
     let run = train_on_one_cpu().unwrap();
     assert_eq!(run.precision, Some(Precision::True32));
     let (first, last) = (run.losses[0], run.losses[EPOCHS - 1]);
@@ -136,6 +140,8 @@ fn the_attribute_trains_a_model_on_one_cpu_device() {
 
 #[test]
 fn the_attribute_trains_in_bf16_mixed() {
+    // Seeded training, whose shuffled loader follows the global seed.
+    let _rng = common::rng_lock();
     let run = train_in_bf16_mixed().unwrap();
     assert_eq!(run.precision, Some(Precision::MixedBf16));
     let last = run.losses[EPOCHS - 1];

@@ -1,5 +1,7 @@
 //! Typed callbacks: derive, hooks, dispatch order, outcomes, early stopping.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use fabric::callbacks::{EarlyStopping, Mode, ThroughputMonitor};
@@ -128,6 +130,8 @@ fn user_declared_hooks_dispatch_with_their_arguments_and_outcomes() {
 
 #[test]
 fn fabric_fires_on_after_setup() {
+    // Initialising layers draws from the generator another test seeds.
+    let _rng = common::rng_lock();
     let journal = Journal::default();
     let mut fabric = Fabric::builder()
         .accelerator("cpu")
@@ -171,6 +175,7 @@ fn a_hook_error_propagates_and_names_the_callback_and_hook() {
 
 #[test]
 fn early_stopping_stops_a_real_training_run() {
+    let _rng = common::rng_lock();
     let mut fabric = Fabric::builder()
         .accelerator("cpu")
         .callback(EarlyStopping::new("val_loss", 3).min_delta(1e-3))
@@ -341,6 +346,8 @@ impl CheckpointWatcher {
 
 #[test]
 fn fabric_fires_its_hooks_around_checkpoints() {
+    // Initialising layers draws from the generator another test seeds.
+    let _rng = common::rng_lock();
     let journal = Journal::default();
     let mut fabric = Fabric::builder()
         .accelerator("cpu")

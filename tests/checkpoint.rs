@@ -1,6 +1,8 @@
 //! Checkpoints: exact resumption, Python interoperability, every class of
 //! bad checkpoint, and atomicity under SIGKILL.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,13 +17,9 @@ use fabric::{Error, Fabric, FabricOptimizer};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-/// libtorch's generator is process-wide: every test of this file holds this
-/// lock, so that tests seeding and drawing from it do not interleave.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+// The tests that seed libtorch's generator or draw from it (initialising
+// layers) hold this lock: the generator is process-wide.
+use common::rng_lock;
 
 fn fabric() -> Fabric {
     Fabric::builder()
@@ -590,7 +588,6 @@ fn non_strict_loading_takes_what_fits_and_reports_the_rest() {
 
 #[test]
 fn the_loss_scaler_and_values_round_trip() {
-    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scaler");
     let mut fabric = fabric();
@@ -651,7 +648,6 @@ fn the_loss_scaler_and_values_round_trip() {
 
 #[test]
 fn saving_replaces_a_checkpoint_but_never_a_foreign_path() {
-    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/ckpt");
     let mut fabric = fabric();
@@ -751,23 +747,17 @@ fn kill_child(dir: &Path) {
 
 #[test]
 fn a_process_killed_while_saving_leaves_the_previous_checkpoint() {
-    let _rng = rng_lock();
     if let Some(dir) = std::env::var_os(KILL_CHILD) {
         kill_child(Path::new(&dir));
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut killed_mid_save = 0;
     for round in 0..4u64 {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "a_process_killed_while_saving_leaves_the_previous_checkpoint",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(KILL_CHILD, dir.path())
+        let test = "a_process_killed_while_saving_leaves_the_previous_checkpoint";
+        let scenario = common::Scenario::direct(test).env(KILL_CHILD, dir.path());
+        let mut child = scenario
+            .command()
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -871,7 +861,6 @@ fn chattr(flag: &str, file: &Path) -> bool {
 
 #[test]
 fn a_previous_checkpoint_that_cannot_be_deleted_is_left_and_later_saves_work() {
-    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt");
     let mut fabric = fabric();

@@ -1,44 +1,31 @@
 //! Loading libtorch's CUDA backend and NCCL, which must work (or fail
 //! clearly) on machines without a GPU. Each check that changes what the
 //! process has loaded runs in a child: this test binary re-run with
-//! `FABRIC_CUDA_LIBRARIES_CHILD` naming the check.
+//! `FABRIC_SCENARIO` naming the check (`common::Scenario`).
+
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 
 use fabric::testing::{self, CudaBackend};
 
-const CHILD: &str = "FABRIC_CUDA_LIBRARIES_CHILD";
-
 /// Runs `check` (an ignored test of this file) in a child with `env`;
 /// returns its output, asserting it succeeded.
 fn child(check: &str, env: &[(&str, &std::ffi::OsStr)]) -> String {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            check,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, check);
+    let mut scenario = common::Scenario::direct(check).arg("--ignored");
     for (name, value) in env {
-        command.env(name, value);
+        scenario = scenario.env(name, value);
     }
-    let output = command.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{check} failed:\n{text}");
+    let run = scenario.run();
+    let text = run.text;
+    assert!(run.output.status.success(), "{check} failed:\n{text}");
     assert!(text.contains("1 passed"), "{check} did not run:\n{text}");
     text
 }
 
 fn in_child(check: &str) -> bool {
-    std::env::var(CHILD).is_ok_and(|c| c == check)
+    common::in_scenario(check)
 }
 
 fn loaded(file_name: &str) -> bool {

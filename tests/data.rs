@@ -1,6 +1,8 @@
 //! Data sets and loaders: batch sizes, drop_last, seeded shuffling, worker
 //! threads (`tests/data/workers.rs`).
 
+mod common;
+
 use fabric::Fabric;
 use fabric::data::{DataLoader, Dataset, Sampler, TensorDataset};
 use tch::{Device, Kind, Tensor};
@@ -185,6 +187,9 @@ fn the_length_counts_the_batches_a_custom_sampler_makes() {
 
 #[test]
 fn fabric_loaders_deliver_batches_on_the_device_and_follow_the_global_seed() {
+    // The loaders read the global seed at each epoch: no other test may
+    // set it meanwhile.
+    let _rng = common::rng_lock();
     let fabric = Fabric::builder().accelerator("cpu").build().unwrap();
     fabric.seed_everything(1234);
     let mut a = fabric

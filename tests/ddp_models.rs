@@ -4,9 +4,10 @@
 //! `find_unused_parameters` and takes part with a zero gradient with it.
 //!
 //! Each test runs this binary under `mpirun` with `FABRIC_SCENARIO` naming
-//! the test; in the ranks, the test body runs its scenario.
+//! the test (`common::Scenario`); in the ranks, the test body runs its
+//! scenario and writes its result to a file the test reads.
 
-use std::process::{Command, Output};
+mod common;
 
 use fabric::optim::Adam;
 use fabric::strategy::DdpStrategy;
@@ -14,60 +15,19 @@ use fabric::{Fabric, ReduceOp};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-const SCENARIO: &str = "FABRIC_SCENARIO";
-const MODE: &str = "FABRIC_DDP_MODE";
-/// Where each rank writes its result, `rank<R>`: files, because `mpirun`
-/// may splice one rank's long output line into another's.
-const RESULTS: &str = "FABRIC_DDP_RESULTS";
+use common::{Scenario, in_scenario, report};
 
-fn scenario() -> Option<String> {
-    std::env::var(SCENARIO).ok()
-}
+/// Which strategy a GAN run's ranks use.
+const MODE: &str = "FABRIC_DDP_MODE";
 
 fn mode_here() -> String {
     std::env::var(MODE).unwrap_or_default()
 }
 
-/// Writes this rank's result for the test to read.
-fn report(rank: usize, result: &str) {
-    let dir = std::env::var(RESULTS).unwrap();
-    std::fs::write(
-        std::path::Path::new(&dir).join(format!("rank{rank}")),
-        result,
-    )
-    .unwrap();
-}
-
 /// Runs test `test` of this binary in two ranks of `mpirun`, with
-/// `FABRIC_DDP_MODE=mode`; returns the output and each rank's result.
-fn two_ranks(test: &str, mode: &str) -> (Output, String, Vec<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let mut command = Command::new("mpirun");
-    command
-        .args([
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "--bind-to",
-            "none",
-        ])
-        .args(["-np", "2", "-x", &format!("{SCENARIO}={test}")])
-        .args(["-x", &format!("{MODE}={mode}")])
-        .args(["-x", &format!("{RESULTS}={}", dir.path().display())])
-        .arg(&exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"]);
-    let output = command.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results = (0..2)
-        .map(|rank| {
-            std::fs::read_to_string(dir.path().join(format!("rank{rank}"))).unwrap_or_default()
-        })
-        .collect();
-    (output, text, results)
+/// `FABRIC_DDP_MODE=mode`.
+fn two_ranks(test: &str, mode: &str) -> common::Run {
+    Scenario::mpirun(test, 2).env(MODE, mode).run()
 }
 
 fn encode(values: &[f32]) -> String {
@@ -224,7 +184,7 @@ fn train_gan(
 
 /// The GAN under two ranks against one process on the whole batch.
 fn gan_run(test: &str, mode: &str, auxiliary: bool) {
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let builder = Fabric::builder().accelerator("cpu");
         let builder = match mode_here().as_str() {
             "name" => builder.strategy("ddp_find_unused_parameters_true"),
@@ -238,12 +198,15 @@ fn gan_run(test: &str, mode: &str, auxiliary: bool) {
         report(rank as usize, &encode(&params));
         return;
     }
-    let (output, text, results) = two_ranks(test, mode);
-    assert!(output.status.success(), "{text}");
+    let common::Run { text, results, .. } = two_ranks(test, mode).assert_success();
     assert!(!results[0].is_empty(), "no result from rank 0:\n{text}");
     assert_eq!(results[0], results[1], "the ranks differ");
     let mut one = Fabric::builder().accelerator("cpu").build().unwrap();
-    let expected = train_gan(&mut one, 0, 1, auxiliary).unwrap();
+    let expected = {
+        // Seeded, then initialised: no other test may draw in between.
+        let _rng = common::rng_lock();
+        train_gan(&mut one, 0, 1, auxiliary).unwrap()
+    };
     let got = decode(&results[0]);
     assert_eq!(got.len(), expected.len());
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
@@ -342,22 +305,20 @@ fn unused_scenario(find_unused: bool) {
 #[test]
 fn unused_parameters_are_a_clear_error_without_find_unused_parameters() {
     let test = "unused_parameters_are_a_clear_error_without_find_unused_parameters";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         return unused_scenario(false);
     }
-    let (output, text, results) = two_ranks(test, "");
-    assert!(output.status.success(), "{text}");
+    let common::Run { text, results, .. } = two_ranks(test, "").assert_success();
     assert_eq!(results, ["error=clear", "error=clear"], "{text}");
 }
 
 #[test]
 fn unused_parameters_take_part_with_zero_gradients_with_find_unused_parameters() {
     let test = "unused_parameters_take_part_with_zero_gradients_with_find_unused_parameters";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         return unused_scenario(true);
     }
-    let (output, text, results) = two_ranks(test, "");
-    assert!(output.status.success(), "{text}");
+    let common::Run { text, results, .. } = two_ranks(test, "").assert_success();
     assert_eq!(results, ["ran=averaged", "ran=averaged"], "{text}");
 }
 
@@ -366,7 +327,7 @@ fn unused_parameters_take_part_with_zero_gradients_with_find_unused_parameters()
 #[test]
 fn a_gan_whose_generator_loss_skips_a_discriminator_head_needs_find_unused() {
     let test = "a_gan_whose_generator_loss_skips_a_discriminator_head_needs_find_unused";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -385,7 +346,6 @@ fn a_gan_whose_generator_loss_skips_a_discriminator_head_needs_find_unused() {
         report(rank, "error=clear");
         return;
     }
-    let (output, text, results) = two_ranks(test, "");
-    assert!(output.status.success(), "{text}");
+    let common::Run { text, results, .. } = two_ranks(test, "").assert_success();
     assert_eq!(results, ["error=clear", "error=clear"], "{text}");
 }

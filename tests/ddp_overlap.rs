@@ -3,10 +3,10 @@
 //! different models (issue 14), in real two-rank runs of `mpirun`.
 //!
 //! Each test runs this binary under `mpirun` with `FABRIC_SCENARIO` naming
-//! the test; in the ranks, the test body runs its scenario and writes its
-//! result to a file the test reads.
+//! the test (`common::Scenario`); in the ranks, the test body runs its
+//! scenario and writes its result to a file the test reads.
 
-use std::process::{Command, Output};
+mod common;
 
 use fabric::optim::{LrScheduler, Schedule, Sgd};
 use fabric::strategy::DdpStrategy;
@@ -14,57 +14,19 @@ use fabric::{Fabric, ReduceOp};
 use tch::nn::{self, Module, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-const SCENARIO: &str = "FABRIC_SCENARIO";
-const MODE: &str = "FABRIC_DDP_MODE";
-const RESULTS: &str = "FABRIC_DDP_RESULTS";
+use common::{Scenario, in_scenario, report};
 
-fn scenario() -> Option<String> {
-    std::env::var(SCENARIO).ok()
-}
+/// A variant of a test's scenario, for its ranks.
+const MODE: &str = "FABRIC_DDP_MODE";
 
 fn mode_here() -> String {
     std::env::var(MODE).unwrap_or_default()
 }
 
-fn report(rank: usize, result: &str) {
-    let dir = std::env::var(RESULTS).unwrap();
-    std::fs::write(
-        std::path::Path::new(&dir).join(format!("rank{rank}")),
-        result,
-    )
-    .unwrap();
-}
-
-/// Runs test `test` of this binary in two ranks of `mpirun`; returns the
-/// output and each rank's result.
-fn two_ranks(test: &str, mode: &str) -> (Output, String, Vec<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let output = Command::new("mpirun")
-        .args([
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "--bind-to",
-            "none",
-        ])
-        .args(["-np", "2", "-x", &format!("{SCENARIO}={test}")])
-        .args(["-x", &format!("{MODE}={mode}")])
-        .args(["-x", &format!("{RESULTS}={}", dir.path().display())])
-        .arg(&exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results = (0..2)
-        .map(|rank| {
-            std::fs::read_to_string(dir.path().join(format!("rank{rank}"))).unwrap_or_default()
-        })
-        .collect();
-    (output, text, results)
+/// Runs test `test` of this binary in two ranks of `mpirun`, with
+/// `FABRIC_DDP_MODE=mode`.
+fn two_ranks(test: &str, mode: &str) -> common::Run {
+    Scenario::mpirun(test, 2).env(MODE, mode).run()
 }
 
 /// The variables of `vs`, sorted by name, with their gradients (NaN for
@@ -213,7 +175,7 @@ fn overlap_run(overlap: bool) -> fabric::Result<Vec<u64>> {
 #[test]
 fn the_overlapped_reduction_equals_the_reduction_after_backward_to_the_bit() {
     let test = "the_overlapped_reduction_equals_the_reduction_after_backward_to_the_bit";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let overlapped = overlap_run(true).unwrap();
         let after = overlap_run(false).unwrap();
         assert_eq!(overlapped.len(), after.len());
@@ -226,8 +188,7 @@ fn the_overlapped_reduction_equals_the_reduction_after_backward_to_the_bit() {
         report(rank, &format!("differing={differing} of {}", after.len()));
         return;
     }
-    let (output, text, results) = two_ranks(test, "");
-    assert!(output.status.success(), "{text}");
+    let common::Run { text, results, .. } = two_ranks(test, "").assert_success();
     for result in &results {
         assert!(result.starts_with("differing=0 of "), "{result}\n{text}");
     }
@@ -341,7 +302,7 @@ fn decode(text: &str) -> Vec<f64> {
 #[test]
 fn accumulating_four_micro_batches_under_ddp_equals_one_step_on_the_four_times_batch() {
     let test = "accumulating_four_micro_batches_under_ddp_equals_one_step_on_the_four_times_batch";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let overlap = mode_here() != "after";
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
@@ -358,8 +319,7 @@ fn accumulating_four_micro_batches_under_ddp_equals_one_step_on_the_four_times_b
         return;
     }
     for mode in ["overlapped", "after"] {
-        let (output, text, results) = two_ranks(test, mode);
-        assert!(output.status.success(), "{text}");
+        let common::Run { text, results, .. } = two_ranks(test, mode).assert_success();
         assert_eq!(results[0], results[1], "the ranks differ ({mode})");
         let parts: Vec<&str> = results[0].split(';').collect();
         assert_eq!(parts.len(), 3, "{text}");
@@ -372,7 +332,11 @@ fn accumulating_four_micro_batches_under_ddp_equals_one_step_on_the_four_times_b
             .precision("64-true")
             .build()
             .unwrap();
-        let (expected, expected_lrs, _) = accumulate(&mut one, 1).unwrap();
+        let (expected, expected_lrs, _) = {
+            // Seeded, then initialised: no other test may draw in between.
+            let _rng = common::rng_lock();
+            accumulate(&mut one, 1).unwrap()
+        };
         let got = decode(parts[0]);
         assert_eq!(got.len(), expected.len());
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
@@ -392,7 +356,7 @@ fn accumulating_four_micro_batches_under_ddp_equals_one_step_on_the_four_times_b
 #[test]
 fn no_backward_sync_for_one_model_leaves_the_other_averaged() {
     let test = "no_backward_sync_for_one_model_leaves_the_other_averaged";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let overlap = mode_here() != "after";
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
@@ -437,8 +401,7 @@ fn no_backward_sync_for_one_model_leaves_the_other_averaged() {
         return;
     }
     for mode in ["overlapped", "after"] {
-        let (output, text, results) = two_ranks(test, mode);
-        assert!(output.status.success(), "{text}");
+        let common::Run { text, results, .. } = two_ranks(test, mode).assert_success();
         let expected = "a_local=true b_averaged=true a_averaged=true a_right=true";
         assert_eq!(results, [expected, expected], "{mode}\n{text}");
     }
@@ -446,6 +409,8 @@ fn no_backward_sync_for_one_model_leaves_the_other_averaged() {
 
 #[test]
 fn no_backward_sync_for_a_model_of_another_fabric_is_an_error() {
+    // Initialising layers draws from the generator another test seeded.
+    let _rng = common::rng_lock();
     let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
     let mut other = Fabric::builder().accelerator("cpu").build().unwrap();
     let mut a_vs = nn::VarStore::new(Device::Cpu);
@@ -473,7 +438,7 @@ fn no_backward_sync_for_a_model_of_another_fabric_is_an_error() {
 #[test]
 fn ranks_that_set_up_different_models_get_a_clear_error_on_every_rank() {
     let test = "ranks_that_set_up_different_models_get_a_clear_error_on_every_rank";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mode = mode_here();
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
@@ -512,8 +477,7 @@ fn ranks_that_set_up_different_models_get_a_clear_error_on_every_rank() {
         return;
     }
     for mode in ["count", "shape"] {
-        let (output, text, results) = two_ranks(test, mode);
-        assert!(output.status.success(), "{text}");
+        let common::Run { text, results, .. } = two_ranks(test, mode).assert_success();
         for result in &results {
             assert!(result.starts_with("clear=true"), "{mode}: {result}\n{text}");
         }

@@ -1,6 +1,8 @@
-//! The same seed gives bit-identical training. In a test binary of its own:
-//! libtorch's generator is process-wide, and other tests seeding it in
-//! parallel would interleave with these runs.
+//! The same seed gives bit-identical training. In a test binary of its own,
+//! and holding `common::rng_lock()`: libtorch's generator is process-wide,
+//! and other tests seeding it in parallel would interleave with these runs.
+
+mod common;
 
 use fabric::Fabric;
 use fabric::data::{DataLoader, TensorDataset};
@@ -48,6 +50,7 @@ fn losses(seed: u64) -> Vec<u32> {
 
 #[test]
 fn same_seed_gives_bit_identical_losses() {
+    let _rng = common::rng_lock();
     let first = losses(7);
     assert_eq!(first.len(), 2 * 36);
     assert_eq!(first, losses(7), "two runs with seed 7 differ");

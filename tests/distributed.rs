@@ -3,8 +3,11 @@
 //! collectives, sharding, and failures.
 //!
 //! Each test re-runs this test binary as a child process (`FABRIC_SCENARIO`
-//! names what to do); in the child, fabric's launcher (or `mpirun`, started
-//! by the test) runs the ranks, which are this binary again.
+//! names what to do, `common::Scenario`); in the child, fabric's launcher
+//! (or `mpirun`, started by the test) runs the ranks, which are this binary
+//! again.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
@@ -15,64 +18,30 @@ use fabric::{Fabric, ReduceOp};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-const SCENARIO: &str = "FABRIC_SCENARIO";
+use common::{Scenario, in_scenario};
+
+/// In the environment of every process a test starts, so that it can find
+/// what a run left behind ([`leftovers`]).
 const TOKEN: &str = "FABRIC_TEST_TOKEN";
 
-fn scenario() -> Option<String> {
-    std::env::var(SCENARIO).ok()
+/// Test `test` of this binary, run as a child with `FABRIC_SCENARIO` set.
+fn this_test(test: &str, token: &str) -> Scenario {
+    Scenario::direct(test).env(TOKEN, token)
 }
 
-/// A command running test `test` of this binary with `FABRIC_SCENARIO` set.
-fn this_test(test: &str, token: &str) -> Command {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command.args(["--exact", test, "--nocapture", "--test-threads=1"]);
-    command.env(SCENARIO, test).env(TOKEN, token);
-    command
-}
-
-fn mpirun(processes: &[Vec<(&str, String)>], test: &str, token: &str) -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let mut command = Command::new("mpirun");
-    command.args([
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-    ]);
-    for (i, env) in processes.iter().enumerate() {
-        if i > 0 {
-            command.arg(":");
-        }
-        command.args([
-            "-np",
-            "1",
-            "-x",
-            &format!("{SCENARIO}={test}"),
-            "-x",
-            &format!("{TOKEN}={token}"),
-        ]);
-        for (name, value) in env {
-            command.args(["-x", &format!("{name}={value}")]);
-        }
-        command
-            .arg(&exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"]);
-    }
-    command
+/// Test `test` under `mpirun`, one rank for each entry of `processes`, with
+/// its environment.
+fn mpirun(processes: &[Vec<(&str, String)>], test: &str, token: &str) -> Scenario {
+    Scenario::mpirun_ranks(test, processes).env(TOKEN, token)
 }
 
 fn token() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-fn run(mut command: Command) -> (Output, String) {
-    let output = command.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output, text)
+fn run(scenario: Scenario) -> (Output, String) {
+    let run = scenario.run();
+    (run.output, run.text)
 }
 
 /// `RESULT key=value ...` lines printed by the ranks, by rank.
@@ -181,6 +150,8 @@ fn reference() -> Vec<f32> {
         .accelerator("cpu")
         .build_or_launch()
         .unwrap();
+    // Seeded, then initialised: no other test may draw in between.
+    let _rng = common::rng_lock();
     train_linear(&mut fabric, GLOBAL_BATCH)
 }
 
@@ -214,7 +185,7 @@ fn assert_matches_reference(text: &str, world: usize) -> BTreeMap<usize, BTreeMa
 // ---- the tests ----------------------------------------------------------
 
 fn ddp_run(test: &str, world: usize) {
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -255,7 +226,7 @@ fn ddp_on_four_oversubscribed_processes_matches_one_process() {
 #[test]
 fn the_same_program_runs_under_mpirun() {
     let test = "the_same_program_runs_under_mpirun";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         // No `devices`: the ranks come from mpirun.
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
@@ -279,7 +250,7 @@ fn ddp_spawn_train(fabric: &mut Fabric) -> fabric::Result<(usize, usize, Vec<f32
 #[test]
 fn ddp_spawn_with_four_processes_returns_rank_zeros_result() {
     let test = "ddp_spawn_with_four_processes_returns_rank_zeros_result";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let builder = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp_spawn")
@@ -336,7 +307,7 @@ fn slurm(
 #[test]
 fn a_slurm_environment_drives_the_ranks() {
     let test = "a_slurm_environment_drives_the_ranks";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -359,7 +330,7 @@ fn a_slurm_environment_drives_the_ranks() {
 #[test]
 fn two_simulated_nodes_of_two_processes() {
     let test = "two_simulated_nodes_of_two_processes";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -412,7 +383,7 @@ fn torchrun(rank: usize, world: usize) -> Vec<(&'static str, String)> {
 #[test]
 fn fabric_launches_its_ranks_inside_a_one_task_slurm_job() {
     let test = "fabric_launches_its_ranks_inside_a_one_task_slurm_job";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -427,9 +398,11 @@ fn fabric_launches_its_ranks_inside_a_one_task_slurm_job() {
     // which must see themselves as Open MPI ranks (not as the one SLURM
     // task whose variables they inherit, which would launch again).
     let token = token();
-    let mut command = this_test(test, &token);
-    command.envs(slurm(0, 0, 0, 1, "node01"));
-    let (output, text) = run(command);
+    let mut scenario = this_test(test, &token);
+    for (name, value) in slurm(0, 0, 0, 1, "node01") {
+        scenario = scenario.env(name, value);
+    }
+    let (output, text) = run(scenario);
     assert!(output.status.success(), "{text}");
     let results = assert_matches_reference(&text, 2);
     assert!(results.values().all(|f| f["env"] == "Open_MPI"), "{text}");
@@ -439,7 +412,7 @@ fn fabric_launches_its_ranks_inside_a_one_task_slurm_job() {
 #[test]
 fn with_little_shared_memory_the_all_reduce_falls_back_to_open_mpis() {
     let test = "with_little_shared_memory_the_all_reduce_falls_back_to_open_mpis";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -465,7 +438,8 @@ fn with_little_shared_memory_the_all_reduce_falls_back_to_open_mpis() {
         return;
     }
     let token = token();
-    let inner = this_test(test, &token);
+    let scenario = this_test(test, &token);
+    let inner = scenario.command();
     let mut command = Command::new("unshare");
     command.args([
         "-m",
@@ -475,7 +449,7 @@ fn with_little_shared_memory_the_all_reduce_falls_back_to_open_mpis() {
     ]);
     command.arg(inner.get_program()).args(inner.get_args());
     command.envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
-    let (output, text) = run(command);
+    let (output, text) = common::run(&mut command);
     assert!(output.status.success(), "{text}");
     assert_eq!(text.matches("reduced on rank").count(), 2, "{text}");
     assert!(leftovers(&token).is_empty());
@@ -484,7 +458,7 @@ fn with_little_shared_memory_the_all_reduce_falls_back_to_open_mpis() {
 #[test]
 fn complex_parameters_under_ddp_are_a_clear_error() {
     let test = "complex_parameters_under_ddp_are_a_clear_error";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -517,7 +491,7 @@ fn complex_parameters_under_ddp_are_a_clear_error() {
 #[test]
 fn a_torchrun_environment_drives_the_ranks() {
     let test = "a_torchrun_environment_drives_the_ranks";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
             .build_or_launch()
@@ -536,7 +510,7 @@ fn a_torchrun_environment_drives_the_ranks() {
 #[test]
 fn processes_that_share_no_mpi_world_get_a_clear_error() {
     let test = "processes_that_share_no_mpi_world_get_a_clear_error";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let err = Fabric::builder()
             .accelerator("cpu")
             .build_or_launch()
@@ -545,11 +519,11 @@ fn processes_that_share_no_mpi_world_get_a_clear_error() {
         println!("ERROR {err}");
         return;
     }
-    let mut command = this_test(test, &token());
+    let mut scenario = this_test(test, &token());
     for (name, value) in torchrun(0, 2) {
-        command.env(name, value);
+        scenario = scenario.env(name, value);
     }
-    let (output, text) = run(command);
+    let (output, text) = run(scenario);
     assert!(output.status.success(), "{text}");
     assert!(
         text.contains("reports 2 processes, but MPI connects 1"),
@@ -561,7 +535,7 @@ fn processes_that_share_no_mpi_world_get_a_clear_error() {
 #[test]
 fn the_environment_and_the_options_must_agree() {
     let test = "the_environment_and_the_options_must_agree";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let err = Fabric::builder()
             .accelerator("cpu")
             .devices(3)
@@ -585,11 +559,11 @@ fn the_environment_and_the_options_must_agree() {
         println!("SPAWN {err}");
         return;
     }
-    let mut command = this_test(test, &token());
+    let mut scenario = this_test(test, &token());
     for (name, value) in slurm(0, 0, 0, 2, "node01") {
-        command.env(name, value);
+        scenario = scenario.env(name, value);
     }
-    let (output, text) = run(command);
+    let (output, text) = run(scenario);
     assert!(output.status.success(), "{text}");
     assert!(
         text.contains(
@@ -626,7 +600,7 @@ fn several_nodes_need_a_cluster_launcher() {
 #[test]
 fn collectives_and_shards_are_correct() {
     let test = "collectives_and_shards_are_correct";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -776,11 +750,11 @@ fn failing_run_with(
 ) -> (Output, String, Duration, String) {
     let token = token();
     let start = Instant::now();
-    let mut command = this_test(test, &token);
-    command
-        .env("FABRIC_FAILURE", failure)
-        .envs(env.iter().copied());
-    let (output, text) = run(command);
+    let mut scenario = this_test(test, &token).env("FABRIC_FAILURE", failure);
+    for (name, value) in env {
+        scenario = scenario.env(name, value);
+    }
+    let (output, text) = run(scenario);
     (output, text, start.elapsed(), token)
 }
 
@@ -831,7 +805,7 @@ fn failure_scenario() {
 #[test]
 fn killing_one_of_four_ranks_ends_the_run_promptly_and_names_it() {
     let test = "killing_one_of_four_ranks_ends_the_run_promptly_and_names_it";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         return failure_scenario();
     }
     let (output, text, elapsed, token) = failing_run(test, "kill");
@@ -849,7 +823,7 @@ fn killing_one_of_four_ranks_ends_the_run_promptly_and_names_it() {
 #[test]
 fn a_panicking_rank_ends_the_run_and_names_itself() {
     let test = "a_panicking_rank_ends_the_run_and_names_itself";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         return failure_scenario();
     }
     let (output, text, elapsed, token) = failing_run(test, "panic");
@@ -867,7 +841,7 @@ fn a_panicking_rank_ends_the_run_and_names_itself() {
 #[test]
 fn a_rank_that_stops_taking_part_times_out_instead_of_hanging() {
     let test = "a_rank_that_stops_taking_part_times_out_instead_of_hanging";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -895,7 +869,7 @@ fn a_rank_that_stops_taking_part_times_out_instead_of_hanging() {
 #[test]
 fn no_backward_sync_accumulates_locally_then_averages_everything() {
     let test = "no_backward_sync_accumulates_locally_then_averages_everything";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -965,7 +939,7 @@ fn early_stopping_on_one_rank_stops_every_rank() {
     use fabric::callbacks::EarlyStopping;
     use fabric::hooks::{Metrics, OnValidationEpochEnd};
     let test = "early_stopping_on_one_rank_stops_every_rank";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -1013,7 +987,7 @@ fn spawned_by_the_attribute(fabric: &mut Fabric) -> fabric::Result<(usize, usize
 #[test]
 fn ddp_spawn_with_four_processes_via_the_attribute() {
     let test = "ddp_spawn_with_four_processes_via_the_attribute";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let (rank, world, params) = spawned_by_the_attribute().unwrap();
         let close = params
             .iter()
@@ -1095,7 +1069,7 @@ fn averaging_scenario(precision: &str) {
 #[test]
 fn ddp_averages_large_and_small_gradients() {
     let test = "ddp_averages_large_and_small_gradients";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         return averaging_scenario("32-true");
     }
     let (output, text) = run(this_test(test, &token()));
@@ -1106,7 +1080,7 @@ fn ddp_averages_large_and_small_gradients() {
 #[test]
 fn ddp_averages_bf16_gradients() {
     let test = "ddp_averages_bf16_gradients";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         return averaging_scenario("bf16-true");
     }
     let (output, text) = run(this_test(test, &token()));
@@ -1140,7 +1114,7 @@ fn windows(mappings: &[String]) -> Vec<String> {
 #[test]
 fn dropping_a_fabric_frees_its_shared_window_and_a_new_one_joins_again() {
     let test = "dropping_a_fabric_frees_its_shared_window_and_a_new_one_joins_again";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let before = shared_memory_mappings();
         let ones = Tensor::from_slice(&[1.0f32; 1000]);
         let first = Fabric::builder()
@@ -1213,7 +1187,7 @@ fn dropping_a_fabric_frees_its_shared_window_and_a_new_one_joins_again() {
 #[test]
 fn a_rank_whose_peer_hangs_ends_within_the_failure_timeout_when_dropping_its_fabric() {
     let test = "a_rank_whose_peer_hangs_ends_within_the_failure_timeout_when_dropping_its_fabric";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -1278,7 +1252,7 @@ fn logged_steps(root: &std::path::Path) -> Vec<u64> {
 }
 
 fn logging_failure(test: &str, failure: &str) {
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         return logging_failure_scenario();
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1317,7 +1291,7 @@ fn a_rank_timing_out_on_a_hung_peer_does_not_lose_its_logged_rows() {
 #[test]
 fn a_panic_the_user_catches_does_not_end_the_run() {
     let test = "a_panic_the_user_catches_does_not_end_the_run";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")
@@ -1339,7 +1313,7 @@ fn a_panic_the_user_catches_does_not_end_the_run() {
 #[test]
 fn a_parameter_without_gradient_is_named_by_its_path_and_model() {
     let test = "a_parameter_without_gradient_is_named_by_its_path_and_model";
-    if scenario().as_deref() == Some(test) {
+    if in_scenario(test) {
         let mut fabric = Fabric::builder()
             .accelerator("cpu")
             .strategy("ddp")

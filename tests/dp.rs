@@ -6,20 +6,19 @@
 //! (`fabric::testing::simulate_dp_on_cpu`): the batch is split, each replica runs
 //! its chunk, outputs are gathered and gradients reduced exactly as between
 //! GPUs, so the results must equal one model trained on the whole batch.
+//!
+//! Every test holds `common::rng_lock()`: they seed tch's global generator,
+//! or draw from it (initialising layers), which would change another's
+//! stream.
+
+mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use fabric::{Fabric, FabricBuilder};
 use tch::nn::{self, Module, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
-
-/// The tests run one at a time: they seed tch's global generator, or draw
-/// from it (initialising layers), which would change another's stream.
-fn seeded() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn dp(replicas: usize) -> FabricBuilder {
     fabric::testing::simulate_dp_on_cpu(Fabric::builder().strategy("dp"), replicas)
@@ -78,7 +77,7 @@ fn max_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
 
 #[test]
 fn dp_trains_as_one_model_on_the_whole_batch() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let (single_losses, single) = train(Fabric::builder().accelerator("cpu"), 40, 10);
     for replicas in [2, 3, 4] {
         // 10 rows over 3 replicas: chunks of 4, 4 and 2; over 4: 3, 3, 3, 1.
@@ -115,7 +114,7 @@ impl ModuleT for Recorder {
 
 #[test]
 fn dp_splits_each_batch_between_the_replicas() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let mut fabric = dp(3).build().unwrap();
     assert_eq!(fabric.strategy().name(), "dp");
     assert_eq!(fabric.world_size(), 1);
@@ -146,7 +145,7 @@ fn dp_splits_each_batch_between_the_replicas() {
 
 #[test]
 fn dp_outputs_and_accumulated_gradients_equal_one_models() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let build = |builder: FabricBuilder| {
         let mut fabric = builder.precision("64-true").build().unwrap();
         tch::manual_seed(11);
@@ -196,7 +195,7 @@ fn dp_outputs_and_accumulated_gradients_equal_one_models() {
 
 #[test]
 fn dp_with_bf16_mixed_autocasts_every_replica() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let run = |builder: FabricBuilder| {
         let mut fabric = builder.precision("bf16-mixed").build().unwrap();
         tch::manual_seed(5);
@@ -230,7 +229,7 @@ fn dp_with_bf16_mixed_autocasts_every_replica() {
 
 #[test]
 fn dp_needs_cuda_devices() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     if tch::Cuda::device_count() > 0 {
         return; // the error is about machines without CUDA
     }
@@ -254,7 +253,7 @@ fn dp_needs_cuda_devices() {
 
 #[test]
 fn dp_asks_for_a_build_function() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let mut fabric = dp(2).build().unwrap();
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = mlp(&vs.root());
@@ -269,7 +268,7 @@ fn dp_asks_for_a_build_function() {
 
 #[test]
 fn dp_rejects_a_build_function_that_builds_different_models() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let mut fabric = dp(2).build().unwrap();
     let calls = AtomicUsize::new(0);
     let mut vs = nn::VarStore::new(Device::Cpu);
@@ -311,7 +310,7 @@ impl ModuleT for Gate {
 
 #[test]
 fn dp_takes_gradients_of_parameters_only_some_replicas_used() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let mut fabric = dp(2).precision("64-true").build().unwrap();
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = fabric
@@ -342,7 +341,7 @@ fn dp_takes_gradients_of_parameters_only_some_replicas_used() {
 
 #[test]
 fn dp_allows_several_forward_passes_before_one_backward() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let run = |builder: FabricBuilder| {
         let mut fabric = builder.precision("64-true").build().unwrap();
         tch::manual_seed(21);
@@ -376,7 +375,7 @@ fn dp_allows_several_forward_passes_before_one_backward() {
 
 #[test]
 fn dp_follows_freezing_and_unfreezing_after_setup() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let build = |builder: FabricBuilder| {
         let mut fabric = builder.precision("64-true").build().unwrap();
         tch::manual_seed(31);
@@ -420,7 +419,7 @@ fn dp_follows_freezing_and_unfreezing_after_setup() {
 
 #[test]
 fn dp_gathers_scalar_outputs_into_a_vector() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let mut fabric = dp(2).build().unwrap();
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = fabric
@@ -437,7 +436,7 @@ fn dp_gathers_scalar_outputs_into_a_vector() {
 
 #[test]
 fn dp_replicas_take_the_weights_of_every_optimizer_step() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let run = |builder: FabricBuilder| {
         let mut fabric = builder.precision("64-true").build().unwrap();
         tch::manual_seed(41);
@@ -478,7 +477,7 @@ fn bn_net(p: &nn::Path) -> nn::SequentialT {
 
 #[test]
 fn dp_evaluates_with_the_first_devices_batch_norm_statistics() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let mut fabric = dp(2).precision("64-true").build().unwrap();
     tch::manual_seed(51);
     let mut vs = nn::VarStore::new(Device::Cpu);
@@ -499,7 +498,7 @@ fn dp_evaluates_with_the_first_devices_batch_norm_statistics() {
 
 #[test]
 fn dp_keeps_a_models_graph_across_another_models_backward() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let mut fabric = dp(2).precision("64-true").build().unwrap();
     tch::manual_seed(61);
     let mut vs_a = nn::VarStore::new(Device::Cpu);

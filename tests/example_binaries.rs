@@ -2,35 +2,16 @@
 //! (with `LD_LIBRARY_PATH` unset).
 //! `cargo test` builds the examples next to the test binaries.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn example(name: &str) -> PathBuf {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = deps.parent().unwrap().join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} was not built: run the whole `cargo test`, which builds the examples, or `cargo build --examples` first",
-        path.display()
-    );
-    path
-}
+use std::process::Command;
 
 /// Runs an example; returns whether it succeeded and its output.
 fn output(name: &str, epochs: &str) -> (bool, String) {
-    let output = Command::new(example(name))
-        .env("EPOCHS", epochs)
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let (output, text) = common::run(
+        Command::new(common::example(name))
+            .env("EPOCHS", epochs)
+            .env_remove("LD_LIBRARY_PATH"),
     );
     (output.status.success(), text)
 }

@@ -1,6 +1,10 @@
 //! Every example runs for a few steps: each is compiled here as a module and
 //! its `run` called with a small configuration (what `main` would read from
-//! the environment), so CI checks the code users copy.
+//! the environment), so CI checks the code users copy. Each seeds
+//! libtorch's process-wide generator (and shuffles by the global seed), so
+//! each holds `common::rng_lock()`.
+
+mod common;
 
 use fabric::Fabric;
 
@@ -26,6 +30,7 @@ mod tensorboard;
 
 #[test]
 fn digits_trains() {
+    let _rng = common::rng_lock();
     let mut fabric = Fabric::builder()
         .accelerator("cpu")
         .progress_bar(false)
@@ -37,12 +42,14 @@ fn digits_trains() {
 
 #[test]
 fn bf16_mixed_trains() {
+    let _rng = common::rng_lock();
     let accuracy = bf16_mixed::run(bf16_mixed::Options { epochs: 2 }).unwrap();
     assert!(accuracy > 0.8, "accuracy after 2 epochs: {accuracy}");
 }
 
 #[test]
 fn checkpoint_resume_resumes_where_it_stopped() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let options = |epochs| checkpoint_resume::Options {
         epochs,
@@ -63,6 +70,7 @@ fn checkpoint_resume_resumes_where_it_stopped() {
 
 #[test]
 fn custom_environment_trains_and_rejects_impossible_ranks() {
+    let _rng = common::rng_lock();
     let cluster = custom_environment::MyCluster {
         address: "10.0.0.1".into(),
         port: 1234,
@@ -87,6 +95,7 @@ fn custom_environment_trains_and_rejects_impossible_ranks() {
 
 #[test]
 fn tensorboard_writes_event_files() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let log_dir = tensorboard::run(dir.path().to_path_buf(), 1).unwrap();
     assert_eq!(log_dir, dir.path().join("tensorboard/digits/version_0"));

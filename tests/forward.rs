@@ -2,18 +2,14 @@
 //! outputs, set up in every precision on the CPU and under simulated `dp`
 //! (`fabric::testing::simulate_dp_on_cpu`, see tests/dp.rs).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+mod common;
+
+use std::sync::{Arc, Mutex};
 
 use fabric::precision::autocast_state;
-use fabric::{Fabric, FabricBuilder, Forward, Tensors};
+use fabric::{Fabric, FabricBuilder, FabricModule, Forward, Tensors};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
-
-/// The tests seed tch's global generator: one at a time.
-fn seeded() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// What the model saw in one call: the dtypes of its two tensor inputs,
 /// whether autocast was on, and the dtype its linear layer (a matrix
@@ -53,6 +49,38 @@ impl Forward<(Tensor, Tensor, f64)> for TwoHeads {
     }
 }
 
+/// A fabric of `builder` and a model built by `build`, set up with it
+/// (`setup_module_with`: under `dp`, `build` makes each replica).
+fn set_up<M>(
+    builder: FabricBuilder,
+    build: impl Fn(&nn::Path) -> M,
+) -> (Fabric, nn::VarStore, FabricModule<M>) {
+    let mut fabric = builder.build().unwrap();
+    let (vs, model) = set_up_in(&mut fabric, build);
+    (fabric, vs, model)
+}
+
+/// A model built by `build` set up with `fabric`.
+fn set_up_in<M>(
+    fabric: &mut Fabric,
+    build: impl Fn(&nn::Path) -> M,
+) -> (nn::VarStore, FabricModule<M>) {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = fabric.setup_module_with(&mut vs, build).unwrap();
+    (vs, model)
+}
+
+/// [`TwoHeads`] set up with `fabric`, and what its calls (one per replica
+/// under `dp`) see.
+fn two_heads(fabric: &mut Fabric) -> (nn::VarStore, FabricModule<TwoHeads>, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (vs, model) = set_up_in(fabric, |p| TwoHeads {
+        fc: nn::linear(p / "fc", 4, 3, Default::default()),
+        seen: Arc::clone(&seen),
+    });
+    (vs, model, seen)
+}
+
 fn builder(precision: &str) -> FabricBuilder {
     Fabric::builder().accelerator("cpu").precision(precision)
 }
@@ -89,14 +117,7 @@ fn inputs(rows: i64) -> (Tensor, Tensor) {
 fn run(builder: FabricBuilder, rows: i64, input: Kind, autocast: bool) -> Run {
     let mut fabric = builder.build().unwrap();
     tch::manual_seed(3);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = fabric
-        .setup_module_with(&mut vs, |p| TwoHeads {
-            fc: nn::linear(p / "fc", 4, 3, Default::default()),
-            seen: Arc::clone(&seen),
-        })
-        .unwrap();
+    let (vs, model, seen) = two_heads(&mut fabric);
     // Building the replicas under `dp` draws from the generator: seed again.
     tch::manual_seed(4);
     let (x, mask) = inputs(rows);
@@ -127,7 +148,7 @@ fn run(builder: FabricBuilder, rows: i64, input: Kind, autocast: bool) -> Run {
 
 #[test]
 fn a_two_input_two_output_model_runs_in_every_precision() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     for (precision, input, autocast, output) in PRECISIONS {
         let run = run(builder(precision), 6, input, autocast);
         assert_eq!(
@@ -162,7 +183,7 @@ fn a_two_input_two_output_model_runs_in_every_precision() {
 
 #[test]
 fn a_two_input_two_output_model_under_dp_equals_one_device() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     for (precision, input, autocast, output) in PRECISIONS {
         // 7 rows over 3 devices: chunks of 3, 3 and 1.
         let single = run(builder(precision), 7, input, autocast);
@@ -204,16 +225,9 @@ fn a_two_input_two_output_model_under_dp_equals_one_device() {
 
 #[test]
 fn dp_rejects_tensor_arguments_of_different_batch_sizes() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let mut fabric = dp("64-true", 2).build().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = fabric
-        .setup_module_with(&mut vs, |p| TwoHeads {
-            fc: nn::linear(p / "fc", 4, 3, Default::default()),
-            seen: Arc::clone(&seen),
-        })
-        .unwrap();
+    let (_vs, model, seen) = two_heads(&mut fabric);
     let (x, _) = inputs(6);
     let (_, mask) = inputs(5);
     let err = model
@@ -268,11 +282,9 @@ impl Forward<Batch> for Doubler {
 
 #[test]
 fn a_struct_of_tensors_goes_in_and_out() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     for builder in [builder("bf16-true"), dp("bf16-true", 2)] {
-        let mut fabric = builder.build().unwrap();
-        let mut vs = nn::VarStore::new(Device::Cpu);
-        let model = fabric.setup_module_with(&mut vs, |_| Doubler).unwrap();
+        let (_fabric, _vs, model) = set_up(builder, |_| Doubler);
         let batch = Batch {
             x: Tensor::from_slice(&[1.0f64, 2.0, 3.0]),
             ids: Tensor::from_slice(&[4i64, 5, 6]),
@@ -288,11 +300,10 @@ fn a_struct_of_tensors_goes_in_and_out() {
 
 #[test]
 fn forward_with_runs_another_method_with_the_precision() {
-    let _seed = seeded();
-    let mut fabric = builder("bf16-mixed").build().unwrap();
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let linear = nn::linear(vs.root(), 4, 3, Default::default());
-    let model = fabric.setup_module(&mut vs, linear).unwrap();
+    let _rng = common::rng_lock();
+    let (_fabric, _vs, model) = set_up(builder("bf16-mixed"), |p| {
+        nn::linear(p, 4, 3, Default::default())
+    });
     let x = Tensor::randn([2, 4], (Kind::Float, Device::Cpu));
     let (inside, autocast) = model.forward_with(&x, |linear, x| {
         let ys = linear.forward(&x);
@@ -316,21 +327,14 @@ impl fabric::precision::PrecisionPlugin for Recording {
 
 #[test]
 fn a_precision_plugin_converts_only_floating_point_arguments() {
-    let _seed = seeded();
+    let _rng = common::rng_lock();
     let asked = Arc::new(Mutex::new(Vec::new()));
     let mut fabric = Fabric::builder()
         .accelerator("cpu")
         .plugin(fabric::Plugin::precision(Recording(Arc::clone(&asked))))
         .build()
         .unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = fabric
-        .setup_module_with(&mut vs, |p| TwoHeads {
-            fc: nn::linear(p / "fc", 4, 3, Default::default()),
-            seen: Arc::clone(&seen),
-        })
-        .unwrap();
+    let (_vs, model, seen) = two_heads(&mut fabric);
     let (x, mask) = inputs(4);
     let _ = model.forward((&x.to_kind(Kind::Double), &mask, 1.0));
     assert_eq!(
@@ -423,10 +427,8 @@ impl Forward<Pair> for Echo {
 
 #[test]
 fn a_derived_struct_goes_through_dp() {
-    let _seed = seeded();
-    let mut fabric = dp("bf16-mixed", 3).build().unwrap();
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = fabric.setup_module_with(&mut vs, |_| Echo).unwrap();
+    let _rng = common::rng_lock();
+    let (_fabric, _vs, model) = set_up(dp("bf16-mixed", 3), |_| Echo);
     let pair = Pair {
         features: Tensor::arange(5, (Kind::Float, Device::Cpu)),
         ids: Tensor::arange(5, (Kind::Int64, Device::Cpu)),

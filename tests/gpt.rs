@@ -3,9 +3,10 @@
 //! from its checkpoint ends bit-identical to one that did not stop, and the
 //! example binary runs 2 ranks under ddp.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 use fabric::Fabric;
 use fabric_examples::gpt::{self, Config, Options};
@@ -31,15 +32,6 @@ fn short(dir: PathBuf, steps: u64) -> Options {
     o.sample_chars = 40;
     o.text_limit = Some(40_000);
     o
-}
-
-/// libtorch's random generator and thread count are global: the tests that
-/// train in this process take turns, so that another test's draws do not
-/// change their initialisation.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn fabric(precision: &str) -> Fabric {
@@ -69,7 +61,8 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn the_short_gpt_learns_the_text() {
-    let _serial = serial();
+    // Seeded training: one at a time (libtorch's generator is global).
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let summary = gpt::train(&mut fabric("32-true"), &short(dir.path().into(), 200)).unwrap();
     // A uniform guess over the 69 characters is 4.23 nats; the characters'
@@ -91,7 +84,8 @@ fn the_short_gpt_learns_the_text() {
 
 #[test]
 fn the_short_gpt_learns_under_bf16_mixed_with_accumulation() {
-    let _serial = serial();
+    // Seeded training: one at a time (libtorch's generator is global).
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut options = short(dir.path().into(), 100);
     options.accumulate = 2;
@@ -106,22 +100,24 @@ fn the_short_gpt_learns_under_bf16_mixed_with_accumulation() {
     );
 }
 
-/// Stopping at step 13 (mid-epoch), saving, and resuming gives the same
+/// Stopping at step 10 (mid-epoch), saving, and resuming gives the same
 /// parameters, optimizer state, scheduler position, data order and losses,
-/// bit for bit, as training 24 steps without stopping, with and without
-/// gradient accumulation. The text is short, so that an epoch is 20
-/// micro-batches and the runs cross epochs (with 2 micro-batches per step,
-/// the stop is in the middle of the second).
+/// bit for bit, as training 18 steps without stopping, with and without
+/// gradient accumulation. The text is short, so that an epoch is 17
+/// micro-batches and the runs cross epochs after the stop (with 2
+/// micro-batches per step, the stop is in the middle of the second).
 #[test]
 fn resuming_mid_run_is_bit_identical_to_not_stopping() {
-    let _serial = serial();
+    // Seeded training: one at a time (libtorch's generator is global).
+    let _rng = common::rng_lock();
     for accumulate in [1, 2] {
         let whole = tempfile::tempdir().unwrap();
         let split = tempfile::tempdir().unwrap();
         let options = |dir: &Path| {
-            let mut o = short(dir.into(), 24);
-            // 360 training characters: 328 windows, 20 batches of 16.
-            o.text_limit = Some(400);
+            let mut o = short(dir.into(), 18);
+            // 306 training characters: 274 windows, 17 batches of 16 (and
+            // 34 validation characters, 2 windows).
+            o.text_limit = Some(340);
             o.batch_size = 16;
             o.eval_batches = 2;
             o.accumulate = accumulate;
@@ -129,15 +125,15 @@ fn resuming_mid_run_is_bit_identical_to_not_stopping() {
             o
         };
         let full = gpt::train(&mut fabric("32-true"), &options(whole.path())).unwrap();
-        assert_eq!((full.start_step, full.step), (0, 24));
+        assert_eq!((full.start_step, full.step), (0, 18));
 
         let mut first = options(split.path());
-        first.stop_at = Some(13);
+        first.stop_at = Some(10);
         let stopped = gpt::train(&mut fabric("32-true"), &first).unwrap();
-        assert_eq!(stopped.step, 13);
+        assert_eq!(stopped.step, 10);
         assert!(stopped.sample.is_empty());
         let resumed = gpt::train(&mut fabric("32-true"), &options(split.path())).unwrap();
-        assert_eq!((resumed.start_step, resumed.step), (13, 24));
+        assert_eq!((resumed.start_step, resumed.step), (10, 18));
 
         // The losses of every step, before and after the stop.
         let losses: Vec<f64> = stopped
@@ -149,7 +145,7 @@ fn resuming_mid_run_is_bit_identical_to_not_stopping() {
         assert_eq!(losses, full.train_losses, "accumulate {accumulate}");
         assert_eq!(resumed.val_loss.to_bits(), full.val_loss.to_bits());
         assert_eq!(resumed.sample, full.sample);
-        // The checkpoints at step 24: model, AdamW's moments and steps, the
+        // The checkpoints at step 18: model, AdamW's moments and steps, the
         // scheduler and the step, byte for byte.
         let (a, b) = (
             files(&whole.path().join("last")),
@@ -165,50 +161,29 @@ fn resuming_mid_run_is_bit_identical_to_not_stopping() {
     }
 }
 
-fn example() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let path = deps
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/gpt");
-    assert!(
-        path.exists(),
-        "{} was not built: run the whole `cargo test`, which builds the examples, or `cargo build --examples` first",
-        path.display()
-    );
-    path
-}
-
 #[cfg(feature = "mpi")]
 #[test]
 fn the_example_trains_two_ranks_under_ddp() {
     let runs = tempfile::tempdir().unwrap();
-    let output = Command::new(example())
-        .env_remove("LD_LIBRARY_PATH")
-        .envs([
-            ("DEVICES", "2"),
-            ("PRECISION", "32-true"),
-            ("STEPS", "20"),
-            ("WIDTH", "32"),
-            ("LAYERS", "2"),
-            ("HEADS", "2"),
-            ("BLOCK", "32"),
-            ("BATCH_SIZE", "4"),
-            ("ACCUMULATE", "2"),
-            ("TEXT_LIMIT", "20000"),
-            ("EVAL_EVERY", "10"),
-            ("EVAL_BATCHES", "4"),
-            ("SAMPLE_CHARS", "30"),
-        ])
-        .env("RUNS_DIR", runs.path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let (output, text) = common::run(
+        Command::new(common::example("gpt"))
+            .env_remove("LD_LIBRARY_PATH")
+            .envs([
+                ("DEVICES", "2"),
+                ("PRECISION", "32-true"),
+                ("STEPS", "8"),
+                ("WIDTH", "32"),
+                ("LAYERS", "2"),
+                ("HEADS", "2"),
+                ("BLOCK", "32"),
+                ("BATCH_SIZE", "4"),
+                ("ACCUMULATE", "2"),
+                ("TEXT_LIMIT", "20000"),
+                ("EVAL_EVERY", "4"),
+                ("EVAL_BATCHES", "4"),
+                ("SAMPLE_CHARS", "30"),
+            ])
+            .env("RUNS_DIR", runs.path()),
     );
     assert!(output.status.success(), "{text}");
     assert!(text.contains("2 ranks x 4 windows"), "{text}");

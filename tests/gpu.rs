@@ -7,12 +7,14 @@
 //! With one GPU, `dp` runs two replicas on it and NCCL a world of one; with
 //! two or more, `dp` spans the GPUs and `ddp` runs two ranks over NCCL.
 
-use std::process::Command;
+mod common;
 
 use fabric::data::{DataLoader, TensorDataset};
 use fabric::{Fabric, FabricBuilder, ReduceOp};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
+
+use common::Scenario;
 
 fn gpus() -> usize {
     // Building a Fabric loads libtorch's CUDA backend first.
@@ -67,6 +69,7 @@ fn train(builder: FabricBuilder, precision: &str) -> (Vec<f64>, Vec<Tensor>) {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn cuda_trains_in_every_precision() {
+    let _rng = common::rng_lock();
     assert!(gpus() >= 1);
     for precision in ["32-true", "bf16-mixed", "16-mixed", "bf16-true"] {
         let (losses, _) = train(Fabric::builder().accelerator("cuda").devices(1), precision);
@@ -78,6 +81,7 @@ fn cuda_trains_in_every_precision() {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn dp_over_gpus_trains_as_one_gpu() {
+    let _rng = common::rng_lock();
     let count = gpus();
     let devices: Vec<Device> = if count >= 2 {
         (0..count).map(Device::Cuda).collect()
@@ -119,6 +123,7 @@ fn dp_over_gpus_trains_as_one_gpu() {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn pinned_worker_loading_and_grouped_clipping_on_cuda() {
+    let _rng = common::rng_lock();
     gpus();
     let fabric = Fabric::builder()
         .accelerator("cuda")
@@ -209,14 +214,12 @@ fn is_child(name: &str) -> bool {
 fn nccl_collectives_on_one_gpu() {
     assert!(gpus() >= 1);
     // In a child: it joins an MPI world of its own.
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "nccl_child", "--ignored", "--nocapture"])
+    let text = Scenario::direct("nccl_child")
         .env("FABRIC_GPU_CHILD", "nccl")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+        .arg("--ignored")
+        .run()
+        .assert_success()
+        .text;
     assert!(text.contains("1 passed"), "{text}");
 }
 
@@ -241,14 +244,12 @@ fn ddp_over_two_gpus_averages_with_nccl() {
         println!("skipped: ddp over NCCL needs two GPUs (NCCL refuses two ranks on one)");
         return;
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "ddp_child", "--ignored", "--nocapture"])
+    let text = Scenario::direct("ddp_child")
         .env("FABRIC_GPU_CHILD", "ddp")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+        .arg("--ignored")
+        .run()
+        .assert_success()
+        .text;
     assert_eq!(text.matches("rank done").count(), 2, "{text}");
 }
 

@@ -1,6 +1,8 @@
 //! fabric's optimizers against `torch.optim` (the venv's PyTorch), fused and
 //! per-tensor, and inside `Fabric::setup`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -9,16 +11,12 @@ use fabric::Fabric;
 use fabric::optim::{Adam, AdamW, Optimizer, Sgd};
 use tch::{Device, Kind, Tensor, nn};
 
+// libtorch's generator is process-wide: tests that seed it and draw from it
+// hold this lock, so that tests running in parallel do not interleave.
+use common::rng_lock;
+
 const STEPS: usize = 6;
 const SHAPES: [&[i64]; 3] = [&[4, 3], &[3], &[2, 2, 2]];
-
-/// libtorch's generator is process-wide: tests that seed it and draw from
-/// it hold this lock, so that tests running in parallel do not interleave.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn python() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")

@@ -2,6 +2,8 @@
 //! against the venv's PyTorch (`tests/python/scheduler_reference.py`), and
 //! both through a checkpoint round trip.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -11,12 +13,9 @@ use fabric::{Fabric, FabricModule, FabricOptimizer, GradClip};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor, nn};
 
-/// libtorch's generator is process-wide: tests that seed it hold this lock.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+// libtorch's generator is process-wide: tests that seed it, or draw from it
+// (initialising layers), hold this lock.
+use common::rng_lock;
 
 /// Runs the reference script on `jobs`; one result per job.
 fn reference(jobs: &[Value]) -> Vec<Value> {
@@ -716,7 +715,11 @@ fn bad_groups_and_schedules_are_clear_errors() {
     // tch's optimizer has no readable learning rate.
     let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
-    let _ = nn::linear(vs.root(), 2, 2, Default::default());
+    {
+        // Initialising draws from the generator the other tests seed.
+        let _rng = rng_lock();
+        let _ = nn::linear(vs.root(), 2, 2, Default::default());
+    }
     let tch_opt = nn::OptimizerConfig::build(nn::Sgd::default(), &vs, 0.1).unwrap();
     let mut tch_opt = fabric.setup_optimizer(tch_opt).unwrap();
     let e = LrScheduler::new(&mut tch_opt, Schedule::step_lr(2, 0.5))

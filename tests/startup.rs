@@ -1,31 +1,22 @@
 //! Binaries find libtorch without `LD_LIBRARY_PATH`: the build scripts embed
 //! its directory as an rpath.
 
-use std::process::Command;
-
-const CHILD: &str = "FABRIC_STARTUP_CHILD";
+mod common;
 
 #[test]
 fn starts_without_ld_library_path() {
-    if std::env::var_os(CHILD).is_some() {
+    let test = "starts_without_ld_library_path";
+    if common::in_scenario(test) {
         // In the child: libtorch must be loaded and working.
         let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]).sum(tch::Kind::Float);
         println!("libtorch sum = {}", t.double_value(&[]));
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let output = Command::new(&exe)
-        .args([
-            "--exact",
-            "starts_without_ld_library_path",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
+    let output = common::Scenario::direct(test)
         .env_remove("LD_LIBRARY_PATH")
         .env_remove("LIBTORCH")
-        .output()
-        .unwrap();
+        .run()
+        .output;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
