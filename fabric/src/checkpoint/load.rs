@@ -183,7 +183,12 @@ fn rank_part<T: serde::de::DeserializeOwned>(
     }
     serde_json::from_value(ranks[rank].clone())
         .map(Some)
-        .map_err(|e| corrupt(path, format!("{kind} `{name}` of rank {rank} is not valid: {e}")))
+        .map_err(|e| {
+            corrupt(
+                path,
+                format!("{kind} `{name}` of rank {rank} is not valid: {e}"),
+            )
+        })
 }
 
 /// Loads `path` into `state` (see the module's documentation).
@@ -311,19 +316,29 @@ fn plan(
                 match saved.map(|saved| (slot.check_position(&saved), saved)) {
                     Some((None, saved)) => Some(Action::Loader(saved)),
                     Some((Some(problem), _)) => {
-                        report.mismatched.push(format!("loader `{name}`: {problem}"));
+                        report
+                            .mismatched
+                            .push(format!("loader `{name}`: {problem}"));
                         None
                     }
                     None => None,
                 }
             }
             (Entry::Rng, EntryMeta::Rng { ranks }) => {
-                let saved: Option<super::RngState> =
-                    rank_part(path, name, "random generators", ranks, state.rank(), &mut report)?;
+                let saved: Option<super::RngState> = rank_part(
+                    path,
+                    name,
+                    "random generators",
+                    ranks,
+                    state.rank(),
+                    &mut report,
+                )?;
                 match saved.map(|saved| (saved.check(), saved)) {
                     Some((None, saved)) => Some(Action::Rng(saved)),
                     Some((Some(problem), _)) => {
-                        report.mismatched.push(format!("random generators `{name}`: {problem}"));
+                        report
+                            .mismatched
+                            .push(format!("random generators `{name}`: {problem}"));
                         None
                     }
                     None => None,

@@ -34,9 +34,11 @@ pub(crate) fn step_path(dir: &Path, step: u64) -> PathBuf {
 /// The step of a name `step-<digits>`, or of `.step-<digits>.previous` (a
 /// checkpoint of that name being replaced, which loading reads).
 fn parse(name: &str) -> Option<u64> {
-    let digits = name
-        .strip_prefix(PREFIX)
-        .or_else(|| name.strip_prefix('.')?.strip_prefix(PREFIX)?.strip_suffix(".previous"))?;
+    let digits = name.strip_prefix(PREFIX).or_else(|| {
+        name.strip_prefix('.')?
+            .strip_prefix(PREFIX)?
+            .strip_suffix(".previous")
+    })?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -59,7 +61,10 @@ pub(crate) fn latest_candidates(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         };
         let path = if name.to_string_lossy().starts_with('.') {
             // Loading `step-N` reads `.step-N.previous` while `step-N` is missing.
-            dir.join(format!("{PREFIX}{}", &name.to_string_lossy()[1 + PREFIX.len()..].trim_end_matches(".previous")))
+            dir.join(format!(
+                "{PREFIX}{}",
+                &name.to_string_lossy()[1 + PREFIX.len()..].trim_end_matches(".previous")
+            ))
         } else {
             entry.path()
         };
@@ -82,7 +87,8 @@ pub(crate) fn prune(dir: &Path, keep: usize) -> Result<()> {
             continue;
         }
         let doomed = fs::temp_path(&path)?;
-        let removed = std::fs::rename(&path, &doomed).and_then(|()| std::fs::remove_dir_all(&doomed));
+        let removed =
+            std::fs::rename(&path, &doomed).and_then(|()| std::fs::remove_dir_all(&doomed));
         if let Err(error) = removed {
             eprintln!(
                 "fabric: warning: cannot delete the old checkpoint {} ({error}); it is left",
@@ -106,14 +112,27 @@ mod tests {
         assert_eq!(parse("step-1a"), None);
         assert_eq!(parse(".step-3.tmp-1-2"), None);
         assert_eq!(parse("last"), None);
-        assert_eq!(step_path(Path::new("d"), 120), Path::new("d/step-000000120"));
+        assert_eq!(
+            step_path(Path::new("d"), 120),
+            Path::new("d/step-000000120")
+        );
     }
 
     #[test]
     fn candidates_are_newest_first_and_a_missing_dir_has_none() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(latest_candidates(&dir.path().join("nothing")).unwrap().is_empty());
-        for name in ["step-000000002", "step-10", "other", ".step-000000011.previous", ".step-5.tmp-1-0"] {
+        assert!(
+            latest_candidates(&dir.path().join("nothing"))
+                .unwrap()
+                .is_empty()
+        );
+        for name in [
+            "step-000000002",
+            "step-10",
+            "other",
+            ".step-000000011.previous",
+            ".step-5.tmp-1-0",
+        ] {
             std::fs::create_dir(dir.path().join(name)).unwrap();
         }
         let found = latest_candidates(dir.path()).unwrap();

@@ -230,9 +230,7 @@ impl<D: Dataset> DataLoader<D> {
     /// has neither ended nor been dropped; otherwise the next epoch, from
     /// the batch it will start at.
     pub fn position(&self) -> LoaderPosition {
-        let (epoch, consumed) = lock(&self.cursor)
-            .active
-            .unwrap_or((self.epoch, self.skip));
+        let (epoch, consumed) = lock(&self.cursor).active.unwrap_or((self.epoch, self.skip));
         LoaderPosition {
             epoch,
             consumed,
@@ -254,12 +252,26 @@ impl<D: Dataset> DataLoader<D> {
         let mut problems = Vec::new();
         let mut differ = |what: &str, theirs: String, ours: String| {
             if theirs != ours {
-                problems.push(format!("{what} is {theirs} in the checkpoint and {ours} here"));
+                problems.push(format!(
+                    "{what} is {theirs} in the checkpoint and {ours} here"
+                ));
             }
         };
-        differ("the data set size", saved.samples.to_string(), ours.samples.to_string());
-        differ("the batch size", saved.batch_size.to_string(), ours.batch_size.to_string());
-        differ("shuffling", saved.shuffle.to_string(), ours.shuffle.to_string());
+        differ(
+            "the data set size",
+            saved.samples.to_string(),
+            ours.samples.to_string(),
+        );
+        differ(
+            "the batch size",
+            saved.batch_size.to_string(),
+            ours.batch_size.to_string(),
+        );
+        differ(
+            "shuffling",
+            saved.shuffle.to_string(),
+            ours.shuffle.to_string(),
+        );
         differ(
             "a custom sampler",
             saved.custom_sampler.to_string(),

@@ -337,7 +337,10 @@ impl Fabric {
             };
             let worst = if self.world_size() > 1 {
                 self.strategy
-                    .all_reduce(&Tensor::from_slice(&[outcome]), crate::collectives::ReduceOp::Max)?
+                    .all_reduce(
+                        &Tensor::from_slice(&[outcome]),
+                        crate::collectives::ReduceOp::Max,
+                    )?
                     .int64_value(&[0])
             } else {
                 outcome
