@@ -1,6 +1,9 @@
 //! Checkpoints: [`Fabric::save`](crate::Fabric::save) and
 //! [`Fabric::load`](crate::Fabric::load) of a [`State`] holding models,
-//! optimizers, the loss scaler and any serialisable value.
+//! optimizers, the loss scaler, any serialisable value, data loaders'
+//! positions and the random generators; numbered checkpoints
+//! ([`Fabric::save_step`](crate::Fabric::save_step)) and the newest of
+//! them ([`Fabric::load_latest`](crate::Fabric::load_latest)).
 //!
 //! # Format
 //!
@@ -10,7 +13,7 @@
 //! |---|---|
 //! | `<name>.safetensors` for each model entry | the `VarStore`'s variables under their names (`layer.weight`), as `safetensors.torch.load_file` reads them |
 //! | `<name>.safetensors` for each optimizer entry | the state tensors as `<parameter>/<state>` (`layer.weight/exp_avg`) |
-//! | `meta.json` | the format and version, and every entry: the file of a model or optimizer with its size and CRC-32C, an optimizer's algorithm, hyperparameters, parameter names and parameter groups (each with its settings and parameters), a scheduler's schedule and position, the loss scaler's state, and user values as JSON |
+//! | `meta.json` | the format and version, and every entry: the file of a model or optimizer with its size and CRC-32C, an optimizer's algorithm, hyperparameters, parameter names and parameter groups (each with its settings and parameters), a scheduler's schedule and position, the loss scaler's state, user values as JSON, and for each rank a loader's position and the generators' states (hexadecimal) |
 //!
 //! So with `State::new().model("model", &mut vs)`, Python reads the weights
 //! with `safetensors.torch.load_file("ckpt/model.safetensors")`.
@@ -35,7 +38,21 @@
 //!   was saved and names where the previous one is left
 //!   (`.<name>.tmp-<pid>-<n>` beside it). Later saves work, try to delete it
 //!   again and warn while they cannot.
-//! - **Rank 0 writes**, the other ranks wait at a barrier.
+//! - **Rank 0 writes**, the other ranks wait at a barrier. Entries of each
+//!   rank ([`State::loader`], [`State::rng`]) are gathered to rank 0 first
+//!   (an all-gather), so they are written in the same atomic step.
+//!
+//! # Exact resume
+//!
+//! With [`State::loader`] and [`State::rng`], a run loaded from a
+//! checkpoint saved in the middle of an epoch goes on exactly as if it had
+//! not stopped: the loader yields the batches of that epoch not yet taken,
+//! in the same order (the order is a function of the seed and epoch, which
+//! the checkpoint holds; the batches taken are skipped by index, never
+//! made), and every random operation (dropout) draws what it would have.
+//! Worker threads hold nothing between batches, so they need no state.
+//! Random draws a data set makes itself on worker threads (from libtorch's
+//! global generator) are not reproducible with or without a checkpoint.
 //! - **Checked before loaded.** Loading reads and checks everything first:
 //!   the files' sizes and checksums, and every name, shape and dtype against
 //!   the state. A missing or unexpected key, a wrong shape or dtype, a

@@ -72,7 +72,7 @@ pub(crate) fn latest_candidates(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
             found.push((step, path));
         }
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
     Ok(found)
 }
 

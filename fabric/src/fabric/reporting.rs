@@ -307,11 +307,15 @@ impl Fabric {
         };
         let steps = if self.world_size() > 1 {
             let count = Tensor::from_slice(&[steps.len() as i64]);
-            let count = self.strategy.broadcast(&count, 0)?.int64_value(&[0]) as usize;
-            let mut ours = steps.clone();
-            ours.resize(count, 0);
-            let theirs = self.strategy.broadcast(&Tensor::from_slice(&ours), 0)?;
-            Vec::<i64>::try_from(theirs.reshape([-1]))?
+            let count = self.strategy.broadcast(&count, 0)?.f_int64_value(&[0])? as usize;
+            if count == 0 {
+                Vec::new()
+            } else {
+                let mut ours = steps.clone();
+                ours.resize(count, 0);
+                let theirs = self.strategy.broadcast(&Tensor::from_slice(&ours), 0)?;
+                Vec::<i64>::try_from(theirs.reshape([-1]))?
+            }
         } else {
             steps
         };
@@ -337,10 +341,7 @@ impl Fabric {
             };
             let worst = if self.world_size() > 1 {
                 self.strategy
-                    .all_reduce(
-                        &Tensor::from_slice(&[outcome]),
-                        crate::collectives::ReduceOp::Max,
-                    )?
+                    .all_reduce(&Tensor::from_slice(&[outcome]), ReduceOp::Max)?
                     .int64_value(&[0])
             } else {
                 outcome
