@@ -745,3 +745,52 @@ fn load_latest_picks_the_newest_complete_checkpoint() {
         "{err}"
     );
 }
+
+#[test]
+fn the_cpu_generator_state_is_pytorchs() {
+    // The saved state is `torch.get_rng_state()`'s bytes: PyTorch, seeded
+    // alike and after the same draw, has the same state, and draws the same
+    // numbers once given the saved state.
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
+    fabric.seed_everything(5);
+    let _ = Tensor::rand([3], (Kind::Float, Device::Cpu));
+    let path = dir.path().join("ckpt");
+    fabric.save(&path, &State::new().rng()).unwrap();
+    let next = Tensor::rand([4], (Kind::Float, Device::Cpu));
+    let next: Vec<f32> = Vec::try_from(next).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path.join("meta.json")).unwrap()).unwrap();
+    let saved = meta["entries"]["rng"]["ranks"][0]["cpu"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let script = format!(
+        "import torch\n\
+         torch.manual_seed(5); torch.rand(3)\n\
+         print(torch.get_rng_state().numpy().tobytes().hex() == '{saved}')\n\
+         torch.manual_seed(0)\n\
+         torch.set_rng_state(torch.frombuffer(bytearray.fromhex('{saved}'), dtype=torch.uint8))\n\
+         print(' '.join(repr(v) for v in torch.rand(4).tolist()))\n"
+    );
+    let output = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("True"), "the same state as PyTorch's");
+    let theirs: Vec<f32> = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|v| v.parse::<f64>().unwrap() as f32)
+        .collect();
+    assert_eq!(theirs, next, "PyTorch draws the same from the saved state");
+}
