@@ -340,6 +340,8 @@ impl<D: Dataset> DataLoader<D> {
     /// set up for several processes): of the samples a custom
     /// [`sampler`](Self::sampler) visits in that epoch, else of the whole
     /// data set.
+    /// It counts the whole epoch, also the batches that a
+    /// [restored position](Self::restore_position) skips.
     pub fn len(&self) -> usize {
         self.len_of(self.epoch)
     }
