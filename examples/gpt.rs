@@ -16,8 +16,9 @@
 //! accumulation (`ACCUMULATE`, synchronised once per step under ddp), the
 //! training and validation losses, learning rate and throughput logged to
 //! TensorBoard (`runs/gpt/tensorboard`), and a checkpoint (model,
-//! optimizer, scheduler, step) saved every 500 steps to `runs/gpt/last`:
-//! started again, the run resumes from it and goes on exactly as if it had
+//! optimizer, scheduler, the loader's position, the random generators,
+//! step) saved every 500 steps to `runs/gpt/checkpoints/step-<step>` (the
+//! last two kept): started again, the run resumes from the newest and goes on exactly as if it had
 //! not stopped. At the end it prints a sample of generated text.
 //!
 //! ```sh
@@ -37,8 +38,8 @@
 //! a `bf16-mixed` step about 10x slower than a `32-true` one: there, run it
 //! with `PRECISION=32-true`. See BENCHMARKS.md for the measurements and the
 //! validation loss reached.
-//! A run that finds a finished checkpoint in `runs/gpt/last` has nothing
-//! left to do: delete it (or set `RUNS_DIR`) to train again.
+//! A run that finds a finished checkpoint in `runs/gpt/checkpoints` has
+//! nothing left to do: delete it (or set `RUNS_DIR`) to train again.
 //!
 //! Settings from the environment: `DEVICES` (processes, under ddp when
 //! more than 1), `PRECISION` (`bf16-mixed`; `32-true` for float32), `STEPS`,
@@ -127,7 +128,7 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "stopped at step {}; run again to resume from {}",
                 summary.step,
-                options.dir.join("last").display()
+                gpt::checkpoint_dir(&options.dir).display()
             );
         }
         Ok(())

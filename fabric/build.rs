@@ -2,7 +2,8 @@
 //! - compiles the C++ shim (`csrc/shim.cpp`) against libtorch's headers, for
 //!   the ATen functions tch does not bind (autocast state, tensor-list
 //!   kernels) and the autograd hooks `ddp` overlaps its reduction with
-//!   (`csrc/hooks.cpp`);
+//!   (`csrc/hooks.cpp`), and the random generators' states checkpoints
+//!   save (`csrc/rng.cpp`);
 //! - records where libtorch's shared libraries are, so that binaries find
 //!   them at run time without `LD_LIBRARY_PATH`.
 //!
@@ -28,6 +29,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
     println!("cargo:rerun-if-changed=csrc/hooks.cpp");
     println!("cargo:rerun-if-changed=csrc/errors.h");
+    println!("cargo:rerun-if-changed=csrc/rng.cpp");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         // torch-sys always publishes it on Linux and macOS.
         panic!(
@@ -49,5 +51,6 @@ fn main() {
         .flag_if_supported("-Wno-unused-parameter")
         .file("csrc/shim.cpp")
         .file("csrc/hooks.cpp")
+        .file("csrc/rng.cpp")
         .compile("fabric_shim");
 }

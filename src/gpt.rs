@@ -382,8 +382,9 @@ pub struct Options {
     /// The text.
     #[serde(skip)]
     pub data: PathBuf,
-    /// Where the checkpoint (`last/`) and the TensorBoard logs go; a run
-    /// whose checkpoint is there resumes from it.
+    /// Where the checkpoints (`checkpoints/step-<step>`, the last two) and
+    /// the TensorBoard logs go; a run finding a checkpoint there resumes
+    /// from the newest complete one.
     #[serde(skip)]
     pub dir: PathBuf,
 }
@@ -503,7 +504,12 @@ pub fn sample(
     corpus.decode(&ids)
 }
 
-/// Trains a GPT on `options.data` with `fabric`, resuming from the
+/// The directory of a run's numbered checkpoints: `dir/checkpoints`.
+pub fn checkpoint_dir(dir: &Path) -> PathBuf {
+    dir.join("checkpoints")
+}
+
+/// Trains a GPT on `options.data` with `fabric`, resuming from the newest
 /// checkpoint in `options.dir` if there is one, and samples from it at the
 /// end. Every rank calls it; rank 0 logs to the loggers fabric has.
 pub fn train(fabric: &mut Fabric, options: &Options) -> anyhow::Result<Summary> {
@@ -548,35 +554,29 @@ pub fn train(fabric: &mut Fabric, options: &Options) -> anyhow::Result<Summary> 
     let batches_per_epoch = loader.len() as u64;
     ensure!(batches_per_epoch > 0, "the text is shorter than one batch");
 
-    let checkpoint = options.dir.join("last");
+    // One code path for a fresh start and a restart: the newest complete
+    // checkpoint, if any, holds everything that changes during training,
+    // the loader's position in its epoch and the random generators
+    // included, so a resumed run goes on with the batches it would have had.
+    let checkpoints = checkpoint_dir(&options.dir);
     let mut step = 0u64;
-    if checkpoint.exists() {
-        fabric.load(
-            &checkpoint,
-            &mut State::new()
-                .model("model", &mut vs)
-                .optimizer("optimizer", &mut optimizer)
-                .scheduler("scheduler", &mut scheduler)
-                .value("step", &mut step),
-        )?;
+    if let Some(resumed) = fabric.load_latest(
+        &checkpoints,
+        &mut State::new()
+            .model("model", &mut vs)
+            .optimizer("optimizer", &mut optimizer)
+            .scheduler("scheduler", &mut scheduler)
+            .loader("train", &mut loader)
+            .rng()
+            .value("step", &mut step),
+    )? {
         fabric.print(format!(
             "resuming from {} at step {step}",
-            checkpoint.display()
+            resumed.path.display()
         ));
     }
     let start_step = step;
-
-    // The data order: micro-batch m of the whole run is batch m % len of
-    // epoch m / len, so a resumed run goes on with the batches it would have
-    // had.
-    let mut micro = step * options.accumulate as u64;
-    loader.set_epoch(micro / batches_per_epoch);
     let mut batches = loader.iter();
-    for _ in 0..micro % batches_per_epoch {
-        let _ = batches
-            .next()
-            .context("skipping the batches trained on")??;
-    }
 
     let parameters = config.parameters();
     fabric.print(format!(
@@ -605,12 +605,10 @@ pub fn train(fabric: &mut Fabric, options: &Options) -> anyhow::Result<Summary> 
             let batch = match batches.next() {
                 Some(batch) => batch?,
                 None => {
-                    loader.set_epoch(micro / batches_per_epoch);
                     batches = loader.iter();
                     batches.next().context("an epoch without batches")??
                 }
             };
-            micro += 1;
             let (x, y) = batch;
             let l = loss(&model.forward(&x), &y) / options.accumulate as f64;
             // Gradients are averaged over the ranks once per step, in the
@@ -652,12 +650,16 @@ pub fn train(fabric: &mut Fabric, options: &Options) -> anyhow::Result<Summary> 
             }
         }
         if step.is_multiple_of(options.checkpoint_every) || step == stop {
-            fabric.save(
-                &checkpoint,
+            fabric.save_step_keep_last(
+                &checkpoints,
+                step,
+                2,
                 &State::new()
                     .model("model", &mut vs)
                     .optimizer("optimizer", &mut optimizer)
                     .scheduler("scheduler", &mut scheduler)
+                    .loader("train", &mut loader)
+                    .rng()
                     .value("step", &mut step),
             )?;
         }

@@ -15,7 +15,11 @@
 //!                   "last_epoch": 10, "step_count": 11, "base_lrs": [0.001, 0.001], "last_lrs": [...]},
 //!     "scaler": {"type": "grad_scaler", "scale": 65536.0, "growth_tracker": 3, "init_scale": 65536.0,
 //!                "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000},
-//!     "step": {"type": "value", "value": 100}
+//!     "step": {"type": "value", "value": 100},
+//!     "train": {"type": "loader", "ranks": [{"epoch": 2, "consumed": 17, "batches": 40, "seed": 42,
+//!               "shuffle": true, "custom_sampler": false, "batch_size": 16, "samples": 1280,
+//!               "shard": [0, 2]}, {...rank 1...}]},
+//!     "rng": {"type": "rng", "ranks": [{"cpu": "<hex: libtorch's CPU generator state>", "cuda": []}, ...]}
 //!   }
 //! }
 //! ```
@@ -80,6 +84,14 @@ pub(crate) enum EntryMeta {
     Value {
         value: serde_json::Value,
     },
+    /// A data loader's position, by rank (`LoaderPosition`s).
+    Loader {
+        ranks: Vec<serde_json::Value>,
+    },
+    /// libtorch's generator states, by rank (`RngState`s).
+    Rng {
+        ranks: Vec<serde_json::Value>,
+    },
 }
 
 /// A parameter group of an optimizer entry: its name, settings and
@@ -99,6 +111,8 @@ impl EntryMeta {
             EntryMeta::Scheduler { .. } => "scheduler",
             EntryMeta::GradScaler { .. } => "grad scaler",
             EntryMeta::Value { .. } => "value",
+            EntryMeta::Loader { .. } => "loader",
+            EntryMeta::Rng { .. } => "random generators",
         }
     }
 

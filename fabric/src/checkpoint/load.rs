@@ -160,6 +160,35 @@ enum Action {
     Scheduler(SchedulerState),
     Scaler(GradScalerState),
     Value(Box<dyn Any>),
+    Loader(crate::data::LoaderPosition),
+    Rng(super::RngState),
+}
+
+/// This rank's part of a per-rank entry, decoded; `None`, with the problem
+/// in `report`, for a checkpoint of another world size.
+fn rank_part<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    name: &str,
+    kind: &str,
+    ranks: &[serde_json::Value],
+    (rank, world): (usize, usize),
+    report: &mut LoadReport,
+) -> Result<Option<T>> {
+    if ranks.len() != world {
+        report.mismatched.push(format!(
+            "{kind} `{name}` was saved by a world of {} processes, this one has {world}",
+            ranks.len()
+        ));
+        return Ok(None);
+    }
+    serde_json::from_value(ranks[rank].clone())
+        .map(Some)
+        .map_err(|e| {
+            corrupt(
+                path,
+                format!("{kind} `{name}` of rank {rank} is not valid: {e}"),
+            )
+        })
 }
 
 /// Loads `path` into `state` (see the module's documentation).
@@ -281,14 +310,42 @@ fn plan(
                     None
                 }
             },
+            (Entry::Loader(slot), EntryMeta::Loader { ranks }) => {
+                let saved: Option<crate::data::LoaderPosition> =
+                    rank_part(path, name, "loader", ranks, state.rank(), &mut report)?;
+                match saved.map(|saved| (slot.check_position(&saved), saved)) {
+                    Some((None, saved)) => Some(Action::Loader(saved)),
+                    Some((Some(problem), _)) => {
+                        report
+                            .mismatched
+                            .push(format!("loader `{name}`: {problem}"));
+                        None
+                    }
+                    None => None,
+                }
+            }
+            (Entry::Rng, EntryMeta::Rng { ranks }) => {
+                let saved: Option<super::RngState> = rank_part(
+                    path,
+                    name,
+                    "random generators",
+                    ranks,
+                    state.rank(),
+                    &mut report,
+                )?;
+                match saved.map(|saved| (saved.check(), saved)) {
+                    Some((None, saved)) => Some(Action::Rng(saved)),
+                    Some((Some(problem), _)) => {
+                        report
+                            .mismatched
+                            .push(format!("random generators `{name}`: {problem}"));
+                        None
+                    }
+                    None => None,
+                }
+            }
             (entry, saved) => {
-                let wanted = match entry {
-                    Entry::Model(_) => "model",
-                    Entry::Optimizer(_) => "optimizer",
-                    Entry::Scheduler(_) => "scheduler",
-                    Entry::Scaler(_) => "grad scaler",
-                    Entry::Value(_) => "value",
-                };
+                let wanted = entry.kind();
                 report.mismatched.push(format!(
                     "`{name}` is a {wanted} in the state and a {} in the checkpoint",
                     saved.type_name()
@@ -562,6 +619,8 @@ fn apply(state: &mut State<'_>, actions: Vec<(usize, Action)>) -> Result<()> {
                 .unwrap_or_else(|p| p.into_inner())
                 .load_state(saved)?,
             (Entry::Value(slot), Action::Value(decoded)) => slot.assign(decoded),
+            (Entry::Loader(slot), Action::Loader(saved)) => slot.restore_position(&saved)?,
+            (Entry::Rng, Action::Rng(saved)) => saved.restore()?,
             _ => {}
         }
     }

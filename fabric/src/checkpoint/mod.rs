@@ -1,6 +1,9 @@
 //! Checkpoints: [`Fabric::save`](crate::Fabric::save) and
 //! [`Fabric::load`](crate::Fabric::load) of a [`State`] holding models,
-//! optimizers, the loss scaler and any serialisable value.
+//! optimizers, the loss scaler, any serialisable value, data loaders'
+//! positions and the random generators; numbered checkpoints
+//! ([`Fabric::save_step`](crate::Fabric::save_step)) and the newest of
+//! them ([`Fabric::load_latest`](crate::Fabric::load_latest)).
 //!
 //! # Format
 //!
@@ -10,7 +13,7 @@
 //! |---|---|
 //! | `<name>.safetensors` for each model entry | the `VarStore`'s variables under their names (`layer.weight`), as `safetensors.torch.load_file` reads them |
 //! | `<name>.safetensors` for each optimizer entry | the state tensors as `<parameter>/<state>` (`layer.weight/exp_avg`) |
-//! | `meta.json` | the format and version, and every entry: the file of a model or optimizer with its size and CRC-32C, an optimizer's algorithm, hyperparameters, parameter names and parameter groups (each with its settings and parameters), a scheduler's schedule and position, the loss scaler's state, and user values as JSON |
+//! | `meta.json` | the format and version, and every entry: the file of a model or optimizer with its size and CRC-32C, an optimizer's algorithm, hyperparameters, parameter names and parameter groups (each with its settings and parameters), a scheduler's schedule and position, the loss scaler's state, user values as JSON, and for each rank a loader's position and the generators' states (hexadecimal) |
 //!
 //! So with `State::new().model("model", &mut vs)`, Python reads the weights
 //! with `safetensors.torch.load_file("ckpt/model.safetensors")`.
@@ -35,7 +38,21 @@
 //!   was saved and names where the previous one is left
 //!   (`.<name>.tmp-<pid>-<n>` beside it). Later saves work, try to delete it
 //!   again and warn while they cannot.
-//! - **Rank 0 writes**, the other ranks wait at a barrier.
+//! - **Rank 0 writes**, the other ranks wait at a barrier. Entries of each
+//!   rank ([`State::loader`], [`State::rng`]) are gathered to rank 0 first
+//!   (an all-gather), so they are written in the same atomic step.
+//!
+//! # Exact resume
+//!
+//! With [`State::loader`] and [`State::rng`], a run loaded from a
+//! checkpoint saved in the middle of an epoch goes on exactly as if it had
+//! not stopped: the loader yields the batches of that epoch not yet taken,
+//! in the same order (the order is a function of the seed and epoch, which
+//! the checkpoint holds; the batches taken are skipped by index, never
+//! made), and every random operation (dropout) draws what it would have.
+//! Worker threads hold nothing between batches, so they need no state.
+//! Random draws a data set makes itself on worker threads (from libtorch's
+//! global generator) are not reproducible with or without a checkpoint.
 //! - **Checked before loaded.** Loading reads and checks everything first:
 //!   the files' sizes and checksums, and every name, shape and dtype against
 //!   the state. A missing or unexpected key, a wrong shape or dtype, a
@@ -48,17 +65,22 @@
 mod atomic;
 mod format;
 mod load;
+mod numbered;
+mod rng;
 mod save;
 #[cfg(test)]
 mod swap_tests;
 mod tensors;
 
+use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tch::nn::VarStore;
 
+use crate::data::{DataLoader, Dataset, FabricDataLoader, LoaderPosition};
+use crate::device::ToDevice;
 use crate::error::{Error, Result};
 use crate::optim::LrScheduler;
 pub use crate::optim::OptimizerSlot;
@@ -66,6 +88,9 @@ use crate::precision::GradScaler;
 
 pub use load::LoadReport;
 pub(crate) use load::load;
+pub use numbered::Resumed;
+pub(crate) use numbered::{latest_candidates, prune, step_path};
+pub(crate) use rng::RngState;
 pub(crate) use save::save;
 
 /// What a checkpoint holds, by entry name, as Lightning's `state` dict:
@@ -99,6 +124,12 @@ pub(crate) use save::save;
 #[derive(Default)]
 pub struct State<'a> {
     entries: Vec<(String, Entry<'a>)>,
+    /// This process's (rank, world size), set by `Fabric::load`; (0, 1)
+    /// when unset.
+    rank: Cell<Option<(usize, usize)>>,
+    /// Every rank's per-rank entries (loaders, generators), gathered by
+    /// `Fabric::save` for rank 0 to write; this process's alone when unset.
+    gathered: RefCell<Option<Vec<serde_json::Value>>>,
 }
 
 pub(crate) enum Entry<'a> {
@@ -107,6 +138,39 @@ pub(crate) enum Entry<'a> {
     Scheduler(&'a mut LrScheduler),
     Scaler(Arc<Mutex<GradScaler>>),
     Value(&'a mut dyn ValueSlot),
+    Loader(&'a mut dyn LoaderSlot),
+    Rng,
+}
+
+impl Entry<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Entry::Model(_) => "model",
+            Entry::Optimizer(_) => "optimizer",
+            Entry::Scheduler(_) => "scheduler",
+            Entry::Scaler(_) => "grad scaler",
+            Entry::Value(_) => "value",
+            Entry::Loader(_) => "loader",
+            Entry::Rng => "random generators",
+        }
+    }
+
+    /// Whether each rank has its own (a loader's position, the generators).
+    fn per_rank(&self) -> bool {
+        matches!(self, Entry::Loader(_) | Entry::Rng)
+    }
+
+    /// This process's part of a per-rank entry.
+    fn local(&self, name: &str) -> Result<Option<serde_json::Value>> {
+        let value = match self {
+            Entry::Loader(slot) => serde_json::to_value(slot.position()),
+            Entry::Rng => serde_json::to_value(RngState::capture()?),
+            _ => return Ok(None),
+        };
+        value
+            .map(Some)
+            .map_err(|e| Error::InvalidArgument(format!("checkpoint entry `{name}`: {e}")))
+    }
 }
 
 impl std::fmt::Debug for State<'_> {
@@ -114,16 +178,7 @@ impl std::fmt::Debug for State<'_> {
         let entries: Vec<String> = self
             .entries
             .iter()
-            .map(|(name, entry)| {
-                let kind = match entry {
-                    Entry::Model(_) => "model",
-                    Entry::Optimizer(_) => "optimizer",
-                    Entry::Scheduler(_) => "scheduler",
-                    Entry::Scaler(_) => "grad scaler",
-                    Entry::Value(_) => "value",
-                };
-                format!("{name}: {kind}")
-            })
+            .map(|(name, entry)| format!("{name}: {}", entry.kind()))
             .collect();
         f.debug_struct("State").field("entries", &entries).finish()
     }
@@ -191,6 +246,82 @@ impl<'a> State<'a> {
         self
     }
 
+    /// A data loader's position ([`DataLoader`] or [`FabricDataLoader`]): its
+    /// epoch, the batches of it the loop took, and its seed, for each rank.
+    /// Loaded, the next `iter()` yields the rest of that epoch in the same
+    /// order, without making the batches taken before (see
+    /// [`DataLoader::restore_position`]). Loading checks that the loader
+    /// has the same data set size, batch size, batches per epoch, order and
+    /// world size.
+    ///
+    /// Save after the optimizer step of a batch: the position counts the
+    /// batches the loop received, and a resumed run starts after them.
+    pub fn loader(mut self, name: impl Into<String>, loader: &'a mut dyn LoaderSlot) -> Self {
+        self.entries.push((name.into(), Entry::Loader(loader)));
+        self
+    }
+
+    /// The states of libtorch's random generators, as the entry `rng`: the
+    /// CPU generator and, where CUDA is available, each device's, of every
+    /// rank (as Accelerate's `save_state`; Lightning's `save` does not hold
+    /// them). Loaded, dropout and every other random operation draw what
+    /// they would have drawn had the run not stopped. A checkpoint saved by
+    /// a world of another size, or with more CUDA devices than this process
+    /// sees, is an error.
+    pub fn rng(mut self) -> Self {
+        self.entries.push(("rng".into(), Entry::Rng));
+        self
+    }
+
+    /// Whether an entry is per rank (a loader, the generators).
+    pub(crate) fn has_per_rank(&self) -> bool {
+        self.entries.iter().any(|(_, e)| e.per_rank())
+    }
+
+    /// This process's per-rank entries, by name.
+    pub(crate) fn local_parts(&self) -> Result<serde_json::Value> {
+        let mut parts = serde_json::Map::new();
+        for (name, entry) in &self.entries {
+            if let Some(value) = entry.local(name)? {
+                parts.insert(name.clone(), value);
+            }
+        }
+        Ok(serde_json::Value::Object(parts))
+    }
+
+    /// Every rank's per-rank entries, by rank, for the next save.
+    pub(crate) fn set_gathered(&self, ranks: Option<Vec<serde_json::Value>>) {
+        *self.gathered.borrow_mut() = ranks;
+    }
+
+    /// This process's rank and the world size, for the next load.
+    pub(crate) fn set_rank(&self, rank: usize, world: usize) {
+        self.rank.set(Some((rank, world.max(1))));
+    }
+
+    fn rank(&self) -> (usize, usize) {
+        self.rank.get().unwrap_or((0, 1))
+    }
+
+    /// Every rank's part of the per-rank entry `name`, by rank: those
+    /// gathered, else this process's.
+    fn rank_values(&self, name: &str, entry: &Entry<'_>) -> Result<Vec<serde_json::Value>> {
+        if let Some(ranks) = &*self.gathered.borrow() {
+            return ranks
+                .iter()
+                .enumerate()
+                .map(|(rank, parts)| {
+                    parts.get(name).cloned().ok_or_else(|| {
+                        Error::Distributed(format!(
+                            "checkpoint entry `{name}`: rank {rank} did not send its part"
+                        ))
+                    })
+                })
+                .collect();
+        }
+        Ok(entry.local(name)?.into_iter().collect())
+    }
+
     /// Checks the entry names: unique, non-empty, made of ASCII letters,
     /// digits, `_`, `-` and `.`, and not `meta`.
     fn check_names(&self) -> Result<()> {
@@ -239,5 +370,44 @@ impl<T: Serialize + DeserializeOwned + 'static> ValueSlot for T {
         if let Ok(value) = decoded.downcast::<T>() {
             *self = *value;
         }
+    }
+}
+
+/// A data loader whose position a [`State`] can hold
+/// ([`State::loader`]): fabric's [`DataLoader`], or a [`FabricDataLoader`]
+/// wrapping one.
+pub trait LoaderSlot {
+    /// Where the loader is.
+    fn position(&self) -> LoaderPosition;
+    /// Why `saved` cannot continue in this loader, if it cannot.
+    fn check_position(&self, saved: &LoaderPosition) -> Option<String>;
+    /// Continues from `saved`.
+    fn restore_position(&mut self, saved: &LoaderPosition) -> Result<()>;
+}
+
+impl<D: Dataset> LoaderSlot for DataLoader<D> {
+    fn position(&self) -> LoaderPosition {
+        DataLoader::position(self)
+    }
+    fn check_position(&self, saved: &LoaderPosition) -> Option<String> {
+        DataLoader::check_position(self, saved)
+    }
+    fn restore_position(&mut self, saved: &LoaderPosition) -> Result<()> {
+        DataLoader::restore_position(self, saved)
+    }
+}
+
+impl<D: Dataset> LoaderSlot for FabricDataLoader<D>
+where
+    D::Batch: ToDevice,
+{
+    fn position(&self) -> LoaderPosition {
+        self.loader().position()
+    }
+    fn check_position(&self, saved: &LoaderPosition) -> Option<String> {
+        self.loader().check_position(saved)
+    }
+    fn restore_position(&mut self, saved: &LoaderPosition) -> Result<()> {
+        self.loader_mut().restore_position(saved)
     }
 }

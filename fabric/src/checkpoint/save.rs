@@ -92,6 +92,12 @@ fn write_entries(dir: &Path, state: &State<'_>) -> Result<()> {
             Entry::Scaler(scaler) => {
                 EntryMeta::scaler(scaler.lock().unwrap_or_else(|p| p.into_inner()).state())
             }
+            Entry::Loader(_) => EntryMeta::Loader {
+                ranks: state.rank_values(name, entry)?,
+            },
+            Entry::Rng => EntryMeta::Rng {
+                ranks: state.rank_values(name, entry)?,
+            },
             Entry::Value(value) => EntryMeta::Value {
                 value: value.encode().map_err(|e| {
                     Error::InvalidArgument(format!("checkpoint value `{name}`: {e}"))

@@ -71,6 +71,12 @@ where
     pub fn loader(&self) -> &DataLoader<D> {
         &self.loader
     }
+
+    /// The wrapped loader, mutably (for
+    /// [`restore_position`](DataLoader::restore_position)).
+    pub fn loader_mut(&mut self) -> &mut DataLoader<D> {
+        &mut self.loader
+    }
 }
 
 impl<D: Dataset> IntoIterator for &mut FabricDataLoader<D>

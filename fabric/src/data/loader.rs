@@ -1,7 +1,9 @@
 //! [`DataLoader`]: batches from a data set, in a sampled order, made on the
 //! consuming thread or by worker threads.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
 
 use tch::Device;
 
@@ -51,6 +53,12 @@ impl<B> Copy for Pinning<B> {}
 /// Each call to [`iter`](Self::iter) is one epoch; the epoch number advances
 /// after each call, or is set with [`set_epoch`](Self::set_epoch).
 ///
+/// The loader knows how far its current epoch went: its
+/// [`position`](Self::position) (epoch, batches taken, seed) is what a
+/// checkpoint holds with [`State::loader`](crate::checkpoint::State::loader),
+/// and a loader given a saved position goes on with the batches of that
+/// epoch not yet taken, in the same order, without making the others.
+///
 /// ```
 /// use fabric::data::{DataLoader, TensorDataset};
 /// use tch::{Device, Kind, Tensor};
@@ -80,6 +88,52 @@ pub struct DataLoader<D: Dataset> {
     pin_device: Option<Device>,
     /// This rank's shard: (rank, world size).
     shard: Option<(usize, usize)>,
+    /// Batches of the next epoch to skip (taken before a checkpoint).
+    skip: usize,
+    /// How far the epoch being iterated went, shared with its [`Batches`].
+    cursor: Arc<Mutex<Cursor>>,
+}
+
+/// The epoch a [`Batches`] is iterating and the batches it yielded; which
+/// `Batches` (the latest `iter`) it tracks.
+#[derive(Debug, Default)]
+struct Cursor {
+    generation: u64,
+    /// (epoch, batches yielded), while the latest `Batches` has not ended.
+    active: Option<(u64, usize)>,
+}
+
+fn lock(cursor: &Mutex<Cursor>) -> MutexGuard<'_, Cursor> {
+    cursor.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a [`DataLoader`] is in its epochs: what a checkpoint saves with
+/// [`State::loader`](crate::checkpoint::State::loader) and
+/// [`DataLoader::restore_position`] continues from. The order of an epoch
+/// is a function of the seed and the epoch number (or of the custom
+/// sampler's `indices(len, epoch)`), so the position needs no list of
+/// indices; worker threads hold nothing between epochs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderPosition {
+    /// The epoch in progress (or the next one, if none is).
+    pub epoch: u64,
+    /// Batches of `epoch` the loop has taken.
+    pub consumed: usize,
+    /// Batches in `epoch` (of this rank's shard).
+    pub batches: usize,
+    /// The seed of the shuffled order.
+    pub seed: u64,
+    /// Whether the order is shuffled.
+    pub shuffle: bool,
+    /// Whether a custom sampler gives the order.
+    pub custom_sampler: bool,
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Samples in the data set.
+    pub samples: usize,
+    /// This rank's shard, as (rank, world size), when the loader was set up
+    /// for several processes.
+    pub shard: Option<(usize, usize)>,
 }
 
 impl<D: Dataset> std::fmt::Debug for DataLoader<D> {
@@ -118,6 +172,8 @@ impl<D: Dataset> DataLoader<D> {
             pinning: None,
             pin_device: None,
             shard: None,
+            skip: 0,
+            cursor: Arc::default(),
         }
     }
 
@@ -162,9 +218,106 @@ impl<D: Dataset> DataLoader<D> {
         self
     }
 
-    /// Sets the number of the next epoch, which seeds its order.
+    /// Sets the number of the next epoch, which seeds its order; the epoch
+    /// starts at its first batch (a restored position is dropped).
     pub fn set_epoch(&mut self, epoch: u64) {
         self.epoch = epoch;
+        self.skip = 0;
+    }
+
+    /// Where the loader is: the epoch being iterated and the batches its
+    /// loop took, while its [`Batches`] (of the latest [`iter`](Self::iter))
+    /// has neither ended nor been dropped; otherwise the next epoch, from
+    /// the batch it will start at.
+    pub fn position(&self) -> LoaderPosition {
+        let (epoch, consumed) = lock(&self.cursor).active.unwrap_or((self.epoch, self.skip));
+        LoaderPosition {
+            epoch,
+            consumed,
+            batches: self.len_of(epoch),
+            seed: self.effective_seed(),
+            shuffle: self.shuffle,
+            custom_sampler: self.sampler.is_some(),
+            batch_size: self.batch_size,
+            samples: self.dataset.len(),
+            shard: self.shard,
+        }
+    }
+
+    /// Why `saved` cannot continue in this loader, if it cannot: a loader
+    /// of another data set size, batch size, number of batches, order or
+    /// shard.
+    pub fn check_position(&self, saved: &LoaderPosition) -> Option<String> {
+        let ours = self.position();
+        let mut problems = Vec::new();
+        let mut differ = |what: &str, theirs: String, ours: String| {
+            if theirs != ours {
+                problems.push(format!(
+                    "{what} is {theirs} in the checkpoint and {ours} here"
+                ));
+            }
+        };
+        differ(
+            "the data set size",
+            saved.samples.to_string(),
+            ours.samples.to_string(),
+        );
+        differ(
+            "the batch size",
+            saved.batch_size.to_string(),
+            ours.batch_size.to_string(),
+        );
+        differ(
+            "shuffling",
+            saved.shuffle.to_string(),
+            ours.shuffle.to_string(),
+        );
+        differ(
+            "a custom sampler",
+            saved.custom_sampler.to_string(),
+            ours.custom_sampler.to_string(),
+        );
+        let shard = |s: Option<(usize, usize)>| match s {
+            Some((rank, world)) => format!("rank {rank} of {world}"),
+            None => "one process".into(),
+        };
+        differ("the shard", shard(saved.shard), shard(ours.shard));
+        if problems.is_empty() {
+            let batches = self.len_of(saved.epoch);
+            if batches != saved.batches {
+                problems.push(format!(
+                    "epoch {} has {} batches in the checkpoint and {batches} here",
+                    saved.epoch, saved.batches
+                ));
+            }
+        }
+        if saved.consumed > saved.batches {
+            problems.push(format!(
+                "{} batches of {} were taken",
+                saved.consumed, saved.batches
+            ));
+        }
+        (!problems.is_empty()).then(|| problems.join(", "))
+    }
+
+    /// Continues from `saved`: the next [`iter`](Self::iter) yields the
+    /// batches of epoch `saved.epoch` after the first `saved.consumed`, in
+    /// the order they had, with the seed it had; those before are not
+    /// made. An iteration in progress stops counting. An error (and no
+    /// change) if [`check_position`](Self::check_position) finds a problem.
+    pub fn restore_position(&mut self, saved: &LoaderPosition) -> Result<()> {
+        if let Some(problem) = self.check_position(saved) {
+            return Err(Error::Data(format!(
+                "cannot continue from the saved loader position: {problem}"
+            )));
+        }
+        self.epoch = saved.epoch;
+        self.skip = saved.consumed;
+        self.seed = Some(saved.seed);
+        let mut cursor = lock(&self.cursor);
+        cursor.generation += 1;
+        cursor.active = None;
+        Ok(())
     }
 
     /// The number of the next epoch.
@@ -187,9 +340,16 @@ impl<D: Dataset> DataLoader<D> {
     /// set up for several processes): of the samples a custom
     /// [`sampler`](Self::sampler) visits in that epoch, else of the whole
     /// data set.
+    /// It counts the whole epoch, also the batches that a
+    /// [restored position](Self::restore_position) skips.
     pub fn len(&self) -> usize {
+        self.len_of(self.epoch)
+    }
+
+    /// The number of batches in epoch `epoch`.
+    fn len_of(&self, epoch: u64) -> usize {
         let visited = match &self.sampler {
-            Some(sampler) => sampler.indices(self.dataset.len(), self.epoch).len(),
+            Some(sampler) => sampler.indices(self.dataset.len(), epoch).len(),
             None => self.dataset.len(),
         };
         let samples = match self.shard {
@@ -246,18 +406,31 @@ impl<D: Dataset> DataLoader<D> {
         }
     }
 
-    /// The batches of the next epoch, then advances the epoch number.
+    /// The batches of the next epoch, then advances the epoch number. After
+    /// [`restore_position`](Self::restore_position), the batches of the
+    /// restored epoch that were not taken.
     pub fn iter(&mut self) -> Batches<D> {
         let epoch = self.epoch;
+        let skip = std::mem::take(&mut self.skip);
         self.epoch += 1;
-        let state = match self.start(epoch) {
+        let generation = {
+            let mut cursor = lock(&self.cursor);
+            cursor.generation += 1;
+            cursor.active = Some((epoch, skip));
+            cursor.generation
+        };
+        let state = match self.start(epoch, skip) {
             Ok(state) => state,
             Err(error) => State::Done(Some(error)),
         };
-        Batches { state }
+        Batches {
+            state,
+            cursor: Arc::clone(&self.cursor),
+            generation,
+        }
     }
 
-    fn start(&self, epoch: u64) -> Result<State<D>> {
+    fn start(&self, epoch: u64, skip: usize) -> Result<State<D>> {
         if self.batch_size == 0 {
             return Err(Error::Data("batch size must be at least 1".into()));
         }
@@ -281,6 +454,8 @@ impl<D: Dataset> DataLoader<D> {
         if self.drop_last && chunks.last().is_some_and(|c| c.len() < self.batch_size) {
             chunks.pop();
         }
+        // Batches taken before a checkpoint: only their indices were made.
+        chunks.drain(..skip.min(chunks.len()));
         let pin = self.pinning.zip(self.pin_device).map(|(p, d)| (p.pin, d));
         Ok(match spawn {
             Some(spawn) if workers > 0 && !chunks.is_empty() => {
@@ -411,6 +586,25 @@ enum State<D: Dataset> {
 /// stops the loader's workers and waits for them.
 pub struct Batches<D: Dataset> {
     state: State<D>,
+    cursor: Arc<Mutex<Cursor>>,
+    generation: u64,
+}
+
+impl<D: Dataset> Batches<D> {
+    /// Ends the loader's tracking of this epoch, unless a later `iter` or a
+    /// restored position replaced it.
+    fn end(&self) {
+        let mut cursor = lock(&self.cursor);
+        if cursor.generation == self.generation {
+            cursor.active = None;
+        }
+    }
+}
+
+impl<D: Dataset> Drop for Batches<D> {
+    fn drop(&mut self) {
+        self.end();
+    }
 }
 
 impl<D: Dataset> Iterator for Batches<D> {
@@ -426,11 +620,23 @@ impl<D: Dataset> Iterator for Batches<D> {
                 .next()
                 .map(|chunk| workers::make_batch(&**dataset, &chunk, *pin)),
             State::Workers(workers) => workers.next_batch(),
-            State::Done(error) => return error.take().map(Err),
+            State::Done(error) => {
+                let error = error.take();
+                self.end();
+                return error.map(Err);
+            }
         };
-        if !matches!(batch, Some(Ok(_))) {
+        if matches!(batch, Some(Ok(_))) {
+            let mut cursor = lock(&self.cursor);
+            if cursor.generation == self.generation
+                && let Some((_, taken)) = &mut cursor.active
+            {
+                *taken += 1;
+            }
+        } else {
             // The end or an error: the workers are done, join them now.
             self.state = State::Done(None);
+            self.end();
         }
         batch
     }

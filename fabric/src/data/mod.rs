@@ -21,6 +21,6 @@ mod workers;
 
 pub use dataset::{Dataset, TensorDataset, Tensors};
 pub use fabric_loader::{DeviceBatches, FabricDataLoader};
-pub use loader::{Batches, DataLoader};
+pub use loader::{Batches, DataLoader, LoaderPosition};
 pub use pin::PinMemory;
 pub use sampler::{RandomSampler, Sampler, SequentialSampler};

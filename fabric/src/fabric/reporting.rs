@@ -10,7 +10,7 @@ use tch::Tensor;
 use super::Fabric;
 use crate::callbacks::hooks::Hook;
 use crate::callbacks::{Callback, Outcome};
-use crate::checkpoint::{LoadReport, State};
+use crate::checkpoint::{self, LoadReport, Resumed, State};
 use crate::collectives::ReduceOp;
 use crate::error::{Error, Result};
 use crate::loggers::{Hyperparams, Logger, LoggerError, Metric};
@@ -154,10 +154,218 @@ impl Fabric {
     /// and every rank waits until it is written. The format is described in
     /// [`checkpoint`](crate::checkpoint).
     ///
+    /// Entries of each rank ([`State::loader`], [`State::rng`]) are
+    /// gathered to rank 0 first, which writes them all; so every rank must
+    /// call `save`, as for any collective.
+    ///
     /// Fires [`OnSaveCheckpoint`](crate::hooks::OnSaveCheckpoint) first.
     pub fn save(&mut self, path: impl AsRef<Path>, state: &State<'_>) -> Result<()> {
         self.call::<crate::hooks::OnSaveCheckpoint>((path.as_ref(),))?;
-        self.strategy.save_checkpoint(path.as_ref(), state)
+        if state.has_per_rank() {
+            let ranks = self.gather_per_rank(state)?;
+            state.set_gathered(Some(ranks));
+        }
+        let saved = self.strategy.save_checkpoint(path.as_ref(), state);
+        state.set_gathered(None);
+        saved
+    }
+
+    /// Every rank's per-rank entries of `state`, by rank, on every rank:
+    /// their JSON gathered as bytes (lengths first, then padded to the
+    /// longest). A rank that cannot encode its part sends length -1, so
+    /// that every rank fails instead of waiting.
+    fn gather_per_rank(&self, state: &State<'_>) -> Result<Vec<serde_json::Value>> {
+        let local = state.local_parts();
+        if self.world_size() <= 1 {
+            return Ok(vec![local?]);
+        }
+        let bytes = match &local {
+            Ok(value) => Some(serde_json::to_vec(value).map_err(|e| {
+                Error::InvalidArgument(format!("checkpoint per-rank entries: {e}"))
+            })?),
+            Err(_) => None,
+        };
+        let len = bytes.as_ref().map_or(-1, |b| b.len() as i64);
+        let lens = self.strategy.all_gather(&Tensor::from_slice(&[len]))?;
+        let lens = Vec::<i64>::try_from(lens.reshape([-1]))?;
+        let local = local?;
+        if let Some(rank) = lens.iter().position(|&l| l < 0) {
+            return Err(Error::Distributed(format!(
+                "saving a checkpoint: rank {rank} could not capture its loader or generator state (its error is in its output)"
+            )));
+        }
+        let longest = lens.iter().copied().max().unwrap_or(0).max(1) as usize;
+        let mut padded = bytes.unwrap_or_default();
+        padded.resize(longest, 0);
+        let all = self.strategy.all_gather(&Tensor::from_slice(&padded))?;
+        let all = Vec::<u8>::try_from(all.reshape([-1]))?;
+        let ranks = lens
+            .iter()
+            .enumerate()
+            .map(|(rank, &len)| {
+                let part = &all[rank * longest..rank * longest + len as usize];
+                serde_json::from_slice(part).map_err(|e| {
+                    Error::Distributed(format!(
+                        "saving a checkpoint: rank {rank}'s loader and generator state arrived damaged: {e}"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        debug_assert_eq!(ranks[self.global_rank()], local);
+        Ok(ranks)
+    }
+
+    /// Saves `state` as step `step`'s checkpoint in `dir`:
+    /// `dir/step-000000120` for step 120 (see [`save`](Self::save)), and
+    /// returns its path. [`load_latest`](Self::load_latest) finds the newest.
+    pub fn save_step(
+        &mut self,
+        dir: impl AsRef<Path>,
+        step: u64,
+        state: &State<'_>,
+    ) -> Result<std::path::PathBuf> {
+        let path = checkpoint::step_path(dir.as_ref(), step);
+        self.save(&path, state)?;
+        Ok(path)
+    }
+
+    /// [`save_step`](Self::save_step), then deletes the numbered
+    /// checkpoints of `dir` but the `keep_last` newest (at least 1), on
+    /// rank 0. The new checkpoint is complete before any is deleted, and
+    /// each is renamed away before it is deleted, so a crash never leaves a
+    /// half-deleted one under a checkpoint's name.
+    pub fn save_step_keep_last(
+        &mut self,
+        dir: impl AsRef<Path>,
+        step: u64,
+        keep_last: usize,
+        state: &State<'_>,
+    ) -> Result<std::path::PathBuf> {
+        if keep_last == 0 {
+            return Err(Error::InvalidArgument(
+                "keep_last must be at least 1: the checkpoint just saved is kept".into(),
+            ));
+        }
+        let path = self.save_step(&dir, step, state)?;
+        if self.is_global_zero() {
+            checkpoint::prune(dir.as_ref(), keep_last)?;
+        }
+        Ok(path)
+    }
+
+    /// Loads the newest complete numbered checkpoint of `dir` (written by
+    /// [`save_step`](Self::save_step)) into `state`, and says which it was;
+    /// `None`, with `state` unchanged, when `dir` has none (or does not
+    /// exist): a fresh start. So a training function has one code path
+    /// for starting and restarting:
+    ///
+    /// ```
+    /// use fabric::{Fabric, checkpoint::State, optim::AdamW};
+    /// use tch::nn;
+    ///
+    /// # fn main() -> fabric::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let mut fabric = Fabric::builder().accelerator("cpu").build()?;
+    /// let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    /// let net = nn::linear(vs.root() / "layer", 4, 2, Default::default());
+    /// let opt = AdamW::new(1e-3).build(&vs)?;
+    /// let (_model, mut opt) = fabric.setup(&mut vs, net, opt)?;
+    /// let mut step = 0u64;
+    /// let resumed = fabric.load_latest(dir.path(), &mut State::new().model("model", &mut vs).optimizer("opt", &mut opt).value("step", &mut step).rng())?;
+    /// assert!(resumed.is_none(), "a fresh start");
+    /// while step < 3 {
+    ///     // ... train one step ...
+    ///     step += 1;
+    ///     fabric.save_step_keep_last(dir.path(), step, 2, &State::new().model("model", &mut vs).optimizer("opt", &mut opt).value("step", &mut step).rng())?;
+    /// }
+    /// step = 0;
+    /// let resumed = fabric.load_latest(dir.path(), &mut State::new().model("model", &mut vs).optimizer("opt", &mut opt).value("step", &mut step).rng())?;
+    /// assert_eq!(resumed.map(|r| r.step), Some(3));
+    /// assert_eq!(step, 3);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A newest checkpoint that is incomplete or damaged (a crash while it
+    /// was written by other means than `save`, a truncated file, a failed
+    /// disk) is skipped with a warning on stderr, for the one before it.
+    /// A checkpoint that does not fit the state (a missing entry, another
+    /// shape, a loader of another length, another world size) is an error,
+    /// not skipped: the program changed, and an older checkpoint would not
+    /// fit either. Under several processes, every rank loads the same step
+    /// (rank 0's list decides), and skips it if any rank could not read it.
+    pub fn load_latest(
+        &mut self,
+        dir: impl AsRef<Path>,
+        state: &mut State<'_>,
+    ) -> Result<Option<Resumed>> {
+        let dir = dir.as_ref();
+        let local = checkpoint::latest_candidates(dir);
+        // Rank 0's steps, newest first; -1 if it cannot list `dir`.
+        let steps: Vec<i64> = match &local {
+            Ok(found) => found.iter().map(|(s, _)| *s as i64).collect(),
+            Err(_) => vec![-1],
+        };
+        let steps = if self.world_size() > 1 {
+            let count = Tensor::from_slice(&[steps.len() as i64]);
+            let count = self.strategy.broadcast(&count, 0)?.f_int64_value(&[0])? as usize;
+            if count == 0 {
+                Vec::new()
+            } else {
+                let mut ours = steps.clone();
+                ours.resize(count, 0);
+                let theirs = self.strategy.broadcast(&Tensor::from_slice(&ours), 0)?;
+                Vec::<i64>::try_from(theirs.reshape([-1]))?
+            }
+        } else {
+            steps
+        };
+        let local = local?;
+        if steps.first() == Some(&-1) {
+            return Err(Error::Distributed(format!(
+                "rank 0 cannot list {} (its error is in its output)",
+                dir.display()
+            )));
+        }
+        for step in steps {
+            let step = step as u64;
+            let path = local
+                .iter()
+                .find(|(s, _)| *s == step)
+                .map_or_else(|| checkpoint::step_path(dir, step), |(_, p)| p.clone());
+            let loaded = self.load(&path, state);
+            // 0: loaded, 1: damaged or missing here (skip), 2: does not fit.
+            let outcome: i64 = match &loaded {
+                Ok(_) => 0,
+                Err(Error::Checkpoint { .. }) => 1,
+                Err(_) => 2,
+            };
+            let worst = if self.world_size() > 1 {
+                self.strategy
+                    .all_reduce(&Tensor::from_slice(&[outcome]), ReduceOp::Max)?
+                    .int64_value(&[0])
+            } else {
+                outcome
+            };
+            match (loaded, worst) {
+                (Ok(report), 0) => return Ok(Some(Resumed { step, path, report })),
+                (Err(error), 2) if outcome == 2 => return Err(error),
+                (_, 2) => {
+                    return Err(Error::Distributed(format!(
+                        "loading {}: another rank's state does not fit it (its error is in its output)",
+                        path.display()
+                    )));
+                }
+                (Err(error), _) => eprintln!(
+                    "fabric: warning: skipping the checkpoint {}: {error}; trying the one before",
+                    path.display()
+                ),
+                (Ok(_), _) => eprintln!(
+                    "fabric: warning: skipping the checkpoint {}: another rank could not read it; trying the one before",
+                    path.display()
+                ),
+            }
+        }
+        Ok(None)
     }
 
     /// Loads the checkpoint at `path` into `state`, strictly: every entry,
@@ -179,6 +387,7 @@ impl Fabric {
         state: &mut State<'_>,
         strict: bool,
     ) -> Result<LoadReport> {
+        state.set_rank(self.global_rank(), self.world_size());
         let report = self
             .strategy
             .load_checkpoint(path.as_ref(), state, strict)?;
