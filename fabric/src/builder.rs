@@ -70,6 +70,7 @@ pub struct FabricBuilder {
     load_cuda_backend: Option<bool>,
     keep_freed_memory: Option<bool>,
     intra_op_threads: Threads,
+    preemption: Option<crate::preemption::Preemption>,
     #[cfg(feature = "testing")]
     pub(crate) simulated_dp: Option<Vec<tch::Device>>,
 }
@@ -229,6 +230,16 @@ impl FabricBuilder {
     /// ranks when `OMP_NUM_THREADS` is not set).
     pub fn intra_op_threads(mut self, threads: Threads) -> Self {
         self.intra_op_threads = threads;
+        self
+    }
+
+    /// Catches the scheduler's preemption signals (SIGUSR1 and SIGTERM by
+    /// default) for as long as the `Fabric` lives, so that the training
+    /// loop can stop at a step, save and be run again:
+    /// [`Fabric::preempted`] and [`Fabric::requeue`]. Without it fabric
+    /// installs no handler for them. See [`preemption`](crate::preemption).
+    pub fn preemption(mut self, preemption: crate::preemption::Preemption) -> Self {
+        self.preemption = Some(preemption);
         self
     }
 

@@ -186,13 +186,11 @@ pub(crate) fn fail_rank(rank: usize, message: &str) -> ! {
 /// registered with `failure::on_failure` (the loggers' flush) runs, within
 /// `budget`, before the rank ends with the signal's status.
 pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
     failure::set_budget(budget);
     INSTALLED.call_once(|| {
         // A signal the process was started ignoring (`nohup`, a background
         // job) stays ignored.
-        let watched: Vec<i32> = [SIGTERM, SIGINT, SIGHUP]
+        let watched: Vec<i32> = FAILURE_SIGNALS
             .into_iter()
             .filter(|&signal| !ignored(signal))
             .collect();
@@ -208,7 +206,12 @@ pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration)
         let spawned = std::thread::Builder::new()
             .name("fabric-signals".into())
             .spawn(move || {
-                if let Some(signal) = signals.forever().next() {
+                // A signal that the preemption handling catches stops the
+                // run at its next step instead (see `preemption`).
+                if let Some(signal) = signals
+                    .forever()
+                    .find(|&signal| !crate::preemption::catches(signal))
+                {
                     failure::run_handlers();
                     // Ends by the signal itself, as without fabric, so that
                     // launchers and schedulers see how the rank ended.
@@ -220,6 +223,21 @@ pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration)
             eprintln!("fabric: rank {rank}: could not watch for the launcher's signals: {e}");
         }
     });
+}
+
+/// The signals through which a launcher ends a rank.
+const FAILURE_SIGNALS: [i32; 3] = [
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGHUP,
+];
+
+static INSTALLED: std::sync::Once = std::sync::Once::new();
+
+/// Whether the failure handling of a rank watches `signal` (its default
+/// action then follows the loggers' flush).
+pub(crate) fn watches(signal: i32) -> bool {
+    INSTALLED.is_completed() && FAILURE_SIGNALS.contains(&signal)
 }
 
 /// Whether `signal` is ignored in this process.
@@ -315,6 +333,14 @@ where
 /// The end of a training function: finalises the loggers; in a run of
 /// several processes, a failed rank ends the run.
 fn finish<R: TrainResult>(fabric: &mut Fabric, result: R) -> R {
+    if fabric.requeued() {
+        // Every rank stopped at the same step to be run again
+        // (`Fabric::requeue`): not a failure of this rank.
+        return match fabric.finish(true) {
+            Err(error) if result.is_ok() => R::from_error(error),
+            _ => result,
+        };
+    }
     match result.describe_error() {
         None => match fabric.finish(true) {
             Ok(()) => result,
