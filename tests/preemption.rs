@@ -62,6 +62,9 @@ fn rank_main() {
     if var("PREEMPTION").as_deref() == Some("1") {
         builder = builder.preemption(Preemption::new());
     }
+    if var("OWN_LAUNCHER").as_deref() == Some("1") {
+        builder = builder.strategy("ddp").devices(2);
+    }
     let result = builder.launch(|fabric| -> fabric::Result<Vec<f32>> {
         let rank = fabric.global_rank();
         fabric.seed_everything(0);
@@ -139,6 +142,8 @@ struct RunSpec<'a> {
     slurm: bool,
     steps: u64,
     slow_ms: u64,
+    /// Started by fabric's own launcher (`devices(2)`), not by `mpirun`.
+    own_launcher: bool,
 }
 
 /// How a run ended.
@@ -166,7 +171,13 @@ fn run_world(spec: &RunSpec<'_>, mut signal: impl FnMut(&str, u32)) -> Ended {
         "--bind-to",
         "none",
     ]);
-    for rank in 0..2 {
+    if spec.own_launcher {
+        command = Command::new(&exe);
+        command
+            .args(["--exact", spec.test, "--nocapture", "--test-threads=1"])
+            .env("OWN_LAUNCHER", "1");
+    }
+    for rank in 0..if spec.own_launcher { 1 } else { 2 } {
         if rank > 0 {
             command.arg(":");
         }
@@ -193,6 +204,10 @@ fn run_world(spec: &RunSpec<'_>, mut signal: impl FnMut(&str, u32)) -> Ended {
                 ("SLURM_JOB_NAME", "train".to_string()),
                 ("SLURM_JOB_ID", "4242".to_string()),
             ]);
+        }
+        if spec.own_launcher {
+            command.envs(env);
+            continue;
         }
         command.args(["-np", "1"]);
         for (name, value) in env {
@@ -322,6 +337,7 @@ fn uninterrupted(test: &str) -> String {
             slurm: true,
             steps: STEPS,
             slow_ms: 0,
+            own_launcher: false,
         },
         |_, _| {},
     );
@@ -338,6 +354,7 @@ fn uninterrupted(test: &str) -> String {
 fn preempt_and_resume(
     test: &str,
     slurm: bool,
+    own_launcher: bool,
     expected: Option<&str>,
     mut signal: impl FnMut(&str, u32),
 ) -> (u64, tempfile::TempDir) {
@@ -349,6 +366,7 @@ fn preempt_and_resume(
         slurm,
         steps: STEPS,
         slow_ms: 40,
+        own_launcher,
     };
     let ended = run_world(&spec, &mut signal);
     let text = &ended.text;
@@ -431,7 +449,7 @@ fn sigusr1_to_one_rank_during_a_collective_stops_every_rank_requeues_and_resumes
     }
     let expected = uninterrupted(test);
     let mut sent = false;
-    preempt_and_resume(test, true, Some(&expected), |line, _| {
+    preempt_and_resume(test, true, false, Some(&expected), |line, _| {
         // Rank 1 waits for rank 0 in the gradients' all-reduce most of a
         // step: a burst of signals to it lands during a collective.
         if !sent && line.contains("STEP rank=1 step=5 ") {
@@ -453,7 +471,7 @@ fn sigusr1_to_mpirun_stops_the_run_with_the_requeue_status_and_no_scontrol_outsi
         return rank_main();
     }
     let mut sent = false;
-    preempt_and_resume(test, false, None, |line, mpirun| {
+    preempt_and_resume(test, false, false, None, |line, mpirun| {
         if !sent && line.contains("STEP rank=0 step=4 ") {
             sent = true;
             send(mpirun, libc::SIGUSR1);
@@ -468,11 +486,28 @@ fn sigterm_to_one_rank_stops_the_run_instead_of_failing_it() {
         return rank_main();
     }
     let mut sent = false;
-    preempt_and_resume(test, true, None, |line, _| {
+    preempt_and_resume(test, true, false, None, |line, _| {
         if !sent && line.contains("STEP rank=0 step=3 ") {
             sent = true;
             let pid: u32 = line.rsplit("pid=").next().unwrap().parse().unwrap();
             send(pid, libc::SIGTERM);
+        }
+    });
+}
+
+#[test]
+fn sigusr1_to_the_process_that_started_the_ranks_is_passed_on_to_them() {
+    let test = "sigusr1_to_the_process_that_started_the_ranks_is_passed_on_to_them";
+    if scenario().as_deref() == Some(test) {
+        return rank_main();
+    }
+    let mut sent = false;
+    preempt_and_resume(test, false, true, None, |line, launcher| {
+        // SLURM's `--signal=B:USR1@90` signals the batch step's process:
+        // here fabric's launching process, which must not die of it.
+        if !sent && line.contains("STEP rank=0 step=4 ") {
+            sent = true;
+            send(launcher, libc::SIGUSR1);
         }
     });
 }

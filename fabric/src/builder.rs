@@ -285,7 +285,7 @@ impl FabricBuilder {
             } => Err(spawn_needs_function(processes)),
             Plan::Start {
                 processes, cuda, ..
-            } => launcher::supervise(processes, cuda),
+            } => launcher::supervise(processes, cuda, &assembly.forwarded_signals()),
         }
     }
 
@@ -310,7 +310,7 @@ impl FabricBuilder {
             } => R::from_error(spawn_needs_function(processes)),
             Plan::Start {
                 processes, cuda, ..
-            } => launcher::supervise(processes, cuda),
+            } => launcher::supervise(processes, cuda, &assembly.forwarded_signals()),
             Plan::Train => match assemble(connection, assembly) {
                 Ok(mut fabric) => launcher::run(&mut fabric, train),
                 Err(error) => R::from_error(error),
@@ -337,7 +337,7 @@ impl FabricBuilder {
                 spawn: false,
                 processes,
                 cuda,
-            } => launcher::supervise(processes, cuda),
+            } => launcher::supervise(processes, cuda, &assembly.forwarded_signals()),
             Plan::Start {
                 processes, cuda, ..
             } => Ok(launcher::spawn(processes, cuda)?),

@@ -81,9 +81,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGTERM, SIGUSR1};
-
 use crate::error::{Error, Result};
+
+/// The signals' numbers, for [`Preemption::signals`].
+pub use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 /// The exit status of a run stopped to be run again: 75, `EX_TEMPFAIL` of
 /// `sysexits.h` ("a temporary failure; the user is invited to retry").
@@ -97,11 +98,11 @@ pub const REQUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 /// SLURM job is requeued.
 ///
 /// ```
-/// use fabric::preemption::Preemption;
+/// use fabric::preemption::{Preemption, SIGUSR1};
 ///
 /// let default = Preemption::new(); // SIGUSR1 and SIGTERM, every step, requeue under SLURM
 /// let custom = Preemption::new()
-///     .signals([signal_hook::consts::SIGUSR1])
+///     .signals([SIGUSR1])
 ///     .check_every(10)
 ///     .requeue(false);
 /// # let _ = (default, custom);
@@ -154,6 +155,10 @@ impl Preemption {
     pub fn requeue(mut self, requeue: bool) -> Self {
         self.requeue = requeue;
         self
+    }
+
+    pub(crate) fn caught_signals(&self) -> &[i32] {
+        &self.signals
     }
 
     pub(crate) fn check(&self) -> Result<()> {

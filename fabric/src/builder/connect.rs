@@ -113,6 +113,17 @@ pub(super) struct Assembly {
     preemption: Option<Preemption>,
 }
 
+impl Assembly {
+    /// The signals the process that starts the ranks passes on to them:
+    /// the preemption signals, with the option.
+    pub(super) fn forwarded_signals(&self) -> Vec<i32> {
+        self.preemption
+            .as_ref()
+            .map(|p| p.caught_signals().to_vec())
+            .unwrap_or_default()
+    }
+}
+
 /// Makes the `Fabric` of a process that trains: applies the process
 /// settings, installs a rank's failure handling, lets the strategy join the
 /// run, and makes the device current.
