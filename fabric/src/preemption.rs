@@ -69,9 +69,13 @@
 //! the failure handling's reading of it.
 //!
 //! **Under SLURM**, start the ranks with `srun` (each rank is a task that
-//! the signal reaches), or with `mpirun` as the batch script's last command
+//! the signal reaches), with `mpirun` as the batch script's last command
 //! (`exec mpirun ...`, with `--signal=B:USR1@90`: `mpirun` forwards SIGUSR1
-//! to the ranks; it ends them on SIGTERM). The checkpoint must be written
+//! to the ranks; it ends them on SIGTERM), or with fabric's own launcher
+//! (`devices(N)` started plainly, `exec`'d with `--signal=B:USR1@90`): the
+//! process that starts the ranks passes the preemption signals on to them
+//! through `mpirun` (a SIGTERM as SIGUSR1, when the ranks catch SIGUSR1),
+//! and exits with their status. `ddp_spawn` does not pass them on. The checkpoint must be written
 //! before SLURM's SIGKILL: 90 seconds ahead with `--signal=USR1@90`,
 //! `KillWait` (30 s by default) after a SIGTERM.
 
