@@ -46,7 +46,7 @@
 //!   scheduler to run the job again: in a SLURM job (`SLURM_JOB_ID` set),
 //!   rank 0 runs `scontrol requeue <job id>` (`<array job id>_<task id>`
 //!   for an array task) as Lightning's `SLURMEnvironment(auto_requeue=True)`
-//!   does. It returns [`Error::Preempted`](crate::Error::Preempted) on every
+//!   does. It returns [`Error::Preempted`] on every
 //!   rank, a value the training function returns: nothing ends the process
 //!   behind the caller's back. Its [exit status](crate::Error::exit_code) is
 //!   [`REQUEUE_EXIT_CODE`] (75, `EX_TEMPFAIL`: "try again"), which
