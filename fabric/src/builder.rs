@@ -70,6 +70,7 @@ pub struct FabricBuilder {
     load_cuda_backend: Option<bool>,
     keep_freed_memory: Option<bool>,
     intra_op_threads: Threads,
+    preemption: Option<crate::preemption::Preemption>,
     #[cfg(feature = "testing")]
     pub(crate) simulated_dp: Option<Vec<tch::Device>>,
 }
@@ -232,6 +233,16 @@ impl FabricBuilder {
         self
     }
 
+    /// Catches the scheduler's preemption signals (SIGUSR1 and SIGTERM by
+    /// default) for as long as the `Fabric` lives, so that the training
+    /// loop can stop at a step, save and be run again:
+    /// [`Fabric::preempted`] and [`Fabric::requeue`]. Without it fabric
+    /// installs no handler for them. See [`preemption`](crate::preemption).
+    pub fn preemption(mut self, preemption: crate::preemption::Preemption) -> Self {
+        self.preemption = Some(preemption);
+        self
+    }
+
     /// Parses and checks every option, resolves them against this machine
     /// and the cluster environment, and returns the `Fabric` of this
     /// process, or every error found. Under a launcher (`mpirun`, `srun`,
@@ -274,7 +285,7 @@ impl FabricBuilder {
             } => Err(spawn_needs_function(processes)),
             Plan::Start {
                 processes, cuda, ..
-            } => launcher::supervise(processes, cuda),
+            } => launcher::supervise(processes, cuda, &assembly.forwarded_signals()),
         }
     }
 
@@ -299,7 +310,7 @@ impl FabricBuilder {
             } => R::from_error(spawn_needs_function(processes)),
             Plan::Start {
                 processes, cuda, ..
-            } => launcher::supervise(processes, cuda),
+            } => launcher::supervise(processes, cuda, &assembly.forwarded_signals()),
             Plan::Train => match assemble(connection, assembly) {
                 Ok(mut fabric) => launcher::run(&mut fabric, train),
                 Err(error) => R::from_error(error),
@@ -326,7 +337,7 @@ impl FabricBuilder {
                 spawn: false,
                 processes,
                 cuda,
-            } => launcher::supervise(processes, cuda),
+            } => launcher::supervise(processes, cuda, &assembly.forwarded_signals()),
             Plan::Start {
                 processes, cuda, ..
             } => Ok(launcher::spawn(processes, cuda)?),

@@ -169,6 +169,37 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// The run stopped at a preemption signal to be run again
+    /// ([`Fabric::requeue`](crate::Fabric::requeue)), its checkpoint saved;
+    /// exit status [`REQUEUE_EXIT_CODE`](crate::preemption::REQUEUE_EXIT_CODE).
+    #[error(
+        "preempted: {signal} received; the checkpoint is saved and {}",
+        match job { Some(job) => format!("SLURM job {job} is requeued"), None => "the run stops to be run again".into() }
+    )]
+    Preempted {
+        /// The signal, such as `SIGUSR1`.
+        signal: String,
+        /// The SLURM job requeued, if any.
+        job: Option<String>,
+    },
+
+    /// The run stopped at a preemption signal, but the scheduler could not
+    /// be asked to run it again (`scontrol requeue` failed).
+    #[error("preempted, but not requeued: {0}")]
+    Requeue(String),
+}
+
+impl Error {
+    /// The exit status a program ends with for this error:
+    /// [`REQUEUE_EXIT_CODE`](crate::preemption::REQUEUE_EXIT_CODE) (75)
+    /// for [`Error::Preempted`], 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Preempted { .. } => crate::preemption::REQUEUE_EXIT_CODE,
+            _ => 1,
+        }
+    }
 }
 
 /// `Result` with fabric's [`Error`].

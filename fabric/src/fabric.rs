@@ -16,6 +16,7 @@ use crate::precision::{GradScaler, PrecisionPlugin};
 use crate::progress::SharedMetrics;
 use crate::strategy::Strategy;
 
+mod preemption;
 mod reporting;
 mod setup;
 mod training;
@@ -72,6 +73,8 @@ pub struct Fabric {
     /// This fabric among those of the process, so that a model set up by
     /// another is told apart.
     id: u64,
+    /// The preemption handling, with the opt-in.
+    preemption: Option<crate::preemption::PreemptionState>,
 }
 
 /// The next [`Fabric`]'s id.
@@ -88,6 +91,7 @@ pub(crate) struct Parts {
     pub(crate) callbacks: Callbacks,
     pub(crate) loggers: Vec<Box<dyn Logger>>,
     pub(crate) progress_bar: bool,
+    pub(crate) preemption: Option<crate::preemption::PreemptionState>,
 }
 
 impl std::fmt::Debug for Fabric {
@@ -124,6 +128,7 @@ impl Fabric {
             finished: false,
             modules_set_up: 0,
             id: NEXT_FABRIC_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            preemption: parts.preemption,
         }
     }
 

@@ -27,6 +27,7 @@ pub(crate) fn run_ranks(
     processes: usize,
     env: &[(&str, String)],
     cuda: bool,
+    forward: &[i32],
 ) -> Result<ExitStatus> {
     let exe = std::env::current_exe().map_err(|e| {
         Error::Launch(format!(
@@ -71,12 +72,60 @@ pub(crate) fn run_ranks(
         });
     }
     let _ = std::io::stdout().flush();
-    command.status().map_err(|e| match e.kind() {
+    let mut child = command.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::Launch(
             "`mpirun` was not found: fabric starts the ranks of a multi-process run with Open MPI (Debian: `apt-get install openmpi-bin libopenmpi-dev`)".into(),
         ),
         _ => Error::Launch(format!("could not start `mpirun`: {e}")),
-    })
+    })?;
+    let forwarding = forward_signals(child.id(), forward);
+    let status = child
+        .wait()
+        .map_err(|e| Error::Launch(format!("could not wait for `mpirun`: {e}")));
+    if let Some(handle) = forwarding {
+        handle.close();
+    }
+    status
+}
+
+/// In the process that starts the ranks of a run with the preemption
+/// option: passes the preemption `signals` it receives on to `mpirun`,
+/// which forwards SIGUSR1 and SIGUSR2 to the ranks (and ends them on
+/// SIGTERM): SIGUSR1 and SIGUSR2 as they are, another signal as the
+/// SIGUSR1 (or SIGUSR2) the ranks also catch, if they do. Without it, a
+/// signal SLURM sends the batch step (`--signal=B:USR1@90`) would end this
+/// process, and through it the ranks.
+fn forward_signals(mpirun: u32, signals: &[i32]) -> Option<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGUSR1, SIGUSR2};
+    if signals.is_empty() {
+        return None;
+    }
+    let mut iterator = match signal_hook::iterator::Signals::new(signals) {
+        Ok(iterator) => iterator,
+        Err(e) => {
+            eprintln!("fabric: the preemption signals will not be passed on to the ranks: {e}");
+            return None;
+        }
+    };
+    let handle = iterator.handle();
+    let user = [SIGUSR1, SIGUSR2]
+        .into_iter()
+        .find(|signal| signals.contains(signal));
+    let spawned = std::thread::Builder::new()
+        .name("fabric-forward".into())
+        .spawn(move || {
+            for signal in iterator.forever() {
+                let passed = match signal {
+                    SIGUSR1 | SIGUSR2 => signal,
+                    other => user.unwrap_or(other),
+                };
+                // SAFETY: kill has no memory preconditions; `mpirun` is
+                // this process's child, not reaped before the iterator is
+                // closed.
+                unsafe { libc::kill(mpirun as libc::pid_t, passed) };
+            }
+        });
+    spawned.ok().map(|_| handle)
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -93,9 +142,17 @@ fn describe(status: ExitStatus) -> String {
 /// did not fail itself, reached only through the explicit launch calls; it
 /// exits normally (`atexit` handlers and flushed output), as this process
 /// did not train.
-pub(crate) fn supervise(processes: usize, cuda: bool) -> ! {
-    match run_ranks(processes, &[], cuda) {
+pub(crate) fn supervise(processes: usize, cuda: bool, forward: &[i32]) -> ! {
+    match run_ranks(processes, &[], cuda, forward) {
         Ok(status) if status.success() => std::process::exit(0),
+        Ok(status) if status.code() == Some(crate::preemption::REQUEUE_EXIT_CODE.into()) => {
+            // `Fabric::requeue`: stopped at a preemption signal, saved.
+            eprintln!(
+                "fabric: the run's {processes} ranks stopped to be run again (exit status {})",
+                crate::preemption::REQUEUE_EXIT_CODE
+            );
+            std::process::exit(crate::preemption::REQUEUE_EXIT_CODE.into())
+        }
         Ok(status) => {
             let error = Error::RanksFailed {
                 processes,
@@ -130,6 +187,7 @@ fn spawn_serialised(processes: usize, cuda: bool) -> Result<String> {
         processes,
         &[(SPAWN_RESULT_VAR, path.display().to_string())],
         cuda,
+        &[],
     )?;
     let result = std::fs::read_to_string(&path);
     let _ = std::fs::remove_file(&path);
@@ -186,13 +244,11 @@ pub(crate) fn fail_rank(rank: usize, message: &str) -> ! {
 /// registered with `failure::on_failure` (the loggers' flush) runs, within
 /// `budget`, before the rank ends with the signal's status.
 pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
     failure::set_budget(budget);
     INSTALLED.call_once(|| {
         // A signal the process was started ignoring (`nohup`, a background
         // job) stays ignored.
-        let watched: Vec<i32> = [SIGTERM, SIGINT, SIGHUP]
+        let watched: Vec<i32> = FAILURE_SIGNALS
             .into_iter()
             .filter(|&signal| !ignored(signal))
             .collect();
@@ -208,7 +264,12 @@ pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration)
         let spawned = std::thread::Builder::new()
             .name("fabric-signals".into())
             .spawn(move || {
-                if let Some(signal) = signals.forever().next() {
+                // A signal that the preemption handling catches stops the
+                // run at its next step instead (see `preemption`).
+                if let Some(signal) = signals
+                    .forever()
+                    .find(|&signal| !crate::preemption::catches(signal))
+                {
                     failure::run_handlers();
                     // Ends by the signal itself, as without fabric, so that
                     // launchers and schedulers see how the rank ended.
@@ -220,6 +281,21 @@ pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration)
             eprintln!("fabric: rank {rank}: could not watch for the launcher's signals: {e}");
         }
     });
+}
+
+/// The signals through which a launcher ends a rank.
+const FAILURE_SIGNALS: [i32; 3] = [
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGHUP,
+];
+
+static INSTALLED: std::sync::Once = std::sync::Once::new();
+
+/// Whether the failure handling of a rank watches `signal` (its default
+/// action then follows the loggers' flush).
+pub(crate) fn watches(signal: i32) -> bool {
+    INSTALLED.is_completed() && FAILURE_SIGNALS.contains(&signal)
 }
 
 /// Whether `signal` is ignored in this process.
@@ -315,6 +391,14 @@ where
 /// The end of a training function: finalises the loggers; in a run of
 /// several processes, a failed rank ends the run.
 fn finish<R: TrainResult>(fabric: &mut Fabric, result: R) -> R {
+    if fabric.requeued() {
+        // Every rank stopped at the same step to be run again
+        // (`Fabric::requeue`): not a failure of this rank.
+        return match fabric.finish(true) {
+            Err(error) if result.is_ok() => R::from_error(error),
+            _ => result,
+        };
+    }
     match result.describe_error() {
         None => match fabric.finish(true) {
             Ok(()) => result,

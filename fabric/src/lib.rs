@@ -68,6 +68,7 @@ mod optimizer;
 mod overrides;
 mod plugins;
 pub mod precision;
+pub mod preemption;
 mod process;
 mod progress;
 mod seed;

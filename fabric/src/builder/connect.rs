@@ -18,6 +18,7 @@ use crate::machine::ThisMachine;
 use crate::overrides;
 use crate::plugins::Plugin;
 use crate::precision::{GradScaler, PrecisionPlugin};
+use crate::preemption::{Preemption, PreemptionState};
 use crate::process::ProcessSettings;
 use crate::strategy::StrategyContext;
 use crate::switches;
@@ -32,6 +33,10 @@ impl FabricBuilder {
     /// With `LT_CLI_USED=1`, a value given here that differs from its
     /// variable is an error.
     pub(super) fn connect(mut self) -> Result<(Connection, Assembly)> {
+        if let Some(preemption) = &self.preemption {
+            // Before any rank starts.
+            preemption.check()?;
+        }
         let given_strategy = self.options.get(Key::Strategy).cloned();
         let mut environment: Option<Box<dyn ClusterEnvironment>> = None;
         let mut precision_plugin: Option<Box<dyn PrecisionPlugin>> = None;
@@ -91,6 +96,7 @@ impl FabricBuilder {
                 threads: self.intra_op_threads,
                 keep_freed_memory: self.keep_freed_memory.unwrap_or(true),
             },
+            preemption: self.preemption,
         };
         Ok((connection, assembly))
     }
@@ -104,6 +110,18 @@ pub(super) struct Assembly {
     failure_timeout: Duration,
     progress_bar: bool,
     process: ProcessSettings,
+    preemption: Option<Preemption>,
+}
+
+impl Assembly {
+    /// The signals the process that starts the ranks passes on to them:
+    /// the preemption signals, with the option.
+    pub(super) fn forwarded_signals(&self) -> Vec<i32> {
+        self.preemption
+            .as_ref()
+            .map(|p| p.caught_signals().to_vec())
+            .unwrap_or_default()
+    }
 }
 
 /// Makes the `Fabric` of a process that trains: applies the process
@@ -149,6 +167,8 @@ pub(super) fn assemble(connection: Connection, assembly: Assembly) -> Result<Fab
         Some(config) => Some(GradScaler::new(config, device)?),
         None => None,
     };
+    // Installed last: only a process that trains catches the signals.
+    let preemption = assembly.preemption.map(PreemptionState::new).transpose()?;
     Ok(Fabric::from_parts(Parts {
         accelerator,
         strategy,
@@ -158,5 +178,6 @@ pub(super) fn assemble(connection: Connection, assembly: Assembly) -> Result<Fab
         callbacks: assembly.callbacks,
         loggers: assembly.loggers,
         progress_bar: assembly.progress_bar,
+        preemption,
     }))
 }

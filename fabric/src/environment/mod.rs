@@ -87,6 +87,7 @@ mod slurm;
 mod torchelastic;
 
 pub use mpi::MpiEnvironment;
+pub(crate) use slurm::requeue_job_id;
 pub use slurm::{SlurmEnvironment, expand_hostlist};
 pub use torchelastic::TorchElasticEnvironment;
 

@@ -77,6 +77,29 @@ impl SlurmEnvironment {
     }
 }
 
+/// The id `scontrol requeue` takes for the SLURM job this process runs
+/// in, as Lightning's `SLURMEnvironment`: `<array job id>_<task id>` for a
+/// task of an array job, `SLURM_JOB_ID` otherwise; `None` outside a job
+/// (or in an interactive one, `SLURM_JOB_NAME` of `bash` or
+/// `interactive`, which cannot be requeued).
+pub(crate) fn requeue_job_id() -> Option<String> {
+    let var = |name| {
+        std::env::var(name)
+            .ok()
+            .filter(|v: &String| !v.trim().is_empty())
+    };
+    if matches!(
+        var("SLURM_JOB_NAME").as_deref(),
+        Some("bash" | "interactive")
+    ) {
+        return None;
+    }
+    match (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
+        (Some(array), Some(task)) => Some(format!("{}_{}", array.trim(), task.trim())),
+        _ => var("SLURM_JOB_ID").map(|id| id.trim().to_owned()),
+    }
+}
+
 impl ClusterEnvironment for SlurmEnvironment {
     fn name(&self) -> &str {
         Self::NAME
