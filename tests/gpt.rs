@@ -148,8 +148,8 @@ fn resuming_mid_run_is_bit_identical_to_not_stopping() {
         // The checkpoints at step 18: model, AdamW's moments and steps, the
         // scheduler and the step, byte for byte.
         let (a, b) = (
-            files(&whole.path().join("last")),
-            files(&split.path().join("last")),
+            files(&whole.path().join("checkpoints/step-000000018")),
+            files(&split.path().join("checkpoints/step-000000018")),
         );
         assert_eq!(
             a.iter().map(|f| &f.0).collect::<Vec<_>>(),
@@ -193,6 +193,10 @@ fn the_example_trains_two_ranks_under_ddp() {
         "rank 0 reports: {text}"
     );
     assert!(text.contains("sample:\nAnd "), "{text}");
-    assert!(runs.path().join("gpt/last/meta.json").exists());
+    assert!(
+        runs.path()
+            .join("gpt/checkpoints/step-000000008/meta.json")
+            .exists()
+    );
     assert!(runs.path().join("gpt/tensorboard").exists());
 }

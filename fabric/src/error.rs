@@ -196,7 +196,7 @@ impl Error {
     /// for [`Error::Preempted`], 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Preempted { .. } => crate::preemption::REQUEUE_EXIT_CODE,
+            Error::Preempted { .. } => REQUEUE_EXIT_CODE,
             _ => 1,
         }
     }
@@ -214,3 +214,7 @@ impl From<Vec<OptionError>> for Error {
         }
     }
 }
+
+/// The exit status of a run stopped to be run again: 75, `EX_TEMPFAIL` of
+/// `sysexits.h` ("a temporary failure; the user is invited to retry").
+pub const REQUEUE_EXIT_CODE: u8 = 75;

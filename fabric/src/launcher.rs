@@ -145,13 +145,13 @@ fn describe(status: ExitStatus) -> String {
 pub(crate) fn supervise(processes: usize, cuda: bool, forward: &[i32]) -> ! {
     match run_ranks(processes, &[], cuda, forward) {
         Ok(status) if status.success() => std::process::exit(0),
-        Ok(status) if status.code() == Some(crate::preemption::REQUEUE_EXIT_CODE.into()) => {
+        Ok(status) if status.code() == Some(crate::error::REQUEUE_EXIT_CODE.into()) => {
             // `Fabric::requeue`: stopped at a preemption signal, saved.
             eprintln!(
                 "fabric: the run's {processes} ranks stopped to be run again (exit status {})",
-                crate::preemption::REQUEUE_EXIT_CODE
+                crate::error::REQUEUE_EXIT_CODE
             );
-            std::process::exit(crate::preemption::REQUEUE_EXIT_CODE.into())
+            std::process::exit(crate::error::REQUEUE_EXIT_CODE.into())
         }
         Ok(status) => {
             let error = Error::RanksFailed {
@@ -246,9 +246,10 @@ pub(crate) fn fail_rank(rank: usize, message: &str) -> ! {
 pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration) {
     failure::set_budget(budget);
     INSTALLED.call_once(|| {
+        crate::signals::failure_handling_installed();
         // A signal the process was started ignoring (`nohup`, a background
         // job) stays ignored.
-        let watched: Vec<i32> = FAILURE_SIGNALS
+        let watched: Vec<i32> = crate::signals::FAILURE_SIGNALS
             .into_iter()
             .filter(|&signal| !ignored(signal))
             .collect();
@@ -268,7 +269,7 @@ pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration)
                 // run at its next step instead (see `preemption`).
                 if let Some(signal) = signals
                     .forever()
-                    .find(|&signal| !crate::preemption::catches(signal))
+                    .find(|&signal| !crate::signals::preemption_catches(signal))
                 {
                     failure::run_handlers();
                     // Ends by the signal itself, as without fabric, so that
@@ -283,20 +284,7 @@ pub(crate) fn install_failure_handling(rank: usize, budget: std::time::Duration)
     });
 }
 
-/// The signals through which a launcher ends a rank.
-const FAILURE_SIGNALS: [i32; 3] = [
-    signal_hook::consts::SIGTERM,
-    signal_hook::consts::SIGINT,
-    signal_hook::consts::SIGHUP,
-];
-
 static INSTALLED: std::sync::Once = std::sync::Once::new();
-
-/// Whether the failure handling of a rank watches `signal` (its default
-/// action then follows the loggers' flush).
-pub(crate) fn watches(signal: i32) -> bool {
-    INSTALLED.is_completed() && FAILURE_SIGNALS.contains(&signal)
-}
 
 /// Whether `signal` is ignored in this process.
 fn ignored(signal: i32) -> bool {

@@ -73,6 +73,7 @@ mod process;
 mod progress;
 mod seed;
 mod shim;
+mod signals;
 pub mod strategy;
 mod switches;
 mod tensors;

@@ -90,9 +90,7 @@ use crate::error::{Error, Result};
 /// The signals' numbers, for [`Preemption::signals`].
 pub use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
-/// The exit status of a run stopped to be run again: 75, `EX_TEMPFAIL` of
-/// `sysexits.h` ("a temporary failure; the user is invited to retry").
-pub const REQUEUE_EXIT_CODE: u8 = 75;
+pub use crate::error::REQUEUE_EXIT_CODE;
 
 /// How long rank 0 waits for `scontrol requeue` before giving up.
 pub const REQUEUE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -259,19 +257,6 @@ fn slots() -> std::sync::MutexGuard<'static, Vec<Option<Slot>>> {
     slots
 }
 
-/// Whether a live [`Handling`] catches `signal`: the failure handling then
-/// leaves it alone.
-pub(crate) fn catches(signal: i32) -> bool {
-    usize::try_from(signal)
-        .ok()
-        .and_then(|s| {
-            slots()
-                .get(s)
-                .and_then(|slot| slot.as_ref().map(|s| s.active > 0))
-        })
-        .unwrap_or(false)
-}
-
 /// The signal received since the handling began, if any.
 pub(crate) fn received() -> Option<i32> {
     match RECEIVED.load(Ordering::SeqCst) {
@@ -320,6 +305,7 @@ impl Handling {
             }
             let slot = slots[index].as_mut().expect("registered above");
             slot.active += 1;
+            crate::signals::preemption_catching(signal, true);
             slot.run_default.store(false, Ordering::SeqCst);
         }
         Ok(Handling {
@@ -334,11 +320,13 @@ impl Drop for Handling {
         for &signal in &self.signals {
             if let Some(slot) = slots[signal as usize].as_mut() {
                 slot.active -= 1;
+                crate::signals::preemption_catching(signal, false);
                 if slot.active == 0 {
                     // The failure handling of a rank watches SIGTERM (and
                     // SIGINT, SIGHUP) itself: it flushes the loggers before
                     // the default action.
-                    let default = slot.default_before && !crate::launcher::watches(signal);
+                    let default =
+                        slot.default_before && !crate::signals::failure_handling_watches(signal);
                     slot.run_default.store(default, Ordering::SeqCst);
                 }
             }
