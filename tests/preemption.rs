@@ -8,6 +8,8 @@
 //! Each test re-runs this test binary (`FABRIC_SCENARIO` names what to
 //! do), under `mpirun` for the ranks.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
@@ -157,66 +159,53 @@ struct Ended {
 /// line the ranks print, as they print it, and may send signals. Killed at
 /// [`DEADLINE`].
 fn run_world(spec: &RunSpec<'_>, mut signal: impl FnMut(&str, u32)) -> Ended {
-    let exe = std::env::current_exe().unwrap();
     let token = format!("{:016x}", rand::random::<u64>());
     let path = format!(
         "{}:{}",
         spec.dir.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut command = Command::new("mpirun");
-    command.args([
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-    ]);
-    if spec.own_launcher {
-        command = Command::new(&exe);
-        command
-            .args(["--exact", spec.test, "--nocapture", "--test-threads=1"])
-            .env("OWN_LAUNCHER", "1");
+    // Each rank's own variables: its place in the simulated SLURM job.
+    let rank_env = |rank: usize| -> Vec<(&str, String)> {
+        if !spec.slurm {
+            return Vec::new();
+        }
+        vec![
+            ("SLURM_NTASKS", "2".to_string()),
+            ("SLURM_PROCID", rank.to_string()),
+            ("SLURM_LOCALID", rank.to_string()),
+            ("SLURM_NODEID", "0".to_string()),
+            ("SLURM_JOB_NODELIST", "127.0.0.1".to_string()),
+            ("SLURM_JOB_NAME", "train".to_string()),
+            ("SLURM_JOB_ID", "4242".to_string()),
+        ]
+    };
+    // Kept to the end: it owns the children's results directory.
+    let mut scenario = if spec.own_launcher {
+        rank_env(0).into_iter().fold(
+            common::Scenario::direct(spec.test).env("OWN_LAUNCHER", "1"),
+            |scenario, (name, value)| scenario.env(name, value),
+        )
+    } else if spec.slurm {
+        common::Scenario::mpirun_ranks(spec.test, &[rank_env(0), rank_env(1)])
+    } else {
+        common::Scenario::mpirun(spec.test, 2)
+    };
+    for (name, value) in [
+        (TOKEN, token.clone()),
+        ("CKPT", spec.dir.join("ckpt").display().to_string()),
+        ("STEPS", spec.steps.to_string()),
+        ("SLOW_MS", spec.slow_ms.to_string()),
+        ("PREEMPTION", if spec.preemption { "1" } else { "0" }.into()),
+        ("PATH", path),
+        (
+            "FAKE_SCONTROL_LOG",
+            spec.dir.join("scontrol.log").display().to_string(),
+        ),
+    ] {
+        scenario = scenario.env(name, value);
     }
-    for rank in 0..if spec.own_launcher { 1 } else { 2 } {
-        if rank > 0 {
-            command.arg(":");
-        }
-        let mut env = vec![
-            (SCENARIO, spec.test.to_string()),
-            (TOKEN, token.clone()),
-            ("CKPT", spec.dir.join("ckpt").display().to_string()),
-            ("STEPS", spec.steps.to_string()),
-            ("SLOW_MS", spec.slow_ms.to_string()),
-            ("PREEMPTION", if spec.preemption { "1" } else { "0" }.into()),
-            ("PATH", path.clone()),
-            (
-                "FAKE_SCONTROL_LOG",
-                spec.dir.join("scontrol.log").display().to_string(),
-            ),
-        ];
-        if spec.slurm {
-            env.extend([
-                ("SLURM_NTASKS", "2".to_string()),
-                ("SLURM_PROCID", rank.to_string()),
-                ("SLURM_LOCALID", rank.to_string()),
-                ("SLURM_NODEID", "0".to_string()),
-                ("SLURM_JOB_NODELIST", "127.0.0.1".to_string()),
-                ("SLURM_JOB_NAME", "train".to_string()),
-                ("SLURM_JOB_ID", "4242".to_string()),
-            ]);
-        }
-        if spec.own_launcher {
-            command.envs(env);
-            continue;
-        }
-        command.args(["-np", "1"]);
-        for (name, value) in env {
-            command.args(["-x", &format!("{name}={value}")]);
-        }
-        command
-            .arg(&exe)
-            .args(["--exact", spec.test, "--nocapture", "--test-threads=1"]);
-    }
+    let mut command = scenario.command();
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = command.spawn().unwrap();

@@ -12,6 +12,8 @@
 //! which does nothing unless `RESUME_DIR` is set) as a child process or
 //! under `mpirun`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,14 +27,6 @@ use fabric::optim::AdamW;
 use fabric::{Error, Fabric};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
-
-/// Held by the tests of this binary that draw from libtorch's global
-/// generator in this process (the children are processes of their own).
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 const EPOCHS: u64 = 3;
 const SAMPLES: i64 = 48;
@@ -146,49 +140,26 @@ struct Run {
 }
 
 impl Run {
-    fn command(self, dir: &Path, env: &[(&str, String)]) -> Command {
-        let exe = std::env::current_exe().unwrap();
-        let test_args = ["--exact", "resume_child", "--nocapture", "--test-threads=1"];
-        let mut vars = vec![
-            ("RESUME_DIR", dir.display().to_string()),
-            ("RESUME_WORKERS", self.workers.to_string()),
-        ];
-        vars.extend(env.iter().cloned());
-        if self.ddp {
-            vars.push(("RESUME_DDP", "1".into()));
-            let mut command = Command::new("mpirun");
-            command.args([
-                "--allow-run-as-root",
-                "--oversubscribe",
-                "--bind-to",
-                "none",
-                "-np",
-                "2",
-            ]);
-            for (name, value) in &vars {
-                command.args(["-x", &format!("{name}={value}")]);
-            }
-            command.arg(&exe).args(test_args);
-            command
+    /// The child run: `resume_child` of this binary, directly or in two
+    /// ranks of `mpirun`.
+    fn scenario(self, dir: &Path, env: &[(&str, String)]) -> common::Scenario {
+        let mut scenario = if self.ddp {
+            common::Scenario::mpirun("resume_child", 2).env("RESUME_DDP", "1")
         } else {
-            let mut command = Command::new(exe);
-            command.args(test_args);
-            for (name, value) in &vars {
-                command.env(name, value);
-            }
-            command
+            common::Scenario::direct("resume_child")
         }
+        .env("RESUME_DIR", dir)
+        .env("RESUME_WORKERS", self.workers.to_string());
+        for (name, value) in env {
+            scenario = scenario.env(name, value);
+        }
+        scenario
     }
 
     /// Runs the child; its output, and whether it succeeded.
     fn run(self, dir: &Path, env: &[(&str, String)]) -> (String, bool) {
-        let output = self.command(dir, env).output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (text, output.status.success())
+        let run = self.scenario(dir, env).run();
+        (run.text, run.output.status.success())
     }
 }
 
@@ -444,7 +415,7 @@ fn a_position_that_does_not_fit_the_loader_is_an_error() {
 
 #[test]
 fn restoring_the_generators_repeats_the_draws() {
-    let _rng = rng_lock();
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
     fabric.seed_everything(3);
@@ -489,7 +460,7 @@ fn tensor_loader(
 
 #[test]
 fn a_checkpoint_without_loader_state_is_a_clear_error() {
-    let _rng = rng_lock();
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
     let (mut vs, mut opt) = tiny();
@@ -532,7 +503,7 @@ fn a_checkpoint_without_loader_state_is_a_clear_error() {
 
 #[test]
 fn another_world_size_or_another_loader_is_a_clear_error() {
-    let _rng = rng_lock();
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
     let mut step = 1u64;
@@ -635,7 +606,7 @@ fn another_world_size_or_another_loader_is_a_clear_error() {
 
 #[test]
 fn load_latest_picks_the_newest_complete_checkpoint() {
-    let _rng = rng_lock();
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
     let (mut vs, mut opt) = tiny();
@@ -751,7 +722,7 @@ fn the_cpu_generator_state_is_pytorchs() {
     // The saved state is `torch.get_rng_state()`'s bytes: PyTorch, seeded
     // alike and after the same draw, has the same state, and draws the same
     // numbers once given the saved state.
-    let _rng = rng_lock();
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
     fabric.seed_everything(5);
