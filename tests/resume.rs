@@ -366,6 +366,8 @@ fn a_restored_loader_yields_the_rest_of_the_epoch_without_making_the_rest() {
             .num_workers(workers);
         resumed.restore_position(&position).unwrap();
         assert_eq!(resumed.epoch(), 4);
+        // The usual loop sets the (restored) epoch again: the position stays.
+        resumed.set_epoch(4);
         let rest: Vec<Vec<usize>> = resumed.iter().map(Result::unwrap).collect();
         assert_eq!(rest, all[3..], "workers {workers}");
         let rest_samples: usize = rest.iter().map(Vec::len).sum();
@@ -603,6 +605,43 @@ fn another_world_size_or_another_loader_is_a_clear_error() {
 }
 
 // ---- load_latest ----------------------------------------------------------
+
+/// Rank 1 cannot read the checkpoint rank 0 loads (as with a node-local
+/// directory): not a resumed rank 0 beside a fresh rank 1, but an error on
+/// both.
+#[test]
+fn a_checkpoint_only_some_ranks_can_read_is_an_error_not_a_fresh_start() {
+    const TEST: &str = "a_checkpoint_only_some_ranks_can_read_is_an_error_not_a_fresh_start";
+    if common::in_scenario(TEST) {
+        let mut fabric = Fabric::builder().accelerator("cpu").build().unwrap();
+        let rank = fabric.global_rank();
+        // Each rank its own directory: rank 0 writes the checkpoint into its.
+        let dir = PathBuf::from(std::env::var("SPLIT_DIR").unwrap()).join(format!("rank{rank}"));
+        let mut step = 5u64;
+        fabric
+            .save_step(&dir, step, &State::new().value("step", &mut step))
+            .unwrap();
+        step = 0;
+        let outcome = match fabric.load_latest(&dir, &mut State::new().value("step", &mut step)) {
+            Ok(resumed) => format!("ok {:?} step {step}", resumed.map(|r| r.step)),
+            Err(error) => format!("error {error}"),
+        };
+        common::report(rank, &outcome);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = common::Scenario::mpirun(TEST, 2)
+        .env("SPLIT_DIR", dir.path())
+        .run();
+    assert!(run.output.status.success(), "{}", run.text);
+    for (rank, outcome) in run.results.iter().enumerate() {
+        assert!(
+            outcome.starts_with("error") && outcome.contains("could be read by every rank"),
+            "rank {rank}: {outcome}\n{}",
+            run.text
+        );
+    }
+}
 
 #[test]
 fn load_latest_picks_the_newest_complete_checkpoint() {

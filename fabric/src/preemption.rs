@@ -175,14 +175,24 @@ impl Preemption {
                     .into(),
             ));
         }
+        // Only signals a scheduler or a person sends to stop a job: not the
+        // uncatchable or fault signals, not those the system sends for other
+        // reasons (SIGCHLD at every child's exit, SIGWINCH, SIGCONT), nor
+        // real-time ones, which signal-hook may refuse after others of the
+        // list were registered.
+        const ACCEPTED: [i32; 7] = [
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGALRM,
+        ];
         for &signal in &self.signals {
-            if signal <= 0
-                || signal >= SIGNALS as i32
-                || signal_hook::consts::FORBIDDEN.contains(&signal)
-                || [libc::SIGBUS, libc::SIGABRT, libc::SIGTRAP, libc::SIGSYS].contains(&signal)
-            {
+            if !ACCEPTED.contains(&signal) {
                 return Err(Error::InvalidArgument(format!(
-                    "preemption: signal {signal} ({}) cannot stop a run: use SIGUSR1, SIGUSR2, SIGTERM, SIGINT or SIGHUP",
+                    "preemption: signal {signal} ({}) cannot stop a run: use SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGHUP, SIGQUIT or SIGALRM",
                     signal_name(signal)
                 )));
             }
@@ -208,9 +218,11 @@ pub(crate) fn signal_name(signal: i32) -> String {
 /// The status `main` returns for the result of a training function:
 /// success, [`REQUEUE_EXIT_CODE`] for a run stopped by
 /// [`Fabric::requeue`](crate::Fabric::requeue), 1 for any other error
-/// (printed first). An error type other than [`fabric::Error`](crate::Error)
-/// is looked into for one (`anyhow::Error` derefs to `dyn Error`; use
-/// [`Error::exit_code`](crate::Error::exit_code) directly otherwise).
+/// (printed first). The error is [`fabric::Error`](crate::Error), or one
+/// found inside an `anyhow::Error` or a `Box<dyn std::error::Error>` (with
+/// or without `Send + Sync`), as the `?` of a training function returning
+/// `anyhow::Result` puts it there; for other error types use
+/// [`Error::exit_code`](crate::Error::exit_code) directly.
 pub fn exit_code<T, E: std::fmt::Debug + 'static>(
     result: &std::result::Result<T, E>,
 ) -> std::process::ExitCode {
@@ -218,10 +230,21 @@ pub fn exit_code<T, E: std::fmt::Debug + 'static>(
         return std::process::ExitCode::SUCCESS;
     };
     let any: &dyn std::any::Any = error;
-    let code = match any.downcast_ref::<Error>() {
-        Some(error) => error.exit_code(),
-        None => 1,
-    };
+    let found = any
+        .downcast_ref::<Error>()
+        .or_else(|| {
+            any.downcast_ref::<anyhow::Error>()
+                .and_then(|e| e.downcast_ref::<Error>())
+        })
+        .or_else(|| {
+            any.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>()
+                .and_then(|e| e.downcast_ref::<Error>())
+        })
+        .or_else(|| {
+            any.downcast_ref::<Box<dyn std::error::Error>>()
+                .and_then(|e| e.downcast_ref::<Error>())
+        });
+    let code = found.map_or(1, Error::exit_code);
     if code != REQUEUE_EXIT_CODE {
         eprintln!("Error: {error:?}");
     }
@@ -436,13 +459,54 @@ pub(crate) fn scontrol_requeue(job: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The requeue status comes through the error types training
+    /// functions return: fabric's, `anyhow`'s, boxed errors.
+    #[test]
+    fn the_requeue_status_is_found_inside_other_error_types() {
+        let preempted = || Error::Preempted {
+            signal: "SIGUSR1".into(),
+            job: None,
+        };
+        let requeue = std::process::ExitCode::from(REQUEUE_EXIT_CODE);
+        assert_eq!(exit_code(&Err::<(), _>(preempted())), requeue);
+        assert_eq!(
+            exit_code(&Err::<(), _>(anyhow::Error::new(preempted()))),
+            requeue
+        );
+        assert_eq!(
+            exit_code(&Err::<(), _>(
+                anyhow::Error::new(preempted()).context("training")
+            )),
+            requeue
+        );
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(preempted());
+        assert_eq!(exit_code(&Err::<(), _>(boxed)), requeue);
+        assert_eq!(
+            exit_code(&Ok::<(), Error>(())),
+            std::process::ExitCode::SUCCESS
+        );
+        assert_eq!(
+            exit_code(&Err::<(), _>(anyhow::anyhow!("another failure"))),
+            std::process::ExitCode::from(1)
+        );
+    }
+
     #[test]
     fn bad_options_are_clear_errors() {
         let err = Preemption::new().check_every(0).check().unwrap_err();
         assert!(err.to_string().contains("at least 1"), "{err}");
         let err = Preemption::new().signals([]).check().unwrap_err();
         assert!(err.to_string().contains("no signal"), "{err}");
-        for signal in [libc::SIGKILL, libc::SIGSEGV, libc::SIGSTOP, 0, 99] {
+        for signal in [
+            libc::SIGKILL,
+            libc::SIGSEGV,
+            libc::SIGSTOP,
+            libc::SIGCHLD,
+            libc::SIGWINCH,
+            libc::SIGRTMIN() + 1,
+            0,
+            99,
+        ] {
             let err = Preemption::new().signals([signal]).check().unwrap_err();
             assert!(err.to_string().contains("cannot stop a run"), "{err}");
         }

@@ -76,19 +76,35 @@ pub(crate) fn latest_candidates(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// Deletes the numbered checkpoints of `dir` but the `keep` newest: each is
-/// first renamed to a temporary name (which later saves clean up), so that
-/// a half-deleted one is never taken for a checkpoint. One that cannot be
-/// deleted is named in a warning.
-pub(crate) fn prune(dir: &Path, keep: usize) -> Result<()> {
-    let candidates = latest_candidates(dir)?;
-    for (_, path) in candidates.into_iter().skip(keep) {
+/// After the checkpoint of step `saved` was written to `dir`: deletes the
+/// numbered checkpoints of `dir` older than the `keep` newest up to and
+/// including `saved` (`keep` >= 1), so the one just saved is always kept,
+/// whatever higher numbers `dir` holds (a damaged newer one that
+/// [`load_latest`](crate::Fabric::load_latest) skipped, or an older run's);
+/// those are left alone. Each is first renamed to a temporary name, so that
+/// a half-deleted one is never taken for a checkpoint; what interrupted
+/// saves and deletions of numbered checkpoints left there (`.step-*.tmp-*`)
+/// is removed too. Nothing here fails the save, which succeeded: what
+/// cannot be listed or deleted is named in a warning.
+pub(crate) fn prune(dir: &Path, keep: usize, saved: u64) {
+    remove_stale_temporaries(dir);
+    let candidates = match latest_candidates(dir) {
+        Ok(candidates) => candidates,
+        Err(error) => {
+            eprintln!("fabric: warning: old checkpoints are not deleted: {error}");
+            return;
+        }
+    };
+    let older = candidates.into_iter().filter(|(step, _)| *step <= saved);
+    for (_, path) in older.skip(keep.max(1)) {
         if std::fs::symlink_metadata(&path).is_err() {
             continue;
         }
-        let doomed = fs::temp_path(&path)?;
-        let removed =
-            std::fs::rename(&path, &doomed).and_then(|()| std::fs::remove_dir_all(&doomed));
+        let removed = fs::temp_path(&path)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|doomed| {
+                std::fs::rename(&path, &doomed).and_then(|()| std::fs::remove_dir_all(&doomed))
+            });
         if let Err(error) = removed {
             eprintln!(
                 "fabric: warning: cannot delete the old checkpoint {} ({error}); it is left",
@@ -96,7 +112,36 @@ pub(crate) fn prune(dir: &Path, keep: usize) -> Result<()> {
             );
         }
     }
-    Ok(())
+}
+
+/// Removes the temporary entries of numbered checkpoints in `dir`
+/// (`.step-<n>.tmp-<pid>-<k>`): a save or a deletion that was interrupted
+/// left them, and no later save reuses their names. Only the process that
+/// writes `dir`'s checkpoints calls this, after its save.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{PREFIX}");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(&prefix) && name.contains(fs::TEMP_TAG)) {
+            continue;
+        }
+        let stale = entry.path();
+        let removed = match std::fs::symlink_metadata(&stale) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&stale),
+            Ok(_) => std::fs::remove_file(&stale),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = removed {
+            eprintln!(
+                "fabric: warning: cannot remove {}, left by an interrupted save ({error}); it is left as it is",
+                stale.display()
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -139,8 +184,32 @@ mod tests {
         let steps: Vec<u64> = found.iter().map(|(s, _)| *s).collect();
         assert_eq!(steps, [11, 10, 2]);
         assert_eq!(found[0].1, dir.path().join("step-000000011"));
-        prune(dir.path(), 2).unwrap();
+        prune(dir.path(), 2, 11);
         assert!(!dir.path().join("step-000000002").exists());
         assert!(dir.path().join("step-10").exists());
+        assert!(dir.path().join(".step-000000011.previous").exists());
+        // What an interrupted save left is gone; other names are not touched.
+        assert!(!dir.path().join(".step-5.tmp-1-0").exists());
+        assert!(dir.path().join("other").exists());
+    }
+
+    /// The checkpoint just saved is kept even where `dir` holds higher
+    /// numbers (a damaged newer one `load_latest` skipped): pruning counts
+    /// only the steps up to the saved one, and leaves the higher ones.
+    #[test]
+    fn pruning_keeps_the_checkpoint_just_saved_below_higher_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [200, 210, 300] {
+            std::fs::create_dir(step_path(dir.path(), step)).unwrap();
+        }
+        prune(dir.path(), 1, 210);
+        assert!(step_path(dir.path(), 210).exists(), "the one just saved");
+        assert!(
+            step_path(dir.path(), 300).exists(),
+            "a higher number is left"
+        );
+        assert!(!step_path(dir.path(), 200).exists());
+        // A directory that cannot be listed is a warning, not an error.
+        prune(&dir.path().join("missing"), 1, 1);
     }
 }

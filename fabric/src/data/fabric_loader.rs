@@ -52,7 +52,9 @@ where
         }
     }
 
-    /// Sets the number of the next epoch, which seeds its order.
+    /// Sets the number of the next epoch, which seeds its order; the
+    /// current epoch keeps a position restored from a checkpoint (see
+    /// [`DataLoader::set_epoch`]).
     pub fn set_epoch(&mut self, epoch: u64) {
         self.loader.set_epoch(epoch);
     }

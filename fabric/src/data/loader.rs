@@ -218,11 +218,16 @@ impl<D: Dataset> DataLoader<D> {
         self
     }
 
-    /// Sets the number of the next epoch, which seeds its order; the epoch
-    /// starts at its first batch (a restored position is dropped).
+    /// Sets the number of the next epoch, which seeds its order. Another
+    /// epoch than the current one starts at its first batch; the current
+    /// one keeps a position restored from a checkpoint, so that the usual
+    /// loop (`for e in start..epochs { loader.set_epoch(e); ... }`, with
+    /// `start` the restored epoch) goes on with the batches not yet seen.
     pub fn set_epoch(&mut self, epoch: u64) {
-        self.epoch = epoch;
-        self.skip = 0;
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.skip = 0;
+        }
     }
 
     /// Where the loader is: the epoch being iterated and the batches its

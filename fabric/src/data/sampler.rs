@@ -14,6 +14,10 @@ use rand_chacha::ChaCha8Rng;
 )]
 pub trait Sampler: Send {
     /// The sample indices of epoch `epoch` of a data set of `len` samples.
+    /// It must be a function of `len` and `epoch` alone (draw from a
+    /// generator seeded by them, not from libtorch's global one): the
+    /// loader calls it again to count and to resume an epoch, and a
+    /// checkpoint's position is only exact if the order comes back.
     fn indices(&self, len: usize, epoch: u64) -> Vec<usize>;
 }
 

@@ -230,10 +230,14 @@ impl Fabric {
     }
 
     /// [`save_step`](Self::save_step), then deletes the numbered
-    /// checkpoints of `dir` but the `keep_last` newest (at least 1), on
-    /// rank 0. The new checkpoint is complete before any is deleted, and
-    /// each is renamed away before it is deleted, so a crash never leaves a
-    /// half-deleted one under a checkpoint's name.
+    /// checkpoints of `dir` but the `keep_last` newest (at least 1) up to
+    /// `step`, on rank 0: the one just saved is always kept, and higher
+    /// numbers (a damaged newer checkpoint that `load_latest` skipped) are
+    /// left alone. The new checkpoint is complete before any is deleted,
+    /// and each is renamed away before it is deleted, so a crash never
+    /// leaves a half-deleted one under a checkpoint's name; what
+    /// interrupted saves left in `dir` is removed. A failure to delete is a
+    /// warning, not an error: the save succeeded.
     pub fn save_step_keep_last(
         &mut self,
         dir: impl AsRef<Path>,
@@ -248,7 +252,9 @@ impl Fabric {
         }
         let path = self.save_step(&dir, step, state)?;
         if self.is_global_zero() {
-            checkpoint::prune(dir.as_ref(), keep_last)?;
+            // Warnings only: the save succeeded on every rank, and an error
+            // here on rank 0 alone would part the ranks.
+            checkpoint::prune(dir.as_ref(), keep_last, step);
         }
         Ok(path)
     }
@@ -292,7 +298,10 @@ impl Fabric {
     /// shape, a loader of another length, another world size) is an error,
     /// not skipped: the program changed, and an older checkpoint would not
     /// fit either. Under several processes, every rank loads the same step
-    /// (rank 0's list decides), and skips it if any rank could not read it.
+    /// (rank 0's list decides), and skips it if any rank could not read it;
+    /// if no step is readable by every rank and some rank loaded one of
+    /// them, the ranks' states differ and this is an error, not a fresh
+    /// start.
     pub fn load_latest(
         &mut self,
         dir: impl AsRef<Path>,
@@ -319,13 +328,27 @@ impl Fabric {
         } else {
             steps
         };
-        let local = local?;
+        let local = match local {
+            Ok(found) => found,
+            // Rank 0's list decides; a rank that cannot list `dir` tries
+            // the same steps by their names (and, if it cannot read them,
+            // makes every rank skip them) rather than leave the others
+            // waiting in the collectives below.
+            Err(error) if self.global_rank() != 0 => {
+                eprintln!("fabric: warning: {error}; trying rank 0's checkpoints by name");
+                Vec::new()
+            }
+            Err(error) => return Err(error),
+        };
         if steps.first() == Some(&-1) {
             return Err(Error::Distributed(format!(
                 "rank 0 cannot list {} (its error is in its output)",
                 dir.display()
             )));
         }
+        // Whether this rank loaded a checkpoint that another rank could not
+        // read: its state has changed, so it cannot start afresh.
+        let mut changed = false;
         for step in steps {
             let step = step as u64;
             let path = local
@@ -359,11 +382,30 @@ impl Fabric {
                     "fabric: warning: skipping the checkpoint {}: {error}; trying the one before",
                     path.display()
                 ),
-                (Ok(_), _) => eprintln!(
-                    "fabric: warning: skipping the checkpoint {}: another rank could not read it; trying the one before",
-                    path.display()
-                ),
+                (Ok(_), _) => {
+                    changed = true;
+                    eprintln!(
+                        "fabric: warning: skipping the checkpoint {}: another rank could not read it; trying the one before",
+                        path.display()
+                    );
+                }
             }
+        }
+        // No checkpoint every rank could read. A fresh start only if no rank
+        // loaded one of them, or the ranks would start from different states.
+        let changed = if self.world_size() > 1 {
+            self.strategy
+                .all_reduce(&Tensor::from_slice(&[i64::from(changed)]), ReduceOp::Max)?
+                .int64_value(&[0])
+                != 0
+        } else {
+            changed
+        };
+        if changed {
+            return Err(Error::Distributed(format!(
+                "no checkpoint of {} could be read by every rank, and some ranks loaded one the others could not: the ranks' states differ; make the checkpoints readable by every rank (a directory every node sees) or remove them to start afresh",
+                dir.display()
+            )));
         }
         Ok(None)
     }
