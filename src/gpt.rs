@@ -509,6 +509,25 @@ pub fn checkpoint_dir(dir: &Path) -> PathBuf {
     dir.join("checkpoints")
 }
 
+/// Everything a checkpoint of the training holds, the same entries for
+/// saving and for loading: weights, AdamW's state, the schedule, the
+/// loader's position, the random generators and the step.
+fn training_state<'a>(
+    vs: &'a mut nn::VarStore,
+    optimizer: &'a mut fabric::FabricOptimizer,
+    scheduler: &'a mut LrScheduler,
+    loader: &'a mut fabric::data::FabricDataLoader<Windows>,
+    step: &'a mut u64,
+) -> State<'a> {
+    State::new()
+        .model("model", vs)
+        .optimizer("optimizer", optimizer)
+        .scheduler("scheduler", scheduler)
+        .loader("train", loader)
+        .rng()
+        .value("step", step)
+}
+
 /// Trains a GPT on `options.data` with `fabric`, resuming from the newest
 /// checkpoint in `options.dir` if there is one, and samples from it at the
 /// end. Every rank calls it; rank 0 logs to the loggers fabric has.
@@ -562,13 +581,13 @@ pub fn train(fabric: &mut Fabric, options: &Options) -> anyhow::Result<Summary> 
     let mut step = 0u64;
     if let Some(resumed) = fabric.load_latest(
         &checkpoints,
-        &mut State::new()
-            .model("model", &mut vs)
-            .optimizer("optimizer", &mut optimizer)
-            .scheduler("scheduler", &mut scheduler)
-            .loader("train", &mut loader)
-            .rng()
-            .value("step", &mut step),
+        &mut training_state(
+            &mut vs,
+            &mut optimizer,
+            &mut scheduler,
+            &mut loader,
+            &mut step,
+        ),
     )? {
         fabric.print(format!(
             "resuming from {} at step {step}",
@@ -654,13 +673,13 @@ pub fn train(fabric: &mut Fabric, options: &Options) -> anyhow::Result<Summary> 
                 &checkpoints,
                 step,
                 2,
-                &State::new()
-                    .model("model", &mut vs)
-                    .optimizer("optimizer", &mut optimizer)
-                    .scheduler("scheduler", &mut scheduler)
-                    .loader("train", &mut loader)
-                    .rng()
-                    .value("step", &mut step),
+                &training_state(
+                    &mut vs,
+                    &mut optimizer,
+                    &mut scheduler,
+                    &mut loader,
+                    &mut step,
+                ),
             )?;
         }
     }
